@@ -1,0 +1,99 @@
+"""The `kvscope` command line: `kvscope generate` runs prompts through the engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+EXAMPLE_PROMPTS = [
+    "What is a KV cache, in one sentence?",
+    "Write a haiku about paged memory.",
+    "Explain continuous batching to a new engineer.",
+    "Name three planets and one fact about each.",
+    "Why does decoding one token at a time leave a CPU underused?",
+    "Give me a short recipe for pancakes.",
+]
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="HF model directory or .gguf file (default: bundled SmolLM2-135M)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=128)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--kv-cache-memory", type=int, default=None, help="bytes for the KV pool")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    options = {
+        "dtype": args.dtype, "block_size": args.block_size, "max_model_len": args.max_model_len,
+        "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
+        "seed": args.seed,
+    }
+    if args.kv_cache_memory is not None:
+        options["kv_cache_memory"] = args.kv_cache_memory
+    return options
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from kvscope import LLM, SamplingParams
+
+    print("Loading model...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    llm = LLM(args.model, **engine_options(args))
+    loaded = llm.engine.loaded
+    print(f"Loaded {loaded.path.name} ({loaded.arch.architecture}, {llm.config.dtype}, "
+          f"{llm.engine.num_blocks} KV blocks) in {time.perf_counter() - t0:.1f}s",
+          file=sys.stderr, flush=True)
+    prompts = args.prompt or EXAMPLE_PROMPTS
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p,
+                            max_tokens=args.max_tokens, seed=args.sampling_seed)
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    t1 = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=True) if args.chat else \
+        llm.generate(prompts, params, use_tqdm=True)
+    elapsed = time.perf_counter() - t1
+    for prompt, out in zip(prompts, outputs, strict=True):
+        completion = out.outputs[0]
+        print(f"\n### {prompt}\n{completion.text.strip()}\n[{len(completion.token_ids)} tokens, "
+              f"{completion.finish_reason}]")
+    generated = sum(len(o.outputs[0].token_ids) for o in outputs)
+    prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
+    print(f"\n{len(outputs)} requests, {prompt_tokens} prompt + {generated} generated tokens in "
+          f"{elapsed:.2f}s: {generated / elapsed:.1f} output tok/s, "
+          f"{(prompt_tokens + generated) / elapsed:.1f} total tok/s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvscope", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="complete prompts offline and print throughput")
+    _engine_args(gen)
+    gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    gen.add_argument("--max-tokens", type=int, default=96)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--sampling-seed", type=int, default=None)
+    gen.add_argument("--no-chat", dest="chat", action="store_false",
+                     help="send prompts as raw text instead of through the chat template")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"kvscope: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

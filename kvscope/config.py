@@ -1,0 +1,156 @@
+"""Engine configuration. Every bad value fails here, with a message naming the field."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: ~46k tokens of SmolLM2-135M in bf16
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def default_dtype() -> torch.dtype:
+    """bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX), else float32."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX512", "AVX512_BF16", "AMX") and _cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def parse_dtype(value: str | torch.dtype | None) -> torch.dtype:
+    if value is None or value == "auto":
+        return default_dtype()
+    if isinstance(value, torch.dtype):
+        dtype = value
+    else:
+        names = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if value not in names:
+            raise ConfigError(f"dtype must be one of auto, float32, bfloat16; got {value!r}")
+        dtype = names[value]
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ConfigError(f"dtype must be float32 or bfloat16; got {dtype}")
+    return dtype
+
+
+@dataclass(slots=True)
+class CacheConfig:
+    """The paged KV cache: block size and how much memory the pool may take."""
+
+    block_size: int = 16
+    kv_cache_memory: int | None = None  # bytes; None → kv_cache_memory_fraction or the default
+    kv_cache_memory_fraction: float | None = None  # fraction of currently available RAM
+
+    def validate(self) -> None:
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ConfigError(f"block_size must be a positive integer; got {self.block_size!r}")
+        if self.kv_cache_memory is not None and (
+            not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0
+        ):
+            raise ConfigError(
+                f"kv_cache_memory must be a positive number of bytes; got {self.kv_cache_memory!r}"
+            )
+        frac = self.kv_cache_memory_fraction
+        if frac is not None and not 0 < frac <= 0.95:
+            raise ConfigError(f"kv_cache_memory_fraction must be in (0, 0.95]; got {frac!r}")
+        if self.kv_cache_memory is not None and frac is not None:
+            raise ConfigError("set kv_cache_memory or kv_cache_memory_fraction, not both")
+
+    def budget_bytes(self) -> int:
+        if self.kv_cache_memory is not None:
+            return self.kv_cache_memory
+        if self.kv_cache_memory_fraction is not None:
+            return int(available_memory_bytes() * self.kv_cache_memory_fraction)
+        return DEFAULT_KV_CACHE_MEMORY
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); falls back to 4 GiB elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    """Continuous batching limits for one engine step."""
+
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    long_prefill_token_threshold: int = 0  # >0: cap each prefill chunk at this many tokens
+
+    def validate(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        threshold = self.long_prefill_token_threshold
+        if not isinstance(threshold, int) or threshold < 0:
+            raise ConfigError(
+                f"long_prefill_token_threshold must be a non-negative integer; got {threshold!r}"
+            )
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Everything the engine needs; built from LLM(**kwargs) or the CLI."""
+
+    model: str | None = None  # None → the bundled SmolLM2-135M-Instruct GGUF
+    dtype: torch.dtype = field(default_factory=default_dtype)
+    max_model_len: int | None = None  # None → the model's context length, capped at 8192
+    seed: int = 0
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        """Build from flat keyword arguments (vLLM style); unknown names fail loudly."""
+        cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
+        sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
+        own_fields = {"model", "dtype", "max_model_len", "seed"}
+        unknown = set(kwargs) - cache_fields - sched_fields - own_fields
+        if unknown:
+            known = sorted(cache_fields | sched_fields | own_fields)
+            raise ConfigError(f"unknown engine option(s) {sorted(unknown)}; known options: {known}")
+        cache = CacheConfig(**{k: v for k, v in kwargs.items() if k in cache_fields})
+        sched = SchedulerConfig(**{k: v for k, v in kwargs.items() if k in sched_fields})
+        config = cls(
+            model=kwargs.get("model"),
+            dtype=parse_dtype(kwargs.get("dtype")),
+            max_model_len=kwargs.get("max_model_len"),
+            seed=kwargs.get("seed", 0),
+            cache=cache,
+            scheduler=sched,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        self.cache.validate()
+        self.scheduler.validate()
+        if self.max_model_len is not None and (
+            not isinstance(self.max_model_len, int) or self.max_model_len < 2
+        ):
+            raise ConfigError(f"max_model_len must be an integer >= 2; got {self.max_model_len!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer; got {self.seed!r}")

@@ -1,0 +1,103 @@
+"""LLM: the offline API, shaped like vLLM's.
+
+    llm = LLM()                      # the bundled SmolLM2-135M-Instruct
+    outs = llm.generate(["Hello"], SamplingParams(max_tokens=32))
+    print(outs[0].outputs[0].text)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kvscope.config import EngineConfig
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.events import EventSink
+from kvscope.model.loader import LoadedModel
+from kvscope.outputs import RequestOutput
+from kvscope.sampling_params import SamplingParams
+
+Prompt = str | Sequence[int]
+ChatMessages = list[dict[str, str]]
+
+
+class LLM:
+    def __init__(self, model: str | None = None, *, sink: EventSink | None = None,
+                 loaded: LoadedModel | None = None, **engine_options: Any) -> None:
+        """`loaded` reuses a model already in memory (to compare engine settings
+        without reloading weights); its dtype must match the `dtype` option."""
+        self.config = EngineConfig.from_kwargs(model=model, **engine_options)
+        if loaded is not None and loaded.dtype != self.config.dtype:
+            raise ValueError(f"loaded model is {loaded.dtype}, but dtype is {self.config.dtype}")
+        self.engine = LLMEngine(self.config, sink=sink, loaded=loaded)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Complete every prompt; outputs come back in input order."""
+        prompt_list = _as_prompt_list(prompts)
+        params = _params_per_prompt(sampling_params, len(prompt_list))
+        ids = []
+        try:
+            for prompt, p in zip(prompt_list, params, strict=True):
+                ids.append(self.engine.add_request(None, prompt, p))
+        except Exception:
+            self.engine.abort_request(ids)
+            raise
+        return self._run(ids, use_tqdm)
+
+    def chat(self, messages: ChatMessages | Sequence[ChatMessages],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = False) -> list[RequestOutput]:
+        """Apply the model's chat template to each conversation, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [self.apply_chat_template(c) for c in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def apply_chat_template(self, messages: ChatMessages) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        done: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ids), desc="Generating", unit="req")
+        wanted = set(ids)
+        while self.engine.has_unfinished_requests() and len(done) < len(ids):
+            for output in self.engine.step():
+                if output.finished and output.request_id in wanted:
+                    done[output.request_id] = output
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [done[i] for i in ids]
+
+
+def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    if prompts and all(isinstance(t, int) for t in prompts):
+        return [list(prompts)]  # one prompt given as token ids
+    return list(prompts)
+
+
+def _params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None,
+                       count: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in range(count)]
+    if isinstance(params, SamplingParams):
+        return [params] * count
+    if len(params) != count:
+        raise ValueError(f"got {len(params)} sampling_params for {count} prompts")
+    return list(params)

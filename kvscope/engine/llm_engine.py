@@ -1,0 +1,270 @@
+"""The step loop: schedule → execute → sample → update.
+
+LLMEngine owns the scheduler, the KV cache manager, the model runner and the
+sampler, and is the API the offline LLM class and the server drive:
+add_request / step / abort_request / has_unfinished_requests / get_stats.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvscope.config import ConfigError, EngineConfig
+from kvscope.engine.detokenizer import IncrementalDetokenizer
+from kvscope.events import Event, EventSink, NullSink
+from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
+from kvscope.model.loader import LoadedModel, load_model
+from kvscope.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from kvscope.request import Request, RequestStatus
+from kvscope.runner.model_runner import ModelRunner
+from kvscope.sample.sampler import Sampler, SamplerOutput
+from kvscope.sampling_params import SamplingParams
+from kvscope.sched.scheduler import Scheduler, SchedulerOutput
+
+MAX_DEFAULT_MODEL_LEN = 8192
+
+
+class RequestError(ValueError):
+    """A request is invalid (empty prompt, too long, duplicate id, ...)."""
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """Engine-side state of one request that the scheduler does not need."""
+
+    request: Request
+    detok: IncrementalDetokenizer | None
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float | None
+
+
+@dataclass(slots=True)
+class StepTimings:
+    schedule_s: float = 0.0
+    forward_s: float = 0.0
+    sample_s: float = 0.0
+    update_s: float = 0.0
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, sink: EventSink | None = None,
+                 loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self.sink = sink or NullSink()
+        self.loaded = loaded or load_model(config.model, config.dtype)
+        self.tokenizer = self.loaded.tokenizer
+        arch = self.loaded.arch
+        self.max_model_len = _resolve_max_model_len(config.max_model_len,
+                                                    arch.max_position_embeddings)
+        block_size = config.cache.block_size
+        bytes_per_block = ModelRunner.kv_bytes_per_block(self.loaded.model, block_size,
+                                                         config.dtype)
+        self.num_blocks = _num_blocks(config.cache.budget_bytes(), bytes_per_block,
+                                      self.max_model_len, block_size)
+        self.kv = KVCacheManager(self.num_blocks, block_size)
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, self.sink)
+        self.runner = ModelRunner(self.loaded.model, self.num_blocks, block_size,
+                                  self.max_model_len, config.dtype)
+        self.eos_token_ids = _eos_ids(arch.eos_token_ids, self.tokenizer)
+        self.sampler = Sampler(config.seed, self.eos_token_ids)
+        self._tracked: dict[str, _Tracked] = {}
+        self._ids = itertools.count()
+        self.last_timings = StepTimings()
+        self.num_generated_tokens = 0
+        self.num_prompt_tokens_computed = 0
+
+    # -- requests -----------------------------------------------------------------
+
+    def tokenize(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise RequestError("prompt must not be empty")
+            return prompt, list(self.tokenizer.encode(prompt, add_special_tokens=True))
+        ids = list(prompt)
+        if not ids:
+            raise RequestError("prompt must not be empty (got no token ids)")
+        vocab = self.loaded.arch.vocab_size
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+            raise RequestError(f"prompt token ids must be integers in [0, {vocab})")
+        return None, ids
+
+    def add_request(self, request_id: str | None, prompt: str | Sequence[int],
+                    params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> str:
+        params = params or SamplingParams()
+        request_id = str(next(self._ids)) if request_id is None else request_id
+        if request_id in self._tracked:
+            raise RequestError(f"request_id {request_id!r} is already in use")
+        text, ids = self.tokenize(prompt)
+        if len(ids) >= self.max_model_len:
+            raise RequestError(
+                f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
+                "(the prompt plus at least one generated token must fit)")
+        request = Request(request_id, ids, params, prompt=text,
+                          arrival_time=arrival_time or time.monotonic())
+        detok = None
+        if params.detokenize:
+            detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
+                                           params.stop_strings, params.include_stop_str_in_output)
+        wants_logprobs = params.logprobs is not None
+        self._tracked[request_id] = _Tracked(request, detok, [] if wants_logprobs else None,
+                                             0.0 if wants_logprobs else None)
+        self.scheduler.add_request(request)
+        self._emit("request_arrived", {"request_id": request_id, "prompt_tokens": len(ids)})
+        return request_id
+
+    def abort_request(self, request_ids: str | Sequence[str]) -> None:
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        for request_id in ids:
+            tracked = self._tracked.pop(request_id, None)
+            if tracked is None or tracked.request.is_finished:
+                continue
+            self.scheduler.finish(tracked.request, RequestStatus.FINISHED_ABORTED)
+            self.sampler.forget(request_id)
+            self._emit("request_aborted", {"request_id": request_id})
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # -- one step -----------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step; returns outputs of the requests that made progress."""
+        t0 = time.perf_counter()
+        sched = self.scheduler.schedule()
+        t1 = time.perf_counter()
+        if sched.is_empty:
+            return []
+        result = self.runner.execute(sched)
+        t2 = time.perf_counter()
+        sampled = self.sampler.sample(result.logits, [s.request for s in result.sampled])
+        t3 = time.perf_counter()
+        outputs = self._update(sched, [s.request for s in result.sampled], sampled)
+        t4 = time.perf_counter()
+        self.last_timings = StepTimings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        self._emit_step(sched)
+        return outputs
+
+    def _update(self, sched: SchedulerOutput, requests: list[Request],
+                sampled: SamplerOutput) -> list[RequestOutput]:
+        self.scheduler.update_after_step(sched)
+        now = time.monotonic()
+        outputs = []
+        for row, request in enumerate(requests):
+            tracked = self._tracked[request.request_id]
+            token = sampled.token_ids[row]
+            request.append_output_token(token)
+            self.num_generated_tokens += 1
+            if request.first_token_time is None:
+                request.first_token_time = now
+            if tracked.logprobs is not None:
+                tracked.logprobs.append(sampled.logprobs[row] or {})
+                tracked.cumulative_logprob += sampled.sampled_logprobs[row] or 0.0
+            status = self._check_stop(request, tracked, token)
+            if status is not None:
+                self.scheduler.finish(request, status)
+                self.sampler.forget(request.request_id)
+                self._tracked.pop(request.request_id)
+                self._emit("request_finished", {"request_id": request.request_id,
+                                                "reason": status.value})
+            outputs.append(self._output(tracked))
+        return outputs
+
+    def _check_stop(self, request: Request, tracked: _Tracked,
+                    token: int) -> RequestStatus | None:
+        params = request.sampling_params
+        if tracked.detok is not None:
+            stop = tracked.detok.append(token)
+            if stop is not None and request.num_output_tokens >= params.min_tokens:
+                request.stop_reason = stop
+                return RequestStatus.FINISHED_STOPPED
+        if request.num_output_tokens >= params.min_tokens:
+            if not params.ignore_eos and token in self.eos_token_ids:
+                return RequestStatus.FINISHED_STOPPED
+            if params.stop_token_ids and token in params.stop_token_ids:
+                request.stop_reason = token
+                return RequestStatus.FINISHED_STOPPED
+        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _output(self, tracked: _Tracked) -> RequestOutput:
+        request = tracked.request
+        finished = request.is_finished
+        text = tracked.detok.visible_text(finished) if tracked.detok else ""
+        completion = CompletionOutput(
+            index=0, text=text, token_ids=list(request.output_token_ids),
+            cumulative_logprob=tracked.cumulative_logprob, logprobs=tracked.logprobs,
+            finish_reason=request.finish_reason, stop_reason=request.stop_reason)
+        metrics = RequestMetrics(request.arrival_time, request.first_scheduled_time,
+                                 request.first_token_time, request.finished_time,
+                                 request.num_preemptions)
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
+                             [completion], finished, metrics)
+
+    # -- introspection ------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        pool = self.kv.pool
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "num_blocks": pool.num_blocks,
+            "num_used_blocks": pool.num_used_blocks,
+            "num_free_blocks": pool.num_free_blocks,
+            "kv_cache_usage": pool.usage(),
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_steps": self.scheduler.num_steps,
+            "num_generated_tokens": self.num_generated_tokens,
+        }
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.sink.enabled:
+            self.sink.emit(Event(kind, self.scheduler.num_steps, data))
+
+    def _emit_step(self, sched: SchedulerOutput) -> None:
+        if not self.sink.enabled:
+            return
+        t = self.last_timings
+        self.sink.emit(Event("step", sched.step, {
+            "batch": [{"request_id": s.request.request_id, "start": s.start,
+                       "num_tokens": s.num_tokens, "decode": s.is_decode,
+                       "block_ids": s.block_ids} for s in sched.scheduled],
+            "preempted": sched.preempted,
+            "schedule_s": t.schedule_s, "forward_s": t.forward_s,
+            "sample_s": t.sample_s, "update_s": t.update_s,
+            "free_blocks": self.kv.num_free_blocks}))
+
+
+def _resolve_max_model_len(requested: int | None, model_limit: int) -> int:
+    if requested is None:
+        return min(model_limit, MAX_DEFAULT_MODEL_LEN)
+    if requested > model_limit:
+        raise ConfigError(
+            f"max_model_len {requested} exceeds the model's context length {model_limit}")
+    return requested
+
+
+def _num_blocks(budget: int, bytes_per_block: int, max_model_len: int, block_size: int) -> int:
+    num_blocks = budget // bytes_per_block
+    needed = blocks_needed(max_model_len, block_size)
+    if num_blocks < needed:
+        raise ConfigError(
+            f"kv_cache_memory of {budget} bytes holds {num_blocks} blocks of {block_size} "
+            f"tokens ({bytes_per_block} bytes each), but one request of max_model_len "
+            f"{max_model_len} needs {needed} blocks ({needed * bytes_per_block} bytes); "
+            "raise kv_cache_memory or lower max_model_len")
+    return num_blocks
+
+
+def _eos_ids(model_eos: tuple[int, ...], tokenizer: Any) -> list[int]:
+    ids = set(model_eos)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)

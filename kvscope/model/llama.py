@@ -1,0 +1,107 @@
+"""The Llama family (Llama, SmolLM2, Mistral, Qwen2) over a flat token batch.
+
+The forward pass takes every token of a step as one [T, hidden] matrix, so each
+linear layer is one big matmul. Q/K/V and gate/up are fused into single linears at
+load time. Attention reads and writes the paged KV pool through AttentionMetadata.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kvscope.attention.metadata import AttentionMetadata
+from kvscope.attention.paged_torch import paged_attention
+from kvscope.model.arch import ModelArch
+from kvscope.model.layers.norm import RMSNorm
+from kvscope.model.layers.rotary import apply_rope
+
+
+def _linear(in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=bias, device="meta")
+    layer.requires_grad_(False)
+    return layer
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: ModelArch) -> None:
+        super().__init__()
+        self.num_heads = arch.num_heads
+        self.num_kv_heads = arch.num_kv_heads
+        self.head_dim = arch.head_dim
+        q_size = arch.num_heads * arch.head_dim
+        kv_size = arch.num_kv_heads * arch.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        self.qkv_proj = _linear(arch.hidden_size, sum(self.split), bias=arch.attention_bias)
+        self.o_proj = _linear(q_size, arch.hidden_size)
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = apply_rope(q.view(tokens, self.num_heads, self.head_dim), meta.cos, meta.sin)
+        k = apply_rope(k.view(tokens, self.num_kv_heads, self.head_dim), meta.cos, meta.sin)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta)
+        return self.o_proj(out.view(tokens, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, arch: ModelArch) -> None:
+        super().__init__()
+        self.intermediate = arch.intermediate_size
+        self.gate_up_proj = _linear(arch.hidden_size, 2 * arch.intermediate_size)
+        self.down_proj = _linear(arch.intermediate_size, arch.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: ModelArch) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.self_attn = Attention(arch)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.mlp = MLP(arch)
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), meta, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, arch: ModelArch) -> None:
+        super().__init__()
+        self.arch = arch
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size, device="meta")
+        self.embed_tokens.requires_grad_(False)
+        self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.lm_head_weight: torch.Tensor | None = None
+
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Returns the final hidden states [T, hidden] (logits are taken only where needed)."""
+        x = self.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x = layer(x, meta, kv_cache)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert self.lm_head_weight is not None
+        return F.linear(hidden, self.lm_head_weight).float()
+
+    def load_hf_weights(self, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+        """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up."""
+        from kvscope.model.weights import fuse_hf_weights
+
+        state = fuse_hf_weights(weights, self.arch)
+        lm_head = state.pop("lm_head.weight", None)
+        self.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True,
+                             assign=True)
+        self.lm_head_weight = (self.embed_tokens.weight if lm_head is None
+                               else lm_head.to(dtype))

