@@ -29,5 +29,5 @@ class AttentionMetadata:
     sin: torch.Tensor
     num_decodes: int = 0
     decode_block_tables: torch.Tensor | None = None  # [D, max_blocks] long
-    decode_mask: torch.Tensor | None = None  # [D, 1, 1, max_blocks * block_size] bool
+    decode_context_lens: torch.Tensor | None = None  # [D] long
     prefills: list[PrefillChunk] = field(default_factory=list)

@@ -1,11 +1,11 @@
-"""Paged attention on CPU in plain torch.
+"""Paged attention on CPU.
 
 The KV pool of one layer is a pair of tensors [num_blocks, block_size, kv_heads,
-head_dim]. New K/V are written by slot mapping in one indexed copy; each query
-reads its context by gathering the blocks of its block table. Decodes are batched
-into one SDPA call (padded to the longest context and masked); each prefill chunk
-gets its own call, and a chunk that starts at position 0 attends to its own fresh
-K/V without touching the pool.
+head_dim]. New K/V are written by slot mapping in one indexed copy. Decodes are
+handled together: by the C++ kernel, which reads K/V in place through the block
+tables, or (without a compiler) by gathering each sequence's blocks into a padded
+copy and masking. Each prefill chunk gets its own SDPA call; a chunk that starts at
+position 0 attends to its own fresh K/V without touching the pool.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kvscope.attention.cpu_kernels import decode_kernel
 from kvscope.attention.metadata import AttentionMetadata
 
 
@@ -24,10 +25,34 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 
 
 def gather_context(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
-    """[..., blocks] table → [..., kv_heads, blocks * block_size, head_dim]."""
+    """[..., blocks] table → [..., blocks * block_size, kv_heads, head_dim] (a copy)."""
     gathered = cache[block_table]  # [..., nb, bs, kvh, d]
     *lead, nb, bs, kvh, d = gathered.shape
-    return gathered.view(*lead, nb * bs, kvh, d).transpose(-3, -2)
+    return gathered.view(*lead, nb * bs, kvh, d)
+
+
+def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
+    """Reference decode attention: q [D, H, d] → [D, H, d], gathering and masking."""
+    num, heads, dim = q.shape
+    kv_heads = k_cache.shape[2]
+    keys = gather_context(k_cache, block_tables)  # [D, L, kvh, d]
+    values = gather_context(v_cache, block_tables)
+    grouped = q.view(num, kv_heads, heads // kv_heads, dim)
+    scores = torch.einsum("nkgd,nlkd->nkgl", grouped, keys).float() * dim ** -0.5
+    visible = torch.arange(keys.shape[1])[None, :] < context_lens[:, None]
+    scores.masked_fill_(~visible[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    return torch.einsum("nkgl,nlkd->nkgd", probs, values).reshape(num, heads, dim)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     block_tables: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
+    kernel = decode_kernel()
+    if kernel is None:
+        return decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens)
+    return kernel.paged_decode_attention(q.contiguous(), k_cache, v_cache, block_tables,
+                                         context_lens, q.shape[-1] ** -0.5)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -35,15 +60,12 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     meta: AttentionMetadata) -> torch.Tensor:
     """q [T, H, d], k/v [T, kvh, d] for the step's tokens → output [T, H, d]."""
     write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-    out = torch.empty_like(q)
     num_decodes = meta.num_decodes
+    if num_decodes == q.shape[0]:  # a pure decode step: no copy of the output needed
+        return _decodes(q, k_cache, v_cache, meta)
+    out = torch.empty_like(q)
     if num_decodes:
-        assert meta.decode_block_tables is not None
-        keys = gather_context(k_cache, meta.decode_block_tables)
-        values = gather_context(v_cache, meta.decode_block_tables)
-        queries = q[:num_decodes].unsqueeze(2)  # [D, H, 1, d]
-        out[:num_decodes] = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=meta.decode_mask, enable_gqa=True).squeeze(2)
+        out[:num_decodes] = _decodes(q[:num_decodes], k_cache, v_cache, meta)
     for chunk in meta.prefills:
         queries = q[chunk.begin:chunk.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
         if chunk.mask is None:
@@ -53,9 +75,17 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                                     enable_gqa=True)
         else:
             context = chunk.mask.shape[1]
-            keys = gather_context(k_cache, chunk.block_table)[:, :context].unsqueeze(0)
-            values = gather_context(v_cache, chunk.block_table)[:, :context].unsqueeze(0)
-            result = F.scaled_dot_product_attention(queries, keys, values,
-                                                    attn_mask=chunk.mask, enable_gqa=True)
+            keys = gather_context(k_cache, chunk.block_table)[:context].transpose(0, 1)
+            values = gather_context(v_cache, chunk.block_table)[:context].transpose(0, 1)
+            result = F.scaled_dot_product_attention(queries, keys.unsqueeze(0),
+                                                    values.unsqueeze(0), attn_mask=chunk.mask,
+                                                    enable_gqa=True)
         out[chunk.begin:chunk.end] = result.squeeze(0).transpose(0, 1)
     return out
+
+
+def _decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             meta: AttentionMetadata) -> torch.Tensor:
+    assert meta.decode_block_tables is not None and meta.decode_context_lens is not None
+    return decode_attention(q, k_cache, v_cache, meta.decode_block_tables,
+                            meta.decode_context_lens)

@@ -86,11 +86,9 @@ class ModelRunner:
         tables = torch.zeros(len(decodes), width, dtype=torch.long)
         for row, item in enumerate(decodes):
             tables[row, :len(item.block_ids)] = torch.tensor(item.block_ids)
-        context = torch.tensor([d.start + 1 for d in decodes])
-        key_pos = torch.arange(width * self.block_size)
         meta.num_decodes = len(decodes)
         meta.decode_block_tables = tables
-        meta.decode_mask = (key_pos[None, :] < context[:, None])[:, None, None, :]
+        meta.decode_context_lens = torch.tensor([d.start + 1 for d in decodes], dtype=torch.long)
 
     def _prefill_metadata(self, meta: AttentionMetadata,
                           prefills: list[ScheduledRequest]) -> None:
