@@ -25,7 +25,7 @@ class AttentionMetadata:
     """The flat batch holds `num_decodes` single-token decodes first, then prefill chunks."""
 
     slot_mapping: torch.Tensor  # [T] long: pool slot (block_id * block_size + offset)
-    cos: torch.Tensor  # [T, 1, head_dim] rotary tables for each row's position
+    cos: torch.Tensor  # [T, head_dim] rotary tables for each row's position
     sin: torch.Tensor
     num_decodes: int = 0
     decode_block_tables: torch.Tensor | None = None  # [D, max_blocks] long

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kvscope.attention.cpu_kernels import decode_kernel
 from kvscope.attention.metadata import AttentionMetadata
+from kvscope.kernels.build import cpu_kernels
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -48,7 +48,7 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
-    kernel = decode_kernel()
+    kernel = cpu_kernels()
     if kernel is None:
         return decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens)
     return kernel.paged_decode_attention(q.contiguous(), k_cache, v_cache, block_tables,

@@ -14,8 +14,9 @@ from torch import nn
 from kvscope.attention.metadata import AttentionMetadata
 from kvscope.attention.paged_torch import paged_attention
 from kvscope.model.arch import ModelArch
+from kvscope.model.layers.activation import silu_and_mul
 from kvscope.model.layers.norm import RMSNorm
-from kvscope.model.layers.rotary import apply_rope
+from kvscope.model.layers.rotary import rope_qk_inplace
 
 
 def _linear(in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
@@ -39,9 +40,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, meta: AttentionMetadata,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = apply_rope(q.view(tokens, self.num_heads, self.head_dim), meta.cos, meta.sin)
-        k = apply_rope(k.view(tokens, self.num_kv_heads, self.head_dim), meta.cos, meta.sin)
+        qkv = self.qkv_proj(x)
+        rope_qk_inplace(qkv, meta.cos, meta.sin, self.num_heads + self.num_kv_heads,
+                        self.head_dim)
+        q, k, v = qkv.split(self.split, dim=-1)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta)
         return self.o_proj(out.view(tokens, -1))
@@ -50,13 +54,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, arch: ModelArch) -> None:
         super().__init__()
-        self.intermediate = arch.intermediate_size
         self.gate_up_proj = _linear(arch.hidden_size, 2 * arch.intermediate_size)
         self.down_proj = _linear(arch.intermediate_size, arch.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -67,10 +69,18 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.mlp = MLP(arch)
 
-    def forward(self, x: torch.Tensor, meta: AttentionMetadata,
-                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), meta, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x is the previous layer's output, not yet added to the residual stream."""
+        if residual is None:
+            residual = x
+            hidden = self.input_layernorm(x)
+        else:
+            hidden = self.input_layernorm(x, residual)
+        hidden = self.self_attn(hidden, meta, kv_cache)
+        hidden = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
@@ -87,9 +97,10 @@ class LlamaModel(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Returns the final hidden states [T, hidden] (logits are taken only where needed)."""
         x = self.embed_tokens(input_ids)
+        residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            x = layer(x, meta, kv_cache)
-        return self.norm(x)
+            x, residual = layer(x, residual, meta, kv_cache)
+        return self.norm(x, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self.lm_head_weight is not None

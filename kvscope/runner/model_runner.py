@@ -71,8 +71,8 @@ class ModelRunner:
         position_tensor = torch.tensor(positions, dtype=torch.long)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long),
-            cos=self.cos[position_tensor].unsqueeze(1),
-            sin=self.sin[position_tensor].unsqueeze(1),
+            cos=self.cos[position_tensor],
+            sin=self.sin[position_tensor],
         )
         self._decode_metadata(meta, [s for s in ordered if s.is_decode])
         self._prefill_metadata(meta, [s for s in ordered if not s.is_decode])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kvscope.kernels.build import cpu_kernels
+
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for every position: two float32 tensors [max_len, head_dim]."""
@@ -20,3 +22,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+def rope_qk_inplace(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+                    head_dim: int) -> None:
+    """Rotate the first `heads` heads (the q heads, then the k heads) of each row of
+    the fused projection qkv [T, width] in place; cos/sin [T, head_dim]."""
+    kernels = cpu_kernels()
+    if kernels is not None:
+        kernels.rope_inplace(qkv, cos, sin, heads, head_dim)
+        return
+    qk = qkv[:, :heads * head_dim].view(qkv.shape[0], heads, head_dim)
+    qk.copy_(apply_rope(qk, cos.unsqueeze(1), sin.unsqueeze(1)))

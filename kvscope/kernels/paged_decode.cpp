@@ -4,7 +4,7 @@
 // attention) walk the sequence's block table, score every cached key, take one
 // softmax, and sum the values. K/V are read in place from the paged pool — no
 // gather into a contiguous copy — and all arithmetic is float32.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -14,9 +14,9 @@
 namespace {
 
 template <typename scalar_t>
-void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
-                           const torch::Tensor& v_cache, const torch::Tensor& block_tables,
-                           const torch::Tensor& context_lens, torch::Tensor& out, double scale) {
+void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache,
+                           const at::Tensor& v_cache, const at::Tensor& block_tables,
+                           const at::Tensor& context_lens, at::Tensor& out, double scale) {
   const int64_t num_seqs = q.size(0), num_heads = q.size(1), head_dim = q.size(2);
   const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2);
   const int64_t group = num_heads / kv_heads, max_blocks = block_tables.size(1);
@@ -90,8 +90,8 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
 
 // q [S, H, d]; k_cache, v_cache [num_blocks, block_size, kv_heads, d]; block_tables [S, max
 // blocks] int64; context_lens [S] int64 → out [S, H, d]
-torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                                     torch::Tensor block_tables, torch::Tensor context_lens,
+at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                                     at::Tensor block_tables, at::Tensor context_lens,
                                      double scale) {
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
               "paged_decode_attention needs contiguous tensors");
@@ -99,14 +99,9 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
               "block tables and context lengths must be contiguous");
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type(), "q and the KV cache differ in dtype");
   TORCH_CHECK(q.size(1) % k_cache.size(2) == 0, "heads must be a multiple of kv heads");
-  auto out = torch::empty_like(q);
+  auto out = at::empty_like(q);
   AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, q.scalar_type(), "paged_decode", [&] {
     decode_attention_impl<scalar_t>(q, k_cache, v_cache, block_tables, context_lens, out, scale);
   });
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode_attention", &paged_decode_attention,
-        "decode attention reading K/V through block tables");
 }

@@ -1,0 +1,21 @@
+// Python bindings for the CPU kernels of kvscope.
+#include <torch/extension.h>
+
+at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                                     at::Tensor block_tables, at::Tensor context_lens,
+                                     double scale);
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);
+at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor weight,
+                           double eps);
+at::Tensor silu_and_mul(at::Tensor gate_up);
+void rope_inplace(at::Tensor qkv, at::Tensor cos, at::Tensor sin, int64_t heads,
+                  int64_t head_dim);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode_attention", &paged_decode_attention,
+        "decode attention reading K/V in place through block tables");
+  m.def("rms_norm", &rms_norm, "RMSNorm in float32, rounded like the reference");
+  m.def("add_rms_norm", &add_rms_norm, "residual += x, then RMSNorm of the residual");
+  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up over a fused gate/up projection");
+  m.def("rope_inplace", &rope_inplace, "rotary embedding of q and k heads, in place");
+}

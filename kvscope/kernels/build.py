@@ -1,0 +1,53 @@
+"""CPU kernels in C++ (decode attention, fused norms/activations/RoPE), compiled once
+on first use with torch's extension builder and cached under ~/.cache/kvscope.
+
+They exist because on CPU the torch versions spend most of their time moving
+memory: the decode attention gathers every sequence's blocks into a padded copy,
+and each element-wise layer is several passes. Building needs a C++ compiler; without
+one (or with KVSCOPE_NO_KERNELS=1) the pure-torch paths run, with the same results
+to rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+_SOURCES = ["bindings.cpp", "paged_decode.cpp", "fused_ops.cpp"]
+_module: ModuleType | None = None
+_tried = False
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The compiled module, or None where it cannot be built."""
+    global _module, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get("KVSCOPE_NO_KERNELS") != "1":
+            try:
+                _module = _build()
+            except Exception as exc:  # a missing compiler must not stop the engine
+                logger.warning("C++ kernels unavailable (%s); using the torch paths", exc)
+    return _module
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    from kvscope.model.tokenizer import cache_dir
+
+    build_dir = cache_dir() / "kernels"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    return load(
+        name="kvscope_cpu_kernels",
+        sources=[str(here / name) for name in _SOURCES],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build_dir),
+        verbose=False,
+    )

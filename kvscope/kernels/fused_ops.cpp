@@ -1,0 +1,122 @@
+// Fused element-wise layers for CPU: each reads its input once and writes once,
+// where the torch versions take three to six passes over memory. Arithmetic is
+// float32; results are rounded to the tensor's dtype at the same points the
+// reference (HF transformers) rounds, so bf16 outputs match it closely.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+namespace {
+
+constexpr int64_t kRowGrain = 16;
+
+template <typename T>
+inline float rounded(float x) {
+  return float(T(x));
+}
+
+template <typename scalar_t>
+void rms_norm_rows(const scalar_t* x, const scalar_t* weight, scalar_t* out, int64_t rows,
+                   int64_t size, float eps) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* xr = x + r * size;
+      float sum = 0.f;
+      for (int64_t i = 0; i < size; ++i) sum += float(xr[i]) * float(xr[i]);
+      const float inv = 1.f / std::sqrt(sum / float(size) + eps);
+      scalar_t* o = out + r * size;
+      for (int64_t i = 0; i < size; ++i)
+        o[i] = scalar_t(float(weight[i]) * rounded<scalar_t>(float(xr[i]) * inv));
+    }
+  });
+}
+
+}  // namespace
+
+// out = weight * normalize(x), x [rows, size]
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "rms_norm needs contiguous tensors");
+  auto out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "rms_norm", [&] {
+    rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                            out.data_ptr<scalar_t>(), x.numel() / x.size(-1), x.size(-1),
+                            float(eps));
+  });
+  return out;
+}
+
+// residual += x (in place), returns weight * normalize(residual)
+at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor weight,
+                           double eps) {
+  TORCH_CHECK(x.is_contiguous() && residual.is_contiguous(), "add_rms_norm needs contiguous");
+  auto out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "add_rms", [&] {
+    const int64_t size = x.size(-1), rows = x.numel() / size;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* rp = residual.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        for (int64_t i = r * size; i < (r + 1) * size; ++i) rp[i] = scalar_t(float(rp[i]) + float(xp[i]));
+    });
+    rms_norm_rows<scalar_t>(rp, weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows,
+                            size, float(eps));
+  });
+  return out;
+}
+
+// gate_up [rows, 2 * inter] → silu(gate) * up [rows, inter]
+at::Tensor silu_and_mul(at::Tensor gate_up) {
+  TORCH_CHECK(gate_up.is_contiguous(), "silu_and_mul needs a contiguous input");
+  const int64_t inter = gate_up.size(-1) / 2, rows = gate_up.numel() / gate_up.size(-1);
+  auto out = at::empty({rows, inter}, gate_up.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, gate_up.scalar_type(), "silu", [&] {
+    const scalar_t* in = gate_up.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* g = in + r * 2 * inter;
+        const scalar_t* u = g + inter;
+        for (int64_t i = 0; i < inter; ++i) {
+          const float gv = float(g[i]);
+          const float act = rounded<scalar_t>(gv / (1.f + std::exp(-gv)));
+          o[r * inter + i] = scalar_t(act * float(u[i]));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// In place: rotate the first `heads` heads of each row of qkv [rows, width] (q then k,
+// laid out head after head) by RoPE with cos/sin [rows, head_dim], half-split pairs.
+void rope_inplace(at::Tensor qkv, at::Tensor cos, at::Tensor sin, int64_t heads,
+                  int64_t head_dim) {
+  TORCH_CHECK(qkv.stride(-1) == 1 && cos.is_contiguous() && sin.is_contiguous(),
+              "rope needs unit-stride rows and contiguous tables");
+  const int64_t rows = qkv.size(0), row_stride = qkv.stride(0), half = head_dim / 2;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, qkv.scalar_type(), "rope", [&] {
+    scalar_t* base = qkv.data_ptr<scalar_t>();
+    const scalar_t* c = cos.data_ptr<scalar_t>();
+    const scalar_t* s = sin.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* cr = c + r * head_dim;
+        const scalar_t* sr = s + r * head_dim;
+        for (int64_t h = 0; h < heads; ++h) {
+          scalar_t* x = base + r * row_stride + h * head_dim;
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = float(x[i]), b = float(x[i + half]);
+            // x*cos + rotate_half(x)*sin, rounding each product as the reference does
+            const float lo = rounded<scalar_t>(a * float(cr[i])) +
+                             rounded<scalar_t>(-b * float(sr[i]));
+            const float hi = rounded<scalar_t>(b * float(cr[i + half])) +
+                             rounded<scalar_t>(a * float(sr[i + half]));
+            x[i] = scalar_t(lo);
+            x[i + half] = scalar_t(hi);
+          }
+        }
+      }
+    });
+  });
+}
