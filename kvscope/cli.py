@@ -45,7 +45,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     print("Loading model...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    llm = LLM(args.model, **engine_options(args))
+    llm = LLM(args.model, load_progress=True, **engine_options(args))
     loaded = llm.engine.loaded
     print(f"Loaded {loaded.path.name} ({loaded.arch.architecture}, {llm.config.dtype}, "
           f"{llm.engine.num_blocks} KV blocks) in {time.perf_counter() - t0:.1f}s",

@@ -52,10 +52,10 @@ class StepTimings:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, sink: EventSink | None = None,
-                 loaded: LoadedModel | None = None) -> None:
+                 loaded: LoadedModel | None = None, load_progress: bool = False) -> None:
         self.config = config
         self.sink = sink or NullSink()
-        self.loaded = loaded or load_model(config.model, config.dtype)
+        self.loaded = loaded or load_model(config.model, config.dtype, load_progress)
         self.tokenizer = self.loaded.tokenizer
         arch = self.loaded.arch
         self.max_model_len = _resolve_max_model_len(config.max_model_len,

@@ -99,7 +99,8 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def read_gguf(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_gguf(path: str | Path, progress: bool = False
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(HF config dict, {HF tensor name: float32 tensor}) from a GGUF file."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -108,7 +109,12 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     config = gguf_hf_config(reader)
     permuted = config["model_type"] in _PERMUTED_ROPE
     weights: dict[str, torch.Tensor] = {}
-    for tensor in reader.tensors:
+    tensors = reader.tensors
+    if progress:
+        from tqdm import tqdm
+
+        tensors = tqdm(tensors, desc="Dequantizing GGUF", unit="tensor")
+    for tensor in tensors:
         name = _hf_name(tensor.name)
         if name is None:
             continue

@@ -49,7 +49,8 @@ def resolve_model_path(model: str | None) -> Path:
         f"model {model!r} is neither a Hugging Face model directory nor a .gguf file")
 
 
-def read_hf_directory(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_hf_directory(path: Path, progress: bool = False
+                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     config = json.loads((path / "config.json").read_text())
@@ -57,6 +58,10 @@ def read_hf_directory(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     if not files:
         raise ModelNotFoundError(f"model directory {str(path)!r} has no *.safetensors files")
     weights: dict[str, torch.Tensor] = {}
+    if progress:
+        from tqdm import tqdm
+
+        files = tqdm(files, desc="Loading safetensors", unit="file")
     for file in files:
         weights.update(load_file(str(file)))
     return config, weights
@@ -72,17 +77,20 @@ class LoadedModel:
     dtype: torch.dtype
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_checkpoint(path: Path, progress: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if path.suffix == ".gguf":
         from kvscope.model.gguf_reader import read_gguf
 
-        return read_gguf(path)
-    return read_hf_directory(path)
+        return read_gguf(path, progress)
+    return read_hf_directory(path, progress)
 
 
-def load_model(model: str | None, dtype: torch.dtype) -> LoadedModel:
+def load_model(model: str | None, dtype: torch.dtype, progress: bool = False) -> LoadedModel:
+    """Read the checkpoint, build the model in `dtype`, load the tokenizer.
+    `progress` shows a bar while weights load."""
     path = resolve_model_path(model)
-    config, weights = read_checkpoint(path)
+    config, weights = read_checkpoint(path, progress)
     arch = ModelArch.from_hf_config(config)
     net = LlamaModel(arch)
     net.load_hf_weights(weights, dtype)
