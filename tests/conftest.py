@@ -11,8 +11,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from kvscope import LLM  # noqa: E402
-from kvscope.model.loader import LoadedModel, load_model  # noqa: E402
+from kvscope import LLM
+from kvscope.model.loader import LoadedModel, load_model
 
 SMALL_KV = 64 * 1024 * 1024  # bytes: plenty for tests, quick to allocate
 

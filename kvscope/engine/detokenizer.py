@@ -29,8 +29,9 @@ class IncrementalDetokenizer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special)
 
-    def append(self, token_id: int) -> str | None:
-        """Add one token; returns the stop string matched, if any (text is then cut)."""
+    def append(self, token_id: int, check_stop: bool = True) -> str | None:
+        """Add one token; returns the stop string matched, if any (text is then cut).
+        With check_stop False (before min_tokens) stop strings are not searched."""
         self.ids.append(token_id)
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
@@ -44,7 +45,7 @@ class IncrementalDetokenizer:
                 self.prefix_offset -= drop
                 self.read_offset -= drop
             self.text += new_text
-            return self._check_stop(len(new_text))
+            return self._check_stop(len(new_text)) if check_stop else None
         return None
 
     def _check_stop(self, new_chars: int) -> str | None:

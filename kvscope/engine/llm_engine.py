@@ -26,6 +26,7 @@ from kvscope.sampling_params import SamplingParams
 from kvscope.sched.scheduler import Scheduler, SchedulerOutput
 
 MAX_DEFAULT_MODEL_LEN = 8192
+MAX_LOGPROBS = 20  # most alternatives returned per token (vLLM's default cap)
 
 
 class RequestError(ValueError):
@@ -99,13 +100,15 @@ class LLMEngine:
         request_id = str(next(self._ids)) if request_id is None else request_id
         if request_id in self._tracked:
             raise RequestError(f"request_id {request_id!r} is already in use")
+        self._check_vocab_limits(params)
         text, ids = self.tokenize(prompt)
         if len(ids) >= self.max_model_len:
             raise RequestError(
                 f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
                 "(the prompt plus at least one generated token must fit)")
         request = Request(request_id, ids, params, prompt=text,
-                          arrival_time=arrival_time or time.monotonic())
+                          arrival_time=time.monotonic() if arrival_time is None
+                          else arrival_time)
         detok = None
         if params.detokenize:
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
@@ -116,6 +119,14 @@ class LLMEngine:
         self.scheduler.add_request(request)
         self._emit("request_arrived", {"request_id": request_id, "prompt_tokens": len(ids)})
         return request_id
+
+    def _check_vocab_limits(self, params: SamplingParams) -> None:
+        vocab = self.loaded.arch.vocab_size
+        bad = [t for t in params.stop_token_ids or () if t >= vocab]
+        if bad:
+            raise RequestError(f"stop_token_ids {bad} are outside the vocabulary [0, {vocab})")
+        if params.logprobs is not None and params.logprobs > MAX_LOGPROBS:
+            raise RequestError(f"logprobs must be <= {MAX_LOGPROBS}; got {params.logprobs}")
 
     def abort_request(self, request_ids: str | Sequence[str]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
@@ -176,18 +187,23 @@ class LLMEngine:
 
     def _check_stop(self, request: Request, tracked: _Tracked,
                     token: int) -> RequestStatus | None:
+        """Decide whether the new token ends the request. Stops count only once
+        min_tokens are out; a stop token's text is left out of the output unless
+        include_stop_str_in_output (as in vLLM)."""
         params = request.sampling_params
-        if tracked.detok is not None:
-            stop = tracked.detok.append(token)
-            if stop is not None and request.num_output_tokens >= params.min_tokens:
+        may_stop = request.num_output_tokens >= params.min_tokens
+        stop_token = may_stop and (
+            (not params.ignore_eos and token in self.eos_token_ids)
+            or token in (params.stop_token_ids or ()))
+        if tracked.detok is not None and (not stop_token or params.include_stop_str_in_output):
+            stop = tracked.detok.append(token, check_stop=may_stop)
+            if stop is not None:
                 request.stop_reason = stop
                 return RequestStatus.FINISHED_STOPPED
-        if request.num_output_tokens >= params.min_tokens:
-            if not params.ignore_eos and token in self.eos_token_ids:
-                return RequestStatus.FINISHED_STOPPED
-            if params.stop_token_ids and token in params.stop_token_ids:
+        if stop_token:
+            if token not in self.eos_token_ids or params.ignore_eos:
                 request.stop_reason = token
-                return RequestStatus.FINISHED_STOPPED
+            return RequestStatus.FINISHED_STOPPED
         if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
             return RequestStatus.FINISHED_LENGTH
         if request.num_tokens >= self.max_model_len:

@@ -34,6 +34,7 @@ class Sampler:
     def forget(self, request_id: str) -> None:
         self._generators.pop(request_id, None)
 
+    @torch.inference_mode()
     def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
         raw_logprobs = None
         if any(r.sampling_params.logprobs is not None for r in requests):
