@@ -10,6 +10,7 @@ to rounding.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -43,10 +44,14 @@ def _build() -> ModuleType:
     build_dir = cache_dir() / "kernels"
     build_dir.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
+    # the headers' text joins the build flags, so editing simd.h rebuilds too
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.h"))))
     return load(
         name="kvscope_cpu_kernels",
         sources=[str(here / name) for name in _SOURCES],
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_include_paths=[str(here)],
+        extra_cflags=["-O3", "-march=native", "-fopenmp",
+                      f"-DKVSCOPE_HEADERS={digest.hexdigest()[:12]}"],
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
         verbose=False,

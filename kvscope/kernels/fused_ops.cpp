@@ -7,6 +7,8 @@
 
 #include <cmath>
 
+#include "simd.h"
+
 namespace {
 
 constexpr int64_t kRowGrain = 16;
@@ -38,7 +40,7 @@ void rms_norm_rows(const scalar_t* x, const scalar_t* weight, scalar_t* out, int
 at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "rms_norm needs contiguous tensors");
   auto out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "rms_norm", [&] {
+  KVSCOPE_DISPATCH(x.scalar_type(), "rms_norm", [&] {
     rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
                             out.data_ptr<scalar_t>(), x.numel() / x.size(-1), x.size(-1),
                             float(eps));
@@ -51,7 +53,7 @@ at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor weight,
                            double eps) {
   TORCH_CHECK(x.is_contiguous() && residual.is_contiguous(), "add_rms_norm needs contiguous");
   auto out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "add_rms", [&] {
+  KVSCOPE_DISPATCH(x.scalar_type(), "add_rms", [&] {
     const int64_t size = x.size(-1), rows = x.numel() / size;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* rp = residual.data_ptr<scalar_t>();
@@ -70,17 +72,29 @@ at::Tensor silu_and_mul(at::Tensor gate_up) {
   TORCH_CHECK(gate_up.is_contiguous(), "silu_and_mul needs a contiguous input");
   const int64_t inter = gate_up.size(-1) / 2, rows = gate_up.numel() / gate_up.size(-1);
   auto out = at::empty({rows, inter}, gate_up.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, gate_up.scalar_type(), "silu", [&] {
+  KVSCOPE_DISPATCH(gate_up.scalar_type(), "silu", [&] {
     const scalar_t* in = gate_up.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* g = in + r * 2 * inter;
         const scalar_t* u = g + inter;
-        for (int64_t i = 0; i < inter; ++i) {
+        scalar_t* dst = o + r * inter;
+        int64_t i = 0;
+#if defined(__AVX512F__)
+        using namespace kvscope_simd;
+        const __m512 one = _mm512_set1_ps(1.f);
+        for (; i + kLanes <= inter; i += kLanes) {
+          const __m512 gv = load16(g + i);
+          const __m512 denom = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv)));
+          const __m512 act = round_as<scalar_t>(_mm512_div_ps(gv, denom));
+          store16(dst + i, _mm512_mul_ps(act, load16(u + i)));
+        }
+#endif
+        for (; i < inter; ++i) {
           const float gv = float(g[i]);
           const float act = rounded<scalar_t>(gv / (1.f + std::exp(-gv)));
-          o[r * inter + i] = scalar_t(act * float(u[i]));
+          dst[i] = scalar_t(act * float(u[i]));
         }
       }
     });
@@ -95,7 +109,7 @@ void rope_inplace(at::Tensor qkv, at::Tensor cos, at::Tensor sin, int64_t heads,
   TORCH_CHECK(qkv.stride(-1) == 1 && cos.is_contiguous() && sin.is_contiguous(),
               "rope needs unit-stride rows and contiguous tables");
   const int64_t rows = qkv.size(0), row_stride = qkv.stride(0), half = head_dim / 2;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, qkv.scalar_type(), "rope", [&] {
+  KVSCOPE_DISPATCH(qkv.scalar_type(), "rope", [&] {
     scalar_t* base = qkv.data_ptr<scalar_t>();
     const scalar_t* c = cos.data_ptr<scalar_t>();
     const scalar_t* s = sin.data_ptr<scalar_t>();

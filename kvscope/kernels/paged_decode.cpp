@@ -3,7 +3,8 @@
 // Each (sequence, kv head) pair is one unit of work: its G query heads (grouped-query
 // attention) walk the sequence's block table, score every cached key, take one
 // softmax, and sum the values. K/V are read in place from the paged pool — no
-// gather into a contiguous copy — and all arithmetic is float32.
+// gather into a contiguous copy — and all arithmetic is float32. With AVX-512 and a
+// head dim that is a multiple of 16, the inner loops run 16 lanes at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -11,88 +12,145 @@
 #include <cmath>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
 
 template <typename scalar_t>
-void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache,
-                           const at::Tensor& v_cache, const at::Tensor& block_tables,
-                           const at::Tensor& context_lens, at::Tensor& out, double scale) {
-  const int64_t num_seqs = q.size(0), num_heads = q.size(1), head_dim = q.size(2);
-  const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2);
-  const int64_t group = num_heads / kv_heads, max_blocks = block_tables.size(1);
-  const scalar_t* q_ptr = q.data_ptr<scalar_t>();
-  const scalar_t* k_ptr = k_cache.data_ptr<scalar_t>();
-  const scalar_t* v_ptr = v_cache.data_ptr<scalar_t>();
-  const int64_t* tables = block_tables.data_ptr<int64_t>();
-  const int64_t* lens = context_lens.data_ptr<int64_t>();
-  scalar_t* out_ptr = out.data_ptr<scalar_t>();
-  const int64_t token_stride = kv_heads * head_dim;  // between tokens of one block
-  const float fscale = static_cast<float>(scale);
+struct DecodeArgs {
+  const scalar_t* q;        // [S, H, d]
+  const scalar_t* k_cache;  // [blocks, block_size, kv_heads, d]
+  const scalar_t* v_cache;
+  const int64_t* tables;    // [S, max_blocks]
+  const int64_t* lens;      // [S]
+  scalar_t* out;            // [S, H, d]
+  int64_t num_heads, kv_heads, head_dim, block_size, max_blocks, group;
+  float scale;
 
-  at::parallel_for(0, num_seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> queries(group * head_dim), acc(group * head_dim), row(head_dim);
-    std::vector<float> scores;
+  const scalar_t* row(const scalar_t* cache, int64_t seq, int64_t kv_head, int64_t t) const {
+    const int64_t block = tables[seq * max_blocks + t / block_size];
+    return cache + ((block * block_size + t % block_size) * kv_heads + kv_head) * head_dim;
+  }
+};
+
+struct Scratch {
+  std::vector<float> queries, acc, scores, row;
+};
+
+// scores[g, t] → softmax over t, in place
+void softmax_rows(float* scores, int64_t rows, int64_t len) {
+  for (int64_t g = 0; g < rows; ++g) {
+    float* s = scores + g * len;
+    const float peak = *std::max_element(s, s + len);
+    float total = 0.f;
+    int64_t t = 0;
+#if defined(__AVX512F__)
+    using namespace kvscope_simd;
+    __m512 sum = _mm512_setzero_ps();
+    const __m512 vpeak = _mm512_set1_ps(peak);
+    for (; t + kLanes <= len; t += kLanes) {
+      const __m512 e = exp16(_mm512_sub_ps(load16(s + t), vpeak));
+      store16(s + t, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    total = _mm512_reduce_add_ps(sum);
+#endif
+    for (; t < len; ++t) {
+      s[t] = std::exp(s[t] - peak);
+      total += s[t];
+    }
+    const float inv = 1.f / total;
+    for (int64_t i = 0; i < len; ++i) s[i] *= inv;
+  }
+}
+
+template <typename scalar_t>
+void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
+  const int64_t G = a.group, d = a.head_dim, context = a.lens[seq];
+  for (int64_t t = 0; t < context; ++t) {
+    const scalar_t* key = a.row(a.k_cache, seq, kv_head, t);
+    for (int64_t g = 0; g < G; ++g) {
+      float dot = 0.f;
+      for (int64_t i = 0; i < d; ++i) dot += s.queries[g * d + i] * float(key[i]);
+      s.scores[g * context + t] = dot;
+    }
+  }
+  softmax_rows(s.scores.data(), G, context);
+  for (int64_t t = 0; t < context; ++t) {
+    const scalar_t* value = a.row(a.v_cache, seq, kv_head, t);
+    for (int64_t g = 0; g < G; ++g) {
+      const float p = s.scores[g * context + t];
+      for (int64_t i = 0; i < d; ++i) s.acc[g * d + i] += p * float(value[i]);
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+template <typename scalar_t>
+void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
+  using namespace kvscope_simd;
+  const int64_t G = a.group, d = a.head_dim, context = a.lens[seq], chunks = d / kLanes;
+  float* key_row = s.row.data();
+  for (int64_t t = 0; t < context; ++t) {
+    const scalar_t* key = a.row(a.k_cache, seq, kv_head, t);
+    for (int64_t c = 0; c < chunks; ++c) store16(key_row + c * kLanes, load16(key + c * kLanes));
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qg = s.queries.data() + g * d;
+      __m512 dot = _mm512_setzero_ps();
+      for (int64_t c = 0; c < chunks; ++c)
+        dot = _mm512_fmadd_ps(load16(qg + c * kLanes), load16(key_row + c * kLanes), dot);
+      s.scores[g * context + t] = _mm512_reduce_add_ps(dot);
+    }
+  }
+  softmax_rows(s.scores.data(), G, context);
+  for (int64_t t = 0; t < context; ++t) {
+    const scalar_t* value = a.row(a.v_cache, seq, kv_head, t);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m512 v = load16(value + c * kLanes);
+      for (int64_t g = 0; g < G; ++g) {
+        float* acc = s.acc.data() + g * d + c * kLanes;
+        store16(acc, _mm512_fmadd_ps(_mm512_set1_ps(s.scores[g * context + t]), v, load16(acc)));
+      }
+    }
+  }
+}
+#endif
+
+template <typename scalar_t>
+void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
+  at::parallel_for(0, num_seqs * a.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t G = a.group, d = a.head_dim;
+    Scratch s;
+    s.queries.resize(G * d);
+    s.acc.resize(G * d);
+    s.row.resize(d);
     for (int64_t work = begin; work < end; ++work) {
-      const int64_t seq = work / kv_heads, kv_head = work % kv_heads;
-      const int64_t context = lens[seq];
-      scores.assign(group * context, 0.f);
-      for (int64_t g = 0; g < group; ++g) {
-        const scalar_t* src = q_ptr + (seq * num_heads + kv_head * group + g) * head_dim;
-        for (int64_t i = 0; i < head_dim; ++i) queries[g * head_dim + i] = float(src[i]) * fscale;
+      const int64_t seq = work / a.kv_heads, kv_head = work % a.kv_heads;
+      const int64_t first_head = seq * a.num_heads + kv_head * G;
+      for (int64_t i = 0; i < G * d; ++i) s.queries[i] = float(a.q[first_head * d + i]) * a.scale;
+      s.scores.assign(G * a.lens[seq], 0.f);
+      std::fill(s.acc.begin(), s.acc.end(), 0.f);
+#if defined(__AVX512F__)
+      if (d % kvscope_simd::kLanes == 0) {
+        attend_simd(a, seq, kv_head, s);
+      } else {
+        attend_scalar(a, seq, kv_head, s);
       }
-      // scores[g, t] = q_g · k_t
-      for (int64_t t = 0; t < context; ++t) {
-        const int64_t block = tables[seq * max_blocks + t / block_size];
-        const scalar_t* key = k_ptr + (block * block_size + t % block_size) * token_stride +
-                              kv_head * head_dim;
-        for (int64_t i = 0; i < head_dim; ++i) row[i] = float(key[i]);
-        for (int64_t g = 0; g < group; ++g) {
-          const float* qg = queries.data() + g * head_dim;
-          float dot = 0.f;
-          for (int64_t i = 0; i < head_dim; ++i) dot += qg[i] * row[i];
-          scores[g * context + t] = dot;
-        }
-      }
-      // one softmax per query head over the whole context
-      for (int64_t g = 0; g < group; ++g) {
-        float* s = scores.data() + g * context;
-        const float peak = *std::max_element(s, s + context);
-        float total = 0.f;
-        for (int64_t t = 0; t < context; ++t) {
-          s[t] = std::exp(s[t] - peak);
-          total += s[t];
-        }
-        const float inv = 1.f / total;
-        for (int64_t t = 0; t < context; ++t) s[t] *= inv;
-      }
-      // out[g] = sum_t p[g, t] v_t
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = 0; t < context; ++t) {
-        const int64_t block = tables[seq * max_blocks + t / block_size];
-        const scalar_t* value = v_ptr + (block * block_size + t % block_size) * token_stride +
-                                kv_head * head_dim;
-        for (int64_t i = 0; i < head_dim; ++i) row[i] = float(value[i]);
-        for (int64_t g = 0; g < group; ++g) {
-          const float p = scores[g * context + t];
-          float* a = acc.data() + g * head_dim;
-          for (int64_t i = 0; i < head_dim; ++i) a[i] += p * row[i];
-        }
-      }
-      for (int64_t g = 0; g < group; ++g) {
-        scalar_t* dst = out_ptr + (seq * num_heads + kv_head * group + g) * head_dim;
-        for (int64_t i = 0; i < head_dim; ++i) dst[i] = scalar_t(acc[g * head_dim + i]);
-      }
+#else
+      attend_scalar(a, seq, kv_head, s);
+#endif
+      for (int64_t i = 0; i < G * d; ++i) a.out[first_head * d + i] = scalar_t(s.acc[i]);
     }
   });
 }
 
 }  // namespace
 
-// q [S, H, d]; k_cache, v_cache [num_blocks, block_size, kv_heads, d]; block_tables [S, max
-// blocks] int64; context_lens [S] int64 → out [S, H, d]
+// q [S, H, d]; k_cache, v_cache [num_blocks, block_size, kv_heads, d]; block_tables
+// [S, max_blocks] int64; context_lens [S] int64 → out [S, H, d]
 at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
-                                     at::Tensor block_tables, at::Tensor context_lens,
-                                     double scale) {
+                                  at::Tensor block_tables, at::Tensor context_lens,
+                                  double scale) {
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
               "paged_decode_attention needs contiguous tensors");
   TORCH_CHECK(block_tables.is_contiguous() && context_lens.is_contiguous(),
@@ -100,8 +158,13 @@ at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type(), "q and the KV cache differ in dtype");
   TORCH_CHECK(q.size(1) % k_cache.size(2) == 0, "heads must be a multiple of kv heads");
   auto out = at::empty_like(q);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, q.scalar_type(), "paged_decode", [&] {
-    decode_attention_impl<scalar_t>(q, k_cache, v_cache, block_tables, context_lens, out, scale);
+  KVSCOPE_DISPATCH(q.scalar_type(), "paged_decode", [&] {
+    DecodeArgs<scalar_t> args{
+        q.data_ptr<scalar_t>(), k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(),
+        block_tables.data_ptr<int64_t>(), context_lens.data_ptr<int64_t>(),
+        out.data_ptr<scalar_t>(), q.size(1), k_cache.size(2), q.size(2), k_cache.size(1),
+        block_tables.size(1), q.size(1) / k_cache.size(2), static_cast<float>(scale)};
+    decode_attention_impl(args, q.size(0));
   });
   return out;
 }
