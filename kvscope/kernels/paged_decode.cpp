@@ -34,7 +34,7 @@ struct DecodeArgs {
 };
 
 struct Scratch {
-  std::vector<float> queries, acc, scores, row;
+  std::vector<float> queries, acc, scores;
 };
 
 // scores[g, t] → softmax over t, in place
@@ -86,32 +86,44 @@ void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, 
 }
 
 #if defined(__AVX512F__)
-template <typename scalar_t>
+// CHUNKS = head_dim / 16, a compile-time constant so each head's query and output
+// accumulators live in registers.
+template <int CHUNKS, typename scalar_t>
 void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   using namespace kvscope_simd;
-  const int64_t G = a.group, d = a.head_dim, context = a.lens[seq], chunks = d / kLanes;
-  float* key_row = s.row.data();
-  for (int64_t t = 0; t < context; ++t) {
-    const scalar_t* key = a.row(a.k_cache, seq, kv_head, t);
-    for (int64_t c = 0; c < chunks; ++c) store16(key_row + c * kLanes, load16(key + c * kLanes));
-    for (int64_t g = 0; g < G; ++g) {
-      const float* qg = s.queries.data() + g * d;
-      __m512 dot = _mm512_setzero_ps();
-      for (int64_t c = 0; c < chunks; ++c)
-        dot = _mm512_fmadd_ps(load16(qg + c * kLanes), load16(key_row + c * kLanes), dot);
-      s.scores[g * context + t] = _mm512_reduce_add_ps(dot);
+  const int64_t G = a.group, d = a.head_dim, context = a.lens[seq];
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 query[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) query[c] = load16(s.queries.data() + g * d + c * kLanes);
+    float* scores = s.scores.data() + g * context;
+    for (int64_t t = 0; t < context; ++t) {
+      const scalar_t* key = a.row(a.k_cache, seq, kv_head, t);
+      __m512 dot = _mm512_mul_ps(query[0], load16(key));
+      for (int c = 1; c < CHUNKS; ++c) dot = _mm512_fmadd_ps(query[c], load16(key + c * kLanes), dot);
+      scores[t] = _mm512_reduce_add_ps(dot);
     }
   }
   softmax_rows(s.scores.data(), G, context);
-  for (int64_t t = 0; t < context; ++t) {
-    const scalar_t* value = a.row(a.v_cache, seq, kv_head, t);
-    for (int64_t c = 0; c < chunks; ++c) {
-      const __m512 v = load16(value + c * kLanes);
-      for (int64_t g = 0; g < G; ++g) {
-        float* acc = s.acc.data() + g * d + c * kLanes;
-        store16(acc, _mm512_fmadd_ps(_mm512_set1_ps(s.scores[g * context + t]), v, load16(acc)));
-      }
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 acc[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) acc[c] = _mm512_setzero_ps();
+    const float* probs = s.scores.data() + g * context;
+    for (int64_t t = 0; t < context; ++t) {
+      const scalar_t* value = a.row(a.v_cache, seq, kv_head, t);
+      const __m512 p = _mm512_set1_ps(probs[t]);
+      for (int c = 0; c < CHUNKS; ++c) acc[c] = _mm512_fmadd_ps(p, load16(value + c * kLanes), acc[c]);
     }
+    for (int c = 0; c < CHUNKS; ++c) store16(s.acc.data() + g * d + c * kLanes, acc[c]);
+  }
+}
+
+// true when a register-resident specialisation exists for this head dim
+template <typename scalar_t>
+bool attend_fast(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
+  switch (a.head_dim) {
+    case 64: attend_simd<4>(a, seq, kv_head, s); return true;
+    case 128: attend_simd<8>(a, seq, kv_head, s); return true;
+    default: return false;
   }
 }
 #endif
@@ -123,7 +135,6 @@ void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
     Scratch s;
     s.queries.resize(G * d);
     s.acc.resize(G * d);
-    s.row.resize(d);
     for (int64_t work = begin; work < end; ++work) {
       const int64_t seq = work / a.kv_heads, kv_head = work % a.kv_heads;
       const int64_t first_head = seq * a.num_heads + kv_head * G;
@@ -131,11 +142,7 @@ void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
       s.scores.assign(G * a.lens[seq], 0.f);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
 #if defined(__AVX512F__)
-      if (d % kvscope_simd::kLanes == 0) {
-        attend_simd(a, seq, kv_head, s);
-      } else {
-        attend_scalar(a, seq, kv_head, s);
-      }
+      if (!attend_fast(a, seq, kv_head, s)) attend_scalar(a, seq, kv_head, s);
 #else
       attend_scalar(a, seq, kv_head, s);
 #endif
