@@ -11,11 +11,16 @@ at::Tensor silu_and_mul(at::Tensor gate_up);
 void rope_inplace(at::Tensor qkv, at::Tensor cos, at::Tensor sin, int64_t heads,
                   int64_t head_dim);
 
+at::Tensor small_gemm(at::Tensor x, at::Tensor weight, c10::optional<at::Tensor> bias);
+bool small_gemm_supported();
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "decode attention reading K/V in place through block tables");
   m.def("rms_norm", &rms_norm, "RMSNorm in float32, rounded like the reference");
   m.def("add_rms_norm", &add_rms_norm, "residual += x, then RMSNorm of the residual");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up over a fused gate/up projection");
+  m.def("small_gemm", &small_gemm, "x @ weight.T (+ bias) for 1-4 bf16 rows");
+  m.def("small_gemm_supported", &small_gemm_supported, "built with AVX512-BF16");
   m.def("rope_inplace", &rope_inplace, "rotary embedding of q and k heads, in place");
 }

@@ -18,7 +18,7 @@ from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ["bindings.cpp", "paged_decode.cpp", "fused_ops.cpp"]
+_SOURCES = ["bindings.cpp", "paged_decode.cpp", "fused_ops.cpp", "small_gemm.cpp"]
 _module: ModuleType | None = None
 _tried = False
 

@@ -8,13 +8,13 @@ load time. Attention reads and writes the paged KV pool through AttentionMetadat
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kvscope.attention.metadata import AttentionMetadata
 from kvscope.attention.paged_torch import paged_attention
 from kvscope.model.arch import ModelArch
 from kvscope.model.layers.activation import silu_and_mul
+from kvscope.model.layers.linear import linear
 from kvscope.model.layers.norm import RMSNorm
 from kvscope.model.layers.rotary import rope_qk_inplace
 
@@ -40,7 +40,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, meta: AttentionMetadata,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens = x.shape[0]
-        qkv = self.qkv_proj(x)
+        qkv = linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         rope_qk_inplace(qkv, meta.cos, meta.sin, self.num_heads + self.num_kv_heads,
                         self.head_dim)
         q, k, v = qkv.split(self.split, dim=-1)
@@ -48,7 +48,7 @@ class Attention(nn.Module):
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta)
-        return self.o_proj(out.view(tokens, -1))
+        return linear(out.view(tokens, -1), self.o_proj.weight)
 
 
 class MLP(nn.Module):
@@ -58,7 +58,8 @@ class MLP(nn.Module):
         self.down_proj = _linear(arch.intermediate_size, arch.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        gate_up = linear(x, self.gate_up_proj.weight)
+        return linear(silu_and_mul(gate_up), self.down_proj.weight)
 
 
 class DecoderLayer(nn.Module):
@@ -104,7 +105,7 @@ class LlamaModel(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self.lm_head_weight is not None
-        return F.linear(hidden, self.lm_head_weight).float()
+        return linear(hidden, self.lm_head_weight).float()
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
         """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up."""
