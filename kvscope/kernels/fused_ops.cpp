@@ -11,27 +11,22 @@
 
 namespace {
 
-constexpr int64_t kRowGrain = 16;
+constexpr int64_t kRowGrain = 32;  // small batches run on one thread: no fork/join
 
 template <typename T>
 inline float rounded(float x) {
   return float(T(x));
 }
 
+// Normalise one row in float32 and scale by the weight, rounding where the reference does.
 template <typename scalar_t>
-void rms_norm_rows(const scalar_t* x, const scalar_t* weight, scalar_t* out, int64_t rows,
-                   int64_t size, float eps) {
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* xr = x + r * size;
-      float sum = 0.f;
-      for (int64_t i = 0; i < size; ++i) sum += float(xr[i]) * float(xr[i]);
-      const float inv = 1.f / std::sqrt(sum / float(size) + eps);
-      scalar_t* o = out + r * size;
-      for (int64_t i = 0; i < size; ++i)
-        o[i] = scalar_t(float(weight[i]) * rounded<scalar_t>(float(xr[i]) * inv));
-    }
-  });
+inline void rms_norm_row(const scalar_t* x, const scalar_t* weight, scalar_t* out, int64_t size,
+                         float eps) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < size; ++i) sum += float(x[i]) * float(x[i]);
+  const float inv = 1.f / std::sqrt(sum / float(size) + eps);
+  for (int64_t i = 0; i < size; ++i)
+    out[i] = scalar_t(float(weight[i]) * rounded<scalar_t>(float(x[i]) * inv));
 }
 
 }  // namespace
@@ -41,28 +36,35 @@ at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "rms_norm needs contiguous tensors");
   auto out = at::empty_like(x);
   KVSCOPE_DISPATCH(x.scalar_type(), "rms_norm", [&] {
-    rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-                            out.data_ptr<scalar_t>(), x.numel() / x.size(-1), x.size(-1),
-                            float(eps));
+    const int64_t size = x.size(-1), rows = x.numel() / size;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = weight.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        rms_norm_row(xp + r * size, wp, op + r * size, size, float(eps));
+    });
   });
   return out;
 }
 
-// residual += x (in place), returns weight * normalize(residual)
-at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor weight,
-                           double eps) {
+// residual += x (in place), returns weight * normalize(residual); one pass per row
+at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor weight, double eps) {
   TORCH_CHECK(x.is_contiguous() && residual.is_contiguous(), "add_rms_norm needs contiguous");
   auto out = at::empty_like(x);
   KVSCOPE_DISPATCH(x.scalar_type(), "add_rms", [&] {
     const int64_t size = x.size(-1), rows = x.numel() / size;
     const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = weight.data_ptr<scalar_t>();
     scalar_t* rp = residual.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r)
-        for (int64_t i = r * size; i < (r + 1) * size; ++i) rp[i] = scalar_t(float(rp[i]) + float(xp[i]));
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* row = rp + r * size;
+        for (int64_t i = 0; i < size; ++i) row[i] = scalar_t(float(row[i]) + float(xp[r * size + i]));
+        rms_norm_row(row, wp, op + r * size, size, float(eps));
+      }
     });
-    rms_norm_rows<scalar_t>(rp, weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows,
-                            size, float(eps));
   });
   return out;
 }
