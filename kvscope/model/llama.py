@@ -17,6 +17,7 @@ from kvscope.model.layers.activation import silu_and_mul
 from kvscope.model.layers.linear import linear
 from kvscope.model.layers.norm import RMSNorm
 from kvscope.model.layers.rotary import rope_qk_inplace
+from kvscope.model.weights import fuse_hf_weights
 
 
 def _linear(in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
@@ -109,8 +110,6 @@ class LlamaModel(nn.Module):
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
         """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up."""
-        from kvscope.model.weights import fuse_hf_weights
-
         state = fuse_hf_weights(weights, self.arch)
         lm_head = state.pop("lm_head.weight", None)
         self.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True,

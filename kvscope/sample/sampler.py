@@ -64,8 +64,9 @@ class Sampler:
         temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
         logits = logits / temperature[:, None]
         noise = self._exponential_noise(logits.shape, requests)
-        filtered = [i for i, p in enumerate(params) if p.top_k or p.top_p < 1 or p.min_p > 0]
-        plain = [i for i in range(len(params)) if i not in set(filtered)]
+        needs_filter = [p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in params]
+        filtered = [i for i, flag in enumerate(needs_filter) if flag]
+        plain = [i for i, flag in enumerate(needs_filter) if not flag]
         out = torch.empty(len(params), dtype=torch.long)
         if plain:
             rows = torch.tensor(plain)
