@@ -14,16 +14,10 @@ from kvscope.attention.metadata import AttentionMetadata
 from kvscope.attention.paged_torch import paged_attention
 from kvscope.model.arch import ModelArch
 from kvscope.model.layers.activation import silu_and_mul
-from kvscope.model.layers.linear import linear
+from kvscope.model.layers.linear import Linear
 from kvscope.model.layers.norm import RMSNorm
 from kvscope.model.layers.rotary import rope_qk_inplace
 from kvscope.model.weights import fuse_hf_weights
-
-
-def _linear(in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features, bias=bias, device="meta")
-    layer.requires_grad_(False)
-    return layer
 
 
 class Attention(nn.Module):
@@ -35,13 +29,13 @@ class Attention(nn.Module):
         q_size = arch.num_heads * arch.head_dim
         kv_size = arch.num_kv_heads * arch.head_dim
         self.split = (q_size, kv_size, kv_size)
-        self.qkv_proj = _linear(arch.hidden_size, sum(self.split), bias=arch.attention_bias)
-        self.o_proj = _linear(q_size, arch.hidden_size)
+        self.qkv_proj = Linear(arch.hidden_size, sum(self.split), bias=arch.attention_bias)
+        self.o_proj = Linear(q_size, arch.hidden_size)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens = x.shape[0]
-        qkv = linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        qkv = self.qkv_proj(x)
         rope_qk_inplace(qkv, meta.cos, meta.sin, self.num_heads + self.num_kv_heads,
                         self.head_dim)
         q, k, v = qkv.split(self.split, dim=-1)
@@ -49,18 +43,17 @@ class Attention(nn.Module):
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta)
-        return linear(out.view(tokens, -1), self.o_proj.weight)
+        return self.o_proj(out.view(tokens, -1))
 
 
 class MLP(nn.Module):
     def __init__(self, arch: ModelArch) -> None:
         super().__init__()
-        self.gate_up_proj = _linear(arch.hidden_size, 2 * arch.intermediate_size)
-        self.down_proj = _linear(arch.intermediate_size, arch.hidden_size)
+        self.gate_up_proj = Linear(arch.hidden_size, 2 * arch.intermediate_size)
+        self.down_proj = Linear(arch.intermediate_size, arch.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = linear(x, self.gate_up_proj.weight)
-        return linear(silu_and_mul(gate_up), self.down_proj.weight)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -93,7 +86,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens.requires_grad_(False)
         self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.lm_head_weight: torch.Tensor | None = None
+        self.lm_head: Linear | None = None
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -105,8 +98,8 @@ class LlamaModel(nn.Module):
         return self.norm(x, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        assert self.lm_head_weight is not None
-        return linear(hidden, self.lm_head_weight).float()
+        assert self.lm_head is not None
+        return self.lm_head(hidden).float()
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
         """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up."""
@@ -114,5 +107,8 @@ class LlamaModel(nn.Module):
         lm_head = state.pop("lm_head.weight", None)
         self.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True,
                              assign=True)
-        self.lm_head_weight = (self.embed_tokens.weight if lm_head is None
-                               else lm_head.to(dtype))
+        self.lm_head = Linear.from_weight(self.embed_tokens.weight if lm_head is None
+                                          else lm_head.to(dtype))
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.pack()
