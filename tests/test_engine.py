@@ -164,6 +164,17 @@ def test_preemption_keeps_outputs(make_llm, loaded_fp32, alone, seeded_alone):
     assert token_ids(outputs[:len(picks)]) == [alone[i] for i in picks]
     assert token_ids(outputs[len(picks):]) == list(seeded_alone.values())
     assert_no_blocks_held(small)
+    # recompute preemption shows in the work done: more tokens than prompt + output - 1
+    # each (the last sampled token of a request is never fed back)
+    once = sum(len(o.prompt_token_ids) + len(o.outputs[0].token_ids) - 1 for o in outputs)
+    assert small.engine.get_stats()["num_computed_tokens"] > once
+
+
+def test_computed_tokens_without_preemption(make_llm):
+    llm = make_llm()
+    out = llm.generate(PROMPTS[0], GREEDY)[0]
+    expected = len(out.prompt_token_ids) + len(out.outputs[0].token_ids) - 1
+    assert llm.engine.get_stats()["num_computed_tokens"] == expected
 
 
 # -- block accounting ---------------------------------------------------------------

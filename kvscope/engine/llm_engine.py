@@ -76,7 +76,7 @@ class LLMEngine:
         self._ids = itertools.count()
         self.last_timings = StepTimings()
         self.num_generated_tokens = 0
-        self.num_prompt_tokens_computed = 0
+        self.num_computed_tokens = 0  # every token the model processed, recomputes included
 
     # -- requests -----------------------------------------------------------------
 
@@ -163,6 +163,7 @@ class LLMEngine:
     def _update(self, sched: SchedulerOutput, requests: list[Request],
                 sampled: SamplerOutput) -> list[RequestOutput]:
         self.scheduler.update_after_step(sched)
+        self.num_computed_tokens += sched.num_tokens
         now = time.monotonic()
         outputs = []
         for row, request in enumerate(requests):
@@ -238,6 +239,7 @@ class LLMEngine:
             "num_preemptions": self.scheduler.num_preemptions,
             "num_steps": self.scheduler.num_steps,
             "num_generated_tokens": self.num_generated_tokens,
+            "num_computed_tokens": self.num_computed_tokens,
         }
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:

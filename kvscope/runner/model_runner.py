@@ -21,7 +21,6 @@ from kvscope.sched.scheduler import ScheduledRequest, SchedulerOutput
 class StepResult:
     logits: torch.Tensor  # [S, vocab] float32, one row per sampling request
     sampled: list[ScheduledRequest]  # in row order
-    forward_seconds: float = 0.0
 
 
 class ModelRunner:
