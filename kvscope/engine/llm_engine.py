@@ -62,8 +62,7 @@ class LLMEngine:
         self.max_model_len = _resolve_max_model_len(config.max_model_len,
                                                     arch.max_position_embeddings)
         block_size = config.cache.block_size
-        bytes_per_block = ModelRunner.kv_bytes_per_block(self.loaded.model, block_size,
-                                                         config.dtype)
+        bytes_per_block = arch.kv_bytes_per_token(config.dtype.itemsize) * block_size
         self.num_blocks = _num_blocks(config.cache.budget_bytes(), bytes_per_block,
                                       self.max_model_len, block_size)
         self.kv = KVCacheManager(self.num_blocks, block_size)

@@ -29,17 +29,12 @@ class ModelRunner:
         arch = model.arch
         self.model = model
         self.block_size = block_size
-        self.dtype = dtype
         shape = (arch.num_layers, 2, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
         self.kv_pool = torch.zeros(shape, dtype=dtype)
         self.kv_caches = [(self.kv_pool[i, 0], self.kv_pool[i, 1])
                           for i in range(arch.num_layers)]
         cos, sin = rope_tables(arch.head_dim, max_model_len, arch.rope_theta)
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)
-
-    @staticmethod
-    def kv_bytes_per_block(model: LlamaModel, block_size: int, dtype: torch.dtype) -> int:
-        return model.arch.kv_bytes_per_token(dtype.itemsize) * block_size
 
     def execute(self, out: SchedulerOutput) -> StepResult:
         ordered = sorted(out.scheduled, key=lambda s: not s.is_decode)
@@ -82,11 +77,9 @@ class ModelRunner:
         if not decodes:
             return
         width = max(len(d.block_ids) for d in decodes)
-        tables = torch.zeros(len(decodes), width, dtype=torch.long)
-        for row, item in enumerate(decodes):
-            tables[row, :len(item.block_ids)] = torch.tensor(item.block_ids)
+        padded = [d.block_ids + [0] * (width - len(d.block_ids)) for d in decodes]
         meta.num_decodes = len(decodes)
-        meta.decode_block_tables = tables
+        meta.decode_block_tables = torch.tensor(padded, dtype=torch.long)
         meta.decode_context_lens = torch.tensor([d.start + 1 for d in decodes], dtype=torch.long)
 
     def _prefill_metadata(self, meta: AttentionMetadata,

@@ -57,11 +57,8 @@ class Linear(nn.Module):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor) -> Linear:
-        layer = cls.__new__(cls)
-        nn.Module.__init__(layer)
+        layer = cls(weight.shape[1], weight.shape[0])
         layer.weight = nn.Parameter(weight, requires_grad=False)
-        layer.bias = None
-        layer.packed = None
         return layer
 
     def pack(self) -> None:
