@@ -1,8 +1,10 @@
-"""The `kvscope` command line: `kvscope generate` runs prompts through the engine."""
+"""The `kvscope` command line: `kvscope serve` runs the OpenAI-compatible server,
+`kvscope generate` runs prompts through the engine offline."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +27,13 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    parser.add_argument("--kv-cache-memory", type=int, default=None, help="bytes for the KV pool")
+    parser.add_argument("--long-prefill-token-threshold", type=int, default=0,
+                        help="cap each prefill chunk at this many tokens (0: no cap)")
+    memory = parser.add_mutually_exclusive_group()
+    memory.add_argument("--kv-cache-memory", type=int, default=None,
+                        help="bytes for the KV pool (default 1 GiB)")
+    memory.add_argument("--kv-cache-memory-fraction", type=float, default=None,
+                        help="fraction of available memory for the KV pool")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -33,10 +41,13 @@ def engine_options(args: argparse.Namespace) -> dict:
     options = {
         "dtype": args.dtype, "block_size": args.block_size, "max_model_len": args.max_model_len,
         "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
-        "seed": args.seed,
+        "seed": args.seed, "long_prefill_token_threshold": args.long_prefill_token_threshold,
+        "model": args.model,
     }
     if args.kv_cache_memory is not None:
         options["kv_cache_memory"] = args.kv_cache_memory
+    if args.kv_cache_memory_fraction is not None:
+        options["kv_cache_memory_fraction"] = args.kv_cache_memory_fraction
     return options
 
 
@@ -45,7 +56,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     print("Loading model...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    llm = LLM(args.model, load_progress=True, **engine_options(args))
+    llm = LLM(load_progress=True, **engine_options(args))
     loaded = llm.engine.loaded
     print(f"Loaded {loaded.path.name} ({loaded.arch.architecture}, {llm.config.dtype}, "
           f"{llm.engine.num_blocks} KV blocks) in {time.perf_counter() - t0:.1f}s",
@@ -70,9 +81,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kvscope.serve.server import serve
+
+    serve(engine_options(args), args.host, args.port, args.api_key, args.served_model_name,
+          args.max_waiting_requests, args.max_body_bytes)
+    return 0
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    from kvscope.engine.async_engine import DEFAULT_MAX_WAITING_REQUESTS
+    from kvscope.serve.app import DEFAULT_MAX_BODY_BYTES
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    _engine_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=os.environ.get("KVSCOPE_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on /v1 routes "
+                            "(default: $KVSCOPE_API_KEY, else no key)")
+    serve.add_argument("--served-model-name", default=None,
+                       help="the model name clients send (default: from the model file)")
+    serve.add_argument("--max-waiting-requests", type=int,
+                       default=DEFAULT_MAX_WAITING_REQUESTS,
+                       help="answer 503 when this many requests are already waiting")
+    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                       help="answer 413 to larger request bodies")
+    serve.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
     gen = sub.add_parser("generate", help="complete prompts offline and print throughput")
     _engine_args(gen)
     gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")

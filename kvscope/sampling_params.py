@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 
 
 class SamplingParamsError(ValueError):
-    """A sampling value is invalid; the message names the field."""
+    """A sampling value is invalid; the message names the field, `param` holds it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 _GREEDY_EPS = 1e-5
@@ -58,7 +62,7 @@ class SamplingParams:
 
     def validate(self) -> None:
         def fail(name: str, rule: str, value: object) -> None:
-            raise SamplingParamsError(f"{name} must be {rule}; got {value!r}")
+            raise SamplingParamsError(f"{name} must be {rule}; got {value!r}", param=name)
 
         if not isinstance(self.n, int) or self.n != 1:
             fail("n", "1 (parallel sampling is not implemented yet)", self.n)
@@ -70,8 +74,9 @@ class SamplingParams:
             fail("top_k", "an integer >= 1, or 0 / -1 to disable", self.top_k)
         if not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p <= 1:
             fail("min_p", "in [0, 1]", self.min_p)
-        if self.seed is not None and not isinstance(self.seed, int):
-            fail("seed", "an integer or None", self.seed)
+        if self.seed is not None and (not isinstance(self.seed, int)
+                                      or not -(2**63) <= self.seed < 2**64):
+            fail("seed", "an integer in [-2**63, 2**64) or None", self.seed)
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int)
                                             or self.max_tokens < 1):
             fail("max_tokens", "an integer >= 1 (or None for up to max_model_len)",

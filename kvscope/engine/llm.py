@@ -14,6 +14,7 @@ from kvscope.config import EngineConfig
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.events import EventSink
 from kvscope.model.loader import LoadedModel
+from kvscope.model.tokenizer import apply_chat_template
 from kvscope.outputs import RequestOutput
 from kvscope.sampling_params import SamplingParams
 
@@ -62,11 +63,7 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def apply_chat_template(self, messages: ChatMessages) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return apply_chat_template(self.tokenizer, messages)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         done: dict[str, RequestOutput] = {}

@@ -38,3 +38,12 @@ def load_tokenizer(model_path: Path) -> Any:
     except OSError:  # another process cached it first
         shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
+
+
+def apply_chat_template(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The model's chat template applied to a conversation, ready for the assistant's
+    turn, as token ids."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)

@@ -1,0 +1,108 @@
+"""The FastAPI app of `kvscope serve`: OpenAI routes under /v1 (behind an optional
+Bearer key), and /health, /version, /metrics, /stats, /tokenize, /detokenize."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from kvscope import __version__
+from kvscope.engine.async_engine import AsyncEngine
+from kvscope.serve.body_limit import BodyLimitMiddleware
+from kvscope.serve.errors import APIError, install_error_handlers
+from kvscope.serve.metrics import ServerMetrics
+from kvscope.serve.openai_routes import router as openai_router
+from kvscope.serve.protocol import DetokenizeRequest, TokenizeRequest
+from kvscope.serve.state import ServerState, server_state
+
+DEFAULT_MAX_BODY_BYTES = 4 << 20
+
+
+def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """An app serving `engine`; the caller owns the engine (and shuts it down)."""
+    app = FastAPI(title="kvscope", version=__version__,
+                  description="OpenAI-compatible API of the kvscope engine")
+    metrics = ServerMetrics(model_name)
+    engine.step_listeners.append(metrics.on_step)
+    app.state.kvscope = ServerState(engine, model_name, metrics, api_key)
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_check_api_key)])
+    v1.include_router(openai_router)
+    v1.add_api_route("/models", _models, methods=["GET"])
+    app.include_router(v1)
+    for path, endpoint, methods in [
+        ("/health", _health, ["GET"]), ("/version", _version, ["GET"]),
+        ("/metrics", _metrics, ["GET"]), ("/stats", _stats, ["GET"]),
+        ("/tokenize", _tokenize, ["POST"]), ("/detokenize", _detokenize, ["POST"]),
+    ]:
+        app.add_api_route(path, endpoint, methods=methods)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    return app
+
+
+async def _check_api_key(request: Request) -> None:
+    expected = server_state(request).api_key
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                             expected.encode()):
+        raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key")
+
+
+async def _models(request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    return {"object": "list", "data": [{
+        "id": state.model_name, "object": "model", "created": 0, "owned_by": "kvscope",
+        "root": str(state.engine.engine.loaded.path), "max_model_len": state.max_model_len}]}
+
+
+async def _health(request: Request) -> Response:
+    if not server_state(request).engine.is_alive:
+        return JSONResponse({"status": "engine stopped"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def _version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+async def _metrics(request: Request) -> Response:
+    state = server_state(request)
+    return Response(state.metrics.render(state.engine.stats()),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _stats(request: Request) -> dict[str, Any]:
+    """The engine's counters as of its latest step (what /metrics is made from)."""
+    return server_state(request).engine.stats()
+
+
+async def _tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    state.check_model(body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "send exactly one of prompt or messages", "prompt")
+    if body.messages is not None:
+        tokens = state.chat_prompt_ids(body.messages)
+    else:
+        tokens = list(state.tokenizer.encode(body.prompt,
+                                             add_special_tokens=body.add_special_tokens))
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": state.max_model_len}
+
+
+async def _detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    state.check_model(body.model)
+    vocab = state.engine.engine.loaded.arch.vocab_size
+    bad = [t for t in body.tokens if t >= vocab]
+    if bad:
+        raise APIError(400, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})",
+                       "tokens")
+    return {"prompt": state.detokenize(body.tokens)}

@@ -1,0 +1,239 @@
+"""POST /v1/completions and /v1/chat/completions: requests in, engine streams out.
+
+Each prompt × n becomes one engine request (completion i of n gets seed + i); all of
+them share one output stream. A streamed response sends OpenAI chunks as tokens
+arrive; a plain one waits for every choice. Either way a client that goes away
+aborts its requests, and the engine frees their blocks on its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from kvscope.engine.async_engine import RequestStream
+from kvscope.outputs import CompletionOutput, RequestOutput
+from kvscope.serve.errors import APIError
+from kvscope.serve.protocol import ChatCompletionRequest, CompletionRequest
+from kvscope.serve.responses import (
+    ChoiceCursor,
+    chat_logprobs,
+    completion_logprobs,
+    now,
+    sse,
+    usage,
+)
+from kvscope.serve.state import ServerState, server_state
+
+router = APIRouter()
+
+
+@dataclass(slots=True)
+class Call:
+    """One API call fanned out into engine requests: choice index by request id."""
+
+    kind: str  # "completion" | "chat"
+    id: str
+    model: str
+    prompts: list[list[int]]
+    choice_of: dict[str, int] = field(default_factory=dict)
+    created: int = field(default_factory=now)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    state = server_state(request)
+    model = state.check_model(body.model)
+    body.check_supported()
+    prompts = [state.prompt_ids(p, "prompt") for p in body.prompts()]
+    call = Call("completion", f"cmpl-{uuid.uuid4().hex}", model, prompts)
+    stream = await _start(state, call, body.n,
+                          lambda ids, j: body.sampling_params(
+                              state.max_tokens_for(len(ids), body.max_tokens, "prompt"),
+                              body.logprobs, j))
+    echo = [state.detokenize(p) if body.echo else "" for p in prompts]
+    if body.stream:
+        chunks = _completion_chunks(state, call, body, stream, echo)
+        return StreamingResponse(_sse_stream(chunks, stream), media_type="text/event-stream")
+    outputs = await _collect(stream, request)
+    choices = []
+    for index, (prompt_index, completion) in enumerate(_by_choice(call, outputs, body.n)):
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(state.token_text, completion.token_ids,
+                                           completion.logprobs or [], 0)
+        choices.append({"index": index, "text": echo[prompt_index] + completion.text,
+                        "logprobs": logprobs, "finish_reason": completion.finish_reason,
+                        "stop_reason": completion.stop_reason})
+    return JSONResponse({"id": call.id, "object": "text_completion", "created": call.created,
+                         "model": model, "choices": choices,
+                         "usage": usage(call.num_prompt_tokens, _generated(outputs))})
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    state = server_state(request)
+    model = state.check_model(body.model)
+    body.check_supported()
+    num_top = body.requested_logprobs()
+    prompt = state.chat_prompt_ids(body.messages)
+    call = Call("chat", f"chatcmpl-{uuid.uuid4().hex}", model, [prompt])
+    max_tokens = state.max_tokens_for(len(prompt), body.requested_max_tokens(), "messages")
+    stream = await _start(state, call, body.n,
+                          lambda _ids, j: body.sampling_params(max_tokens, num_top, j))
+    if body.stream:
+        chunks = _chat_chunks(state, call, body, stream, num_top)
+        return StreamingResponse(_sse_stream(chunks, stream), media_type="text/event-stream")
+    outputs = await _collect(stream, request)
+    choices = []
+    for index, (_, completion) in enumerate(_by_choice(call, outputs, body.n)):
+        logprobs = None
+        if num_top is not None:
+            logprobs = chat_logprobs(state.token_text, completion.token_ids,
+                                     completion.logprobs or [], num_top)
+        choices.append({"index": index,
+                        "message": {"role": "assistant", "content": completion.text},
+                        "logprobs": logprobs, "finish_reason": completion.finish_reason,
+                        "stop_reason": completion.stop_reason})
+    return JSONResponse({"id": call.id, "object": "chat.completion", "created": call.created,
+                         "model": model, "choices": choices,
+                         "usage": usage(call.num_prompt_tokens, _generated(outputs))})
+
+
+async def _start(state: ServerState, call: Call, n: int,
+                 params_for: Callable[[list[int], int], Any]) -> RequestStream:
+    requests = []
+    for i, ids in enumerate(call.prompts):
+        for j in range(n):
+            request_id = f"{call.id}-{i}-{j}"
+            call.choice_of[request_id] = i * n + j
+            requests.append((request_id, ids, state.sampling(params_for, ids, j)))
+    return await state.add_requests(requests)
+
+
+async def _collect(stream: RequestStream, request: Request) -> dict[str, RequestOutput]:
+    """Wait for every request of the stream to finish, or for the client to leave
+    (then abort them all)."""
+    async def finals() -> dict[str, RequestOutput]:
+        done = {}
+        async for output in stream:
+            if output.finished:
+                done[output.request_id] = output
+        return done
+
+    work = asyncio.ensure_future(finals())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            raise APIError(499, "the client closed the connection")
+        return work.result()
+    finally:
+        gone.cancel()
+        work.cancel()
+        stream.close()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _by_choice(call: Call, outputs: dict[str, RequestOutput],
+               n: int) -> list[tuple[int, CompletionOutput]]:
+    """(prompt index, completion) in choice order."""
+    ordered = sorted(outputs.values(), key=lambda o: call.choice_of[o.request_id])
+    return [(call.choice_of[o.request_id] // n, o.outputs[0]) for o in ordered]
+
+
+def _generated(outputs: dict[str, RequestOutput]) -> int:
+    return sum(len(o.outputs[0].token_ids) for o in outputs.values())
+
+
+async def _sse_stream(chunks: AsyncIterator[dict[str, Any]],
+                      stream: RequestStream) -> AsyncIterator[str]:
+    """SSE lines from chunks, then `[DONE]`. If the client leaves, Starlette cancels
+    this generator, and closing the stream aborts the requests."""
+    try:
+        async for chunk in chunks:
+            yield sse(chunk)
+        yield sse("[DONE]")
+    except Exception as exc:  # the engine failed mid-stream: say so in the stream
+        yield sse({"error": {"message": str(exc), "type": "internal_error",
+                             "param": None, "code": None}})
+    finally:
+        stream.close()
+
+
+async def _completion_chunks(state: ServerState, call: Call, body: CompletionRequest,
+                             stream: RequestStream, echo: list[str]) -> AsyncIterator[dict]:
+    cursors: dict[int, ChoiceCursor] = {}
+    generated = 0
+
+    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": call.id, "object": "text_completion", "created": call.created,
+                "model": call.model, "choices": choices}
+
+    async for output in stream:
+        index = call.choice_of[output.request_id]
+        cursor = cursors.get(index)
+        prefix = ""
+        if cursor is None:
+            cursor = cursors[index] = ChoiceCursor()
+            prefix = echo[index // body.n]
+        completion = output.outputs[0]
+        text, begin, end = cursor.advance(completion)
+        generated += end - begin
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(
+                state.token_text, completion.token_ids[begin:end],
+                (completion.logprobs or [])[begin:end], cursor.text_chars - len(text))
+        if not (text or prefix or completion.finish_reason or logprobs):
+            continue  # a token whose text is held back (stop string or partial char)
+        yield chunk([{"index": index, "text": prefix + text, "logprobs": logprobs,
+                      "finish_reason": completion.finish_reason,
+                      "stop_reason": completion.stop_reason}])
+    if body.include_usage:
+        yield {**chunk([]), "usage": usage(call.num_prompt_tokens, generated)}
+
+
+async def _chat_chunks(state: ServerState, call: Call, body: ChatCompletionRequest,
+                       stream: RequestStream, num_top: int | None) -> AsyncIterator[dict]:
+    cursors: dict[int, ChoiceCursor] = {}
+    generated = 0
+
+    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": call.id, "object": "chat.completion.chunk", "created": call.created,
+                "model": call.model, "choices": choices}
+
+    for index in range(body.n):  # the role comes first, as OpenAI sends it
+        cursors[index] = ChoiceCursor()
+        yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
+                      "logprobs": None, "finish_reason": None}])
+    async for output in stream:
+        index = call.choice_of[output.request_id]
+        completion = output.outputs[0]
+        text, begin, end = cursors[index].advance(completion)
+        generated += end - begin
+        logprobs = None
+        if num_top is not None:
+            logprobs = chat_logprobs(state.token_text, completion.token_ids[begin:end],
+                                     (completion.logprobs or [])[begin:end], num_top)
+        if not (text or completion.finish_reason or logprobs):
+            continue
+        yield chunk([{"index": index, "delta": {"content": text} if text else {},
+                      "logprobs": logprobs, "finish_reason": completion.finish_reason,
+                      "stop_reason": completion.stop_reason}])
+    if body.include_usage:
+        yield {**chunk([]), "usage": usage(call.num_prompt_tokens, generated)}

@@ -1,0 +1,164 @@
+"""Request bodies of the OpenAI-compatible API, as pydantic models.
+
+Field names and defaults follow OpenAI's API, plus the engine's own sampling fields
+(top_k, min_p, min_tokens, ...) as vLLM accepts them. Unknown fields are rejected
+(as OpenAI does) so that a typo never silently changes sampling. Options the engine
+does not implement yet are accepted only at their neutral value.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from kvscope.engine.llm_engine import MAX_LOGPROBS
+from kvscope.sampling_params import SamplingParams
+
+MAX_N = 16  # completions per request (each runs as its own engine request for now)
+I64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class UnsupportedOptionError(ValueError):
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(f"{param}: {why}")
+        self.param = param
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+
+
+class _SamplingFields(_Strict):
+    """What completions and chat completions share."""
+
+    model: str | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    temperature: Annotated[float, Field(ge=0, le=100)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: str | list[str] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    seed: I64 | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # the engine's extra sampling fields (vLLM names)
+    top_k: Annotated[int, Field(ge=-1, le=2**31 - 1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    ignore_eos: StrictBool = False
+    stop_token_ids: list[TokenId] | None = None
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool = True
+    request_id: str | None = Field(default=None, max_length=200)
+
+    def check_supported(self) -> None:
+        if self.presence_penalty or self.frequency_penalty:
+            name = "presence_penalty" if self.presence_penalty else "frequency_penalty"
+            raise UnsupportedOptionError(name, "penalties are not implemented yet; send 0")
+        if self.logit_bias:
+            raise UnsupportedOptionError("logit_bias", "not implemented yet; omit it")
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None,
+                        seed_offset: int = 0) -> SamplingParams:
+        """SamplingParams for one of the n completions; completion i gets seed + i so
+        that each is reproducible and they differ from one another."""
+        seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0, min_p=self.min_p or 0.0, seed=seed,
+            max_tokens=max_tokens, min_tokens=self.min_tokens, stop=self.stop,
+            stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+            logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
+    max_tokens: Count | None = 16
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    echo: StrictBool = False
+    best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.suffix:
+            raise UnsupportedOptionError("suffix", "insertion is not supported; omit it")
+        if self.best_of is not None and self.best_of != self.n:
+            raise UnsupportedOptionError("best_of", "best_of other than n is not "
+                                         "implemented yet")
+        if self.echo and self.logprobs is not None:
+            raise UnsupportedOptionError("echo", "echo with logprobs needs prompt "
+                                         "logprobs, which are not implemented yet")
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt field as a list of prompts (text or token ids)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(t, int) for t in prompt):
+            return [list(prompt)]  # one prompt as token ids
+        return list(prompt)  # type: ignore[arg-type]
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def as_template_message(self) -> dict[str, Any]:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": content or ""}
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+    def requested_logprobs(self) -> int | None:
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise UnsupportedOptionError("top_logprobs", "needs logprobs set to true")
+            return None
+        return self.top_logprobs or 0
+
+
+class TokenizeRequest(_Strict):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: StrictBool = True
+
+
+class DetokenizeRequest(_Strict):
+    model: str | None = None
+    tokens: list[TokenId]

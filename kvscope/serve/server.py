@@ -1,0 +1,59 @@
+"""`kvscope serve`: load the model (with a progress bar), start the engine thread,
+serve the app with uvicorn, and shut both down cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from kvscope.config import EngineConfig
+from kvscope.engine.async_engine import AsyncEngine
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.serve.app import build_app
+
+logger = logging.getLogger("kvscope.serve")
+
+
+def default_model_name(path: Path) -> str:
+    """SmolLM2-135M-Instruct.Q4_1.gguf → SmolLM2-135M-Instruct; a directory → its name."""
+    return path.name.split(".")[0] if path.is_file() else path.name
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying once where it listens after the socket is bound."""
+
+    model_name = ""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.servers:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            logger.info("kvscope is ready: serving %s at http://%s:%d/v1 (metrics at /metrics)",
+                        self.model_name, host, port)
+
+
+def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | None,
+          served_model_name: str | None, max_waiting_requests: int,
+          max_body_bytes: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = EngineConfig.from_kwargs(**engine_options)
+    logger.info("loading %s", config.model or "the bundled SmolLM2-135M-Instruct")
+    engine = LLMEngine(config, load_progress=True)
+    name = served_model_name or default_model_name(engine.loaded.path)
+    logger.info("loaded %s (%s, %s): %d KV blocks of %d tokens, max_model_len %d",
+                engine.loaded.path.name, engine.loaded.arch.architecture, config.dtype,
+                engine.num_blocks, config.cache.block_size, engine.max_model_len)
+    async_engine = AsyncEngine(engine, max_waiting_requests)
+    app = build_app(async_engine, name, api_key, max_body_bytes)
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                    timeout_graceful_shutdown=5))
+    server.model_name = name
+    try:
+        server.run()  # returns after SIGINT/SIGTERM, once connections are closed
+    finally:
+        async_engine.shutdown()
+        logger.info("kvscope stopped")

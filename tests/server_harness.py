@@ -1,0 +1,53 @@
+"""A real kvscope server for tests: uvicorn on a free loopback port, in a thread of
+the test process, serving an engine built on the session's already-loaded model."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from kvscope.config import EngineConfig
+from kvscope.engine.async_engine import AsyncEngine
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.model.loader import LoadedModel
+from kvscope.serve.app import build_app
+
+MODEL_NAME = "smollm2-test"
+
+
+class RunningServer:
+    def __init__(self, engine: AsyncEngine, server: uvicorn.Server, port: int) -> None:
+        self.engine = engine
+        self.server = server
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def running_server(loaded: LoadedModel, api_key: str | None = None,
+                   max_waiting_requests: int = 256, max_body_bytes: int = 1 << 20,
+                   **engine_options) -> Iterator[RunningServer]:
+    engine_options.setdefault("kv_cache_memory", 64 * 1024 * 1024)
+    engine_options.setdefault("max_model_len", 1024)
+    config = EngineConfig.from_kwargs(dtype=loaded.dtype, **engine_options)
+    engine = AsyncEngine(LLMEngine(config, loaded=loaded), max_waiting_requests)
+    app = build_app(engine, MODEL_NAME, api_key, max_body_bytes)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(engine, server, port)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        engine.shutdown()
