@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kvscope.serve.protocol import UnsupportedOptionError
+from kvscope.serve.protocol import OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def error_response(status: int, message: str, param: str | None = None,
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(UnsupportedOptionError, _unsupported_option)
+    app.add_exception_handler(OptionError, _option_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -57,9 +57,9 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.param, exc.code)
 
 
-async def _unsupported_option(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, UnsupportedOptionError)
-    return error_response(400, str(exc), exc.param, "unsupported_option")
+async def _option_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OptionError)
+    return error_response(400, str(exc), exc.param, exc.code)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

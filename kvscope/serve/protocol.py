@@ -21,10 +21,13 @@ TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
-class UnsupportedOptionError(ValueError):
-    def __init__(self, param: str, why: str) -> None:
+class OptionError(ValueError):
+    """A field is valid JSON of the right type but cannot be served (answered 400)."""
+
+    def __init__(self, param: str, why: str, code: str = "unsupported_option") -> None:
         super().__init__(f"{param}: {why}")
         self.param = param
+        self.code = code
 
 
 class _Strict(BaseModel):
@@ -63,9 +66,9 @@ class _SamplingFields(_Strict):
     def check_supported(self) -> None:
         if self.presence_penalty or self.frequency_penalty:
             name = "presence_penalty" if self.presence_penalty else "frequency_penalty"
-            raise UnsupportedOptionError(name, "penalties are not implemented yet; send 0")
+            raise OptionError(name, "penalties are not implemented yet; send 0")
         if self.logit_bias:
-            raise UnsupportedOptionError("logit_bias", "not implemented yet; omit it")
+            raise OptionError("logit_bias", "not implemented yet; omit it")
 
     def sampling_params(self, max_tokens: int, logprobs: int | None,
                         seed_offset: int = 0) -> SamplingParams:
@@ -97,12 +100,12 @@ class CompletionRequest(_SamplingFields):
     def check_supported(self) -> None:
         super().check_supported()
         if self.suffix:
-            raise UnsupportedOptionError("suffix", "insertion is not supported; omit it")
+            raise OptionError("suffix", "insertion is not supported; omit it")
         if self.best_of is not None and self.best_of != self.n:
-            raise UnsupportedOptionError("best_of", "best_of other than n is not "
+            raise OptionError("best_of", "best_of other than n is not "
                                          "implemented yet")
         if self.echo and self.logprobs is not None:
-            raise UnsupportedOptionError("echo", "echo with logprobs needs prompt "
+            raise OptionError("echo", "echo with logprobs needs prompt "
                                          "logprobs, which are not implemented yet")
 
     def prompts(self) -> list[str | list[int]]:
@@ -110,7 +113,9 @@ class CompletionRequest(_SamplingFields):
         prompt = self.prompt
         if isinstance(prompt, str):
             return [prompt]
-        if prompt and all(isinstance(t, int) for t in prompt):
+        if not prompt:
+            raise OptionError("prompt", "must not be empty", "invalid_value")
+        if all(isinstance(t, int) for t in prompt):
             return [list(prompt)]  # one prompt as token ids
         return list(prompt)  # type: ignore[arg-type]
 
@@ -147,7 +152,7 @@ class ChatCompletionRequest(_SamplingFields):
     def requested_logprobs(self) -> int | None:
         if not self.logprobs:
             if self.top_logprobs:
-                raise UnsupportedOptionError("top_logprobs", "needs logprobs set to true")
+                raise OptionError("top_logprobs", "needs logprobs set to true")
             return None
         return self.top_logprobs or 0
 
