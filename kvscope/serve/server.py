@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -24,9 +25,15 @@ def default_model_name(path: Path) -> str:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, saying once where it listens after the socket is bound."""
+    """uvicorn's server, saying once where it listens after the socket is bound, and
+    returning normally after SIGINT/SIGTERM (uvicorn would re-raise the signal once
+    it is down, killing the process before the engine thread is stopped)."""
 
     model_name = ""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
