@@ -9,6 +9,9 @@ from typing import Any
 import torch
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: ~46k tokens of SmolLM2-135M in bf16
+DEFAULT_SWAP_SPACE = 256 << 20  # bytes; allocated only in swap mode
+PREEMPTION_MODES = ("recompute", "swap")
+POLICIES = ("fcfs", "priority")
 
 
 class ConfigError(ValueError):
@@ -55,10 +58,17 @@ class CacheConfig:
     block_size: int = 16
     kv_cache_memory: int | None = None  # bytes; None → kv_cache_memory_fraction or the default
     kv_cache_memory_fraction: float | None = None  # fraction of currently available RAM
+    enable_prefix_caching: bool = True
+    swap_space: int = DEFAULT_SWAP_SPACE  # bytes of swap space for preemption_mode="swap"
 
     def validate(self) -> None:
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ConfigError(f"block_size must be a positive integer; got {self.block_size!r}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ConfigError("enable_prefix_caching must be True or False; "
+                              f"got {self.enable_prefix_caching!r}")
+        if not isinstance(self.swap_space, int) or self.swap_space < 0:
+            raise ConfigError(f"swap_space must be a number of bytes >= 0; got {self.swap_space!r}")
         if self.kv_cache_memory is not None and (
             not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0
         ):
@@ -98,8 +108,15 @@ class SchedulerConfig:
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
     long_prefill_token_threshold: int = 0  # >0: cap each prefill chunk at this many tokens
+    preemption_mode: str = "recompute"  # or "swap": copy the victim's K/V out and back
+    policy: str = "fcfs"  # or "priority": lower Request.priority runs first
 
     def validate(self) -> None:
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ConfigError(f"preemption_mode must be one of {PREEMPTION_MODES}; "
+                              f"got {self.preemption_mode!r}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {POLICIES}; got {self.policy!r}")
         for name in ("max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -1,6 +1,6 @@
 """A request's state as the scheduler sees it: token ids and progress, no tensors.
 
-Life cycle: WAITING → RUNNING → (PREEMPTED → RUNNING)* → FINISHED_*.
+Life cycle: WAITING → RUNNING → ((PREEMPTED | SWAPPED) → RUNNING)* → FINISHED_*.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from kvscope.sampling_params import SamplingParams
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
-    PREEMPTED = "preempted"
+    PREEMPTED = "preempted"  # K/V dropped; waits to be recomputed
+    SWAPPED = "swapped"  # K/V copied to swap space; waits to be copied back
     FINISHED_STOPPED = "stop"
     FINISHED_LENGTH = "length"
     FINISHED_ABORTED = "abort"
@@ -48,6 +49,10 @@ class Request:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
+    priority: int = 0  # with the priority policy, lower runs first
+    arrival_index: int = 0  # set by the scheduler: ties broken by order of arrival
+    cache_salt: str | None = None  # requests with different salts never share blocks
+    block_hashes: list[bytes] = field(default_factory=list)  # of its full blocks
 
     def __post_init__(self) -> None:
         self.all_token_ids = [*self.prompt_token_ids, *self.output_token_ids]

@@ -89,7 +89,7 @@ def test_allocate_takes_from_the_head_in_order():
     assert ids(first) == [0, 1]
     assert ids(second) == [2, 3, 4]
     assert refcounts(pool) == [1, 1, 1, 1, 1, 0]
-    assert pool.free_queue.block_ids() == [5]
+    assert pool.free.block_ids() == [5]
     assert (pool.num_free_blocks, pool.num_used_blocks) == (1, 5)
     assert pool.usage() == pytest.approx(5 / 6)
     assert pool.allocate(0) == []
@@ -99,11 +99,11 @@ def test_release_order_is_reuse_order():
     pool = BlockPool(6)
     blocks = pool.allocate(6)
     pool.release([blocks[4], blocks[1], blocks[3]])
-    assert pool.free_queue.block_ids() == [4, 1, 3]
+    assert pool.free.block_ids() == [4, 1, 3]
     assert refcounts(pool) == [1, 0, 1, 0, 0, 1]
     assert ids(pool.allocate(2)) == [4, 1]
     pool.release([blocks[0]])
-    assert pool.free_queue.block_ids() == [3, 0]
+    assert pool.free.block_ids() == [3, 0]
     assert ids(pool.allocate(2)) == [3, 0]
     assert pool.num_free_blocks == 0
 
@@ -116,13 +116,13 @@ def test_share_and_release_refcounts():
     assert (a.ref_cnt, b.ref_cnt) == (3, 2)
     pool.release([a, b])
     assert (a.ref_cnt, b.ref_cnt) == (2, 1)
-    assert pool.free_queue.block_ids() == [2, 3]
+    assert pool.free.block_ids() == [2, 3]
     pool.release([b])
     assert b.ref_cnt == 0
-    assert pool.free_queue.block_ids() == [2, 3, 1]
+    assert pool.free.block_ids() == [2, 3, 1]
     pool.release([a, a])
     assert a.ref_cnt == 0
-    assert pool.free_queue.block_ids() == [2, 3, 1, 0]
+    assert pool.free.block_ids() == [2, 3, 1, 0]
     assert pool.num_free_blocks == 4
 
 
@@ -133,7 +133,7 @@ def test_over_release_raises_and_changes_nothing():
     with pytest.raises(BlockPoolError, match="block 0 released more often than held"):
         pool.release([block])
     assert block.ref_cnt == 0
-    assert pool.free_queue.block_ids() == [1, 2, 0]
+    assert pool.free.block_ids() == [1, 2, 0]
     assert pool.num_free_blocks == 3
 
 
@@ -149,7 +149,7 @@ def test_over_allocation_raises_and_takes_nothing():
     pool.allocate(3)
     with pytest.raises(BlockPoolError, match="asked for 2 blocks, only 1 free"):
         pool.allocate(2)
-    assert pool.free_queue.block_ids() == [3]
+    assert pool.free.block_ids() == [3]
     assert refcounts(pool) == [1, 1, 1, 0]
 
 
@@ -208,12 +208,12 @@ def test_manager_free_returns_tail_first():
     assert kv.free(a) == [0, 1, 2]
     assert not kv.has_table("a")
     # the request's last block goes back first, so it is reused first
-    assert kv.pool.free_queue.block_ids() == [5, 2, 1, 0]
+    assert kv.pool.free.block_ids() == [5, 2, 1, 0]
     c = fake_request("c", 5)
     assert kv.allocate_slots(c, 5)
     assert kv.block_ids("c") == [5, 2, 1]
     assert kv.free(b) == [3, 4]
-    assert kv.pool.free_queue.block_ids() == [0, 4, 3]
+    assert kv.pool.free.block_ids() == [0, 4, 3]
     assert kv.free(fake_request("never-seen", 3)) == []
 
 
@@ -245,7 +245,7 @@ class KVManagerMachine(RuleBasedStateMachine):
             return
         before = self.kv.block_ids(request_id)
         needed = self.kv.num_new_blocks_needed(request, grow)
-        free_before = list(self.kv.pool.free_queue.block_ids())
+        free_before = list(self.kv.pool.free.block_ids())
         ok = self.kv.allocate_slots(request, grow)
         assert ok == (needed <= len(free_before))
         after = self.kv.block_ids(request_id)
@@ -256,7 +256,7 @@ class KVManagerMachine(RuleBasedStateMachine):
             assert len(after) == blocks_needed(request.num_computed_tokens, self.kv.block_size)
         else:
             assert after == before
-            assert self.kv.pool.free_queue.block_ids() == free_before
+            assert self.kv.pool.free.block_ids() == free_before
 
     @rule(request_id=consumes(live))
     def free(self, request_id: str) -> None:
@@ -264,9 +264,9 @@ class KVManagerMachine(RuleBasedStateMachine):
         if request is None:
             return
         table = self.kv.block_ids(request_id)
-        free_before = self.kv.pool.free_queue.block_ids()
+        free_before = self.kv.pool.free.block_ids()
         assert self.kv.free(request) == table
-        assert self.kv.pool.free_queue.block_ids() == free_before + table[::-1]
+        assert self.kv.pool.free.block_ids() == free_before + table[::-1]
         assert not self.kv.has_table(request_id)
 
     @invariant()
@@ -282,7 +282,7 @@ class KVManagerMachine(RuleBasedStateMachine):
             self.kv.free(request)
         pool = self.kv.pool
         assert pool.num_free_blocks == pool.num_blocks
-        assert sorted(pool.free_queue.block_ids()) == list(range(pool.num_blocks))
+        assert sorted(pool.free.block_ids()) == list(range(pool.num_blocks))
         assert all(b.ref_cnt == 0 for b in pool.blocks)
         assert self.kv.num_tables() == 0
 
@@ -302,7 +302,7 @@ def check_pool_invariants(kv: KVCacheManager, requests) -> None:
                 holders[block_id] += 1
     assert kv.num_tables() == tables
     assert [b.ref_cnt for b in pool.blocks] == holders
-    free_ids = pool.free_queue.block_ids()
+    free_ids = pool.free.block_ids()
     assert len(free_ids) == len(set(free_ids)) == pool.num_free_blocks
     assert sorted(free_ids) == [i for i, n in enumerate(holders) if n == 0]
     assert all(b.ref_cnt >= 0 for b in pool.blocks)
@@ -333,11 +333,11 @@ def test_pool_refcounts_follow_shared_tables(num_blocks: int, ops):
     tables: list[list[KVBlock]] = []
     for op, arg in ops:
         if op == "allocate":
-            free_before = pool.free_queue.block_ids()
+            free_before = pool.free.block_ids()
             if arg > len(free_before):
                 with pytest.raises(BlockPoolError):
                     pool.allocate(arg)
-                assert pool.free_queue.block_ids() == free_before
+                assert pool.free.block_ids() == free_before
             else:
                 table = pool.allocate(arg)
                 assert ids(table) == free_before[:arg]
@@ -348,21 +348,21 @@ def test_pool_refcounts_follow_shared_tables(num_blocks: int, ops):
             tables.append(list(table))
         elif op == "release" and tables:
             table = tables.pop(arg % len(tables))
-            free_before = pool.free_queue.block_ids()
+            free_before = pool.free.block_ids()
             pool.release(reversed(table))
             still_held = {b.block_id for t in tables for b in t}
             newly_free = [b.block_id for b in reversed(table) if b.block_id not in still_held]
-            assert pool.free_queue.block_ids() == free_before + newly_free
+            assert pool.free.block_ids() == free_before + newly_free
         holders = [0] * num_blocks
         for table in tables:
             for block in table:
                 holders[block.block_id] += 1
         assert refcounts(pool) == holders
-        free_ids = pool.free_queue.block_ids()
+        free_ids = pool.free.block_ids()
         assert len(free_ids) == len(set(free_ids)) == pool.num_free_blocks
         assert sorted(free_ids) == [i for i, n in enumerate(holders) if n == 0]
         assert pool.num_free_blocks + pool.num_used_blocks == num_blocks
     for table in tables:
         pool.release(table)
-    assert sorted(pool.free_queue.block_ids()) == list(range(num_blocks))
+    assert sorted(pool.free.block_ids()) == list(range(num_blocks))
     assert refcounts(pool) == [0] * num_blocks

@@ -73,7 +73,10 @@ def assert_no_blocks_held(llm: LLM) -> None:
     pool = engine.kv.pool
     assert stats["num_used_blocks"] == 0
     assert stats["num_free_blocks"] == stats["num_blocks"] == pool.num_blocks
-    assert sorted(pool.free_queue.block_ids()) == list(range(pool.num_blocks))
+    unused = pool.free.block_ids() + pool.evictable.block_ids()  # evictable: cached prefixes
+    assert sorted(unused) == list(range(pool.num_blocks))
+    assert all(block.ref_cnt == 0 for block in pool.blocks)
+    pool.check_invariants()
     assert all(block.ref_cnt == 0 for block in pool.blocks)
     assert engine.kv.num_tables() == 0
     assert (stats["num_running"], stats["num_waiting"]) == (0, 0)

@@ -102,7 +102,8 @@ def test_sampling_params_count_must_match(llm: LLM):
     ({"stop": ""}, "stop must be a non-empty string or a list of non-empty strings; got ''"),
     ({"stop": ["ok", ""]}, "stop must be a non-empty string or a list of non-empty strings"),
     ({"stop_token_ids": [-3]}, "stop_token_ids must be a list of non-negative token ids"),
-    ({"seed": "7"}, "seed must be an integer or None; got '7'"),
+    ({"seed": "7"}, "seed must be an integer in [-2**63, 2**64) or None; got '7'"),
+    ({"seed": 2**64}, "seed must be an integer in [-2**63, 2**64) or None"),
     ({"n": 2}, "n must be 1"),
 ])
 def test_invalid_sampling_values(values, message):

@@ -7,68 +7,13 @@ max_model_len) is finished, as the engine does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from sched_sim import FAKE_TOKEN, Sim, ids, make_sim, plan, tables
 
-from kvscope.config import SchedulerConfig
-from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
+from kvscope.kv.kv_manager import blocks_needed
 from kvscope.request import Request, RequestStatus
-from kvscope.sampling_params import SamplingParams
-from kvscope.sched.scheduler import Scheduler, SchedulerOutput
-
-FAKE_TOKEN = 7
-
-
-@dataclass
-class Sim:
-    sched: Scheduler
-    kv: KVCacheManager
-    max_model_len: int
-    clock: float = 0.0
-    samples: tuple[bool, ...] = ()  # which items of the last step sampled
-
-    def add(self, request_id: str, prompt_len: int, max_tokens: int = 16) -> Request:
-        self.clock += 1.0
-        request = Request(request_id, list(range(100, 100 + prompt_len)),
-                          SamplingParams(max_tokens=max_tokens), arrival_time=self.clock)
-        self.sched.add_request(request)
-        return request
-
-    def step(self) -> SchedulerOutput:
-        out = self.sched.schedule()
-        self.samples = tuple(s.samples for s in out.scheduled)
-        self.sched.update_after_step(out)
-        for item in out.scheduled:
-            if item.samples:
-                request = item.request
-                request.append_output_token(FAKE_TOKEN)
-                if (request.num_output_tokens >= request.sampling_params.max_tokens
-                        or request.num_tokens >= self.max_model_len):
-                    self.sched.finish(request, RequestStatus.FINISHED_LENGTH)
-        return out
-
-
-def make_sim(num_blocks: int, block_size: int, budget: int, max_num_seqs: int = 8,
-             max_model_len: int = 64, threshold: int = 0) -> Sim:
-    kv = KVCacheManager(num_blocks, block_size)
-    config = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-                             long_prefill_token_threshold=threshold)
-    return Sim(Scheduler(config, kv, max_model_len), kv, max_model_len)
-
-
-def plan(out: SchedulerOutput) -> list[tuple[str, int, int]]:
-    return [(s.request.request_id, s.start, s.num_tokens) for s in out.scheduled]
-
-
-def tables(out: SchedulerOutput) -> dict[str, list[int]]:
-    return {s.request.request_id: s.block_ids for s in out.scheduled}
-
-
-def ids(requests) -> list[str]:
-    return [r.request_id for r in requests]
-
+from kvscope.sched.scheduler import SchedulerOutput
 
 # -- exact plans --------------------------------------------------------------------
 
@@ -165,7 +110,7 @@ def test_finished_request_frees_its_blocks_on_the_same_step():
     assert a.finished_time is not None
     assert sim.kv.num_free_blocks == 4
     assert not sim.kv.has_table("a")
-    assert sim.kv.pool.free_queue.block_ids() == [3, 2, 1, 0]
+    assert sim.kv.pool.free.block_ids() == [3, 2, 1, 0]
     out = sim.step()
     assert plan(out) == [("b", 0, 8)]
     assert tables(out) == {"b": [3, 2]}
@@ -197,7 +142,7 @@ def test_preemption_frees_the_latest_arrival_and_admits_nobody():
     assert ids(sim.sched.running) == ["a", "b"]
     # d (one block) would fit in the two freed blocks, but nothing is admitted
     # in a step that preempted
-    assert sim.kv.pool.free_queue.block_ids() == [5, 4]
+    assert sim.kv.pool.free.block_ids() == [5, 4]
     assert d.status is RequestStatus.WAITING
 
     out = sim.step()  # a and b finish; c still does not fit, so d waits behind it
@@ -205,7 +150,7 @@ def test_preemption_frees_the_latest_arrival_and_admits_nobody():
     assert plan(out) == [("a", 9, 1), ("b", 8, 1)]
     assert tables(out) == {"a": [0, 1, 6], "b": [2, 3, 5]}
     assert a.is_finished and b.is_finished
-    assert sim.kv.pool.free_queue.block_ids() == [4, 6, 1, 0, 5, 3, 2]
+    assert sim.kv.pool.free.block_ids() == [4, 6, 1, 0, 5, 3, 2]
 
     out = sim.step()  # c recomputes its prompt and its one output token
     assert plan(out) == [("c", 0, 13), ("d", 0, 1)]
@@ -224,7 +169,7 @@ def test_request_that_cannot_grow_preempts_itself_when_it_is_the_latest():
     assert plan(out) == [("a", 6, 1)]
     assert b.num_computed_tokens == 0
     assert ids(sim.sched.waiting) == ["b"]
-    assert sim.kv.pool.free_queue.block_ids() == [3, 2]
+    assert sim.kv.pool.free.block_ids() == [3, 2]
 
 
 def test_preemption_takes_several_victims_latest_first():
@@ -243,7 +188,7 @@ def test_preemption_takes_several_victims_latest_first():
     assert tables(out) == {"a": [0, 4, 3, 2]}
     assert ids(sim.sched.waiting) == ["b", "c"]
     assert ids(sim.sched.running) == ["a"]
-    assert sim.kv.pool.free_queue.block_ids() == [1]
+    assert sim.kv.pool.free.block_ids() == [1]
 
 
 def test_abort_of_a_waiting_and_a_running_request_frees_everything():
@@ -289,7 +234,7 @@ def check_state(sim: Sim, everyone: list[Request]) -> None:
             holders[block_id] += 1
     assert [b.ref_cnt for b in pool.blocks] == holders
     assert max(holders, default=0) <= 1  # no sharing yet: one owner per block
-    free_ids = pool.free_queue.block_ids()
+    free_ids = pool.free.block_ids()
     assert len(free_ids) == len(set(free_ids)) == pool.num_free_blocks
     assert sorted(free_ids) == [i for i, n in enumerate(holders) if n == 0]
     assert pool.num_free_blocks + pool.num_used_blocks == pool.num_blocks
@@ -400,5 +345,5 @@ def test_random_workloads_keep_invariants_and_finish(workload):
             assert request.num_output_tokens == limit
     pool = sim.kv.pool
     assert pool.num_free_blocks == pool.num_blocks
-    assert sorted(pool.free_queue.block_ids()) == list(range(pool.num_blocks))
+    assert sorted(pool.free.block_ids()) == list(range(pool.num_blocks))
     assert sim.kv.num_tables() == 0

@@ -41,14 +41,23 @@ class LLM:
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
-        """Complete every prompt; outputs come back in input order."""
+                 use_tqdm: bool = False, priority: Sequence[int] | None = None,
+                 cache_salt: str | Sequence[str | None] | None = None) -> list[RequestOutput]:
+        """Complete every prompt; outputs come back in input order. `priority` (one
+        per prompt) is used by the priority policy; `cache_salt` (one, or one per
+        prompt) keeps requests with different salts from sharing cached blocks."""
         prompt_list = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(prompt_list))
+        priorities = list(priority) if priority is not None else [0] * len(prompt_list)
+        salts = list(cache_salt) if isinstance(cache_salt, (list, tuple)) \
+            else [cache_salt] * len(prompt_list)
+        if len(priorities) != len(prompt_list) or len(salts) != len(prompt_list):
+            raise ValueError("give one priority and one cache_salt per prompt")
         ids = []
         try:
-            for prompt, p in zip(prompt_list, params, strict=True):
-                ids.append(self.engine.add_request(None, prompt, p))
+            for prompt, p, rank, salt in zip(prompt_list, params, priorities, salts, strict=True):
+                ids.append(self.engine.add_request(None, prompt, p, priority=rank,
+                                                   cache_salt=salt))
         except Exception:
             self.engine.abort_request(ids)
             raise
@@ -61,6 +70,9 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [self.apply_chat_template(c) for c in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
+
+    def reset_prefix_cache(self) -> int:
+        return self.engine.reset_prefix_cache()
 
     def apply_chat_template(self, messages: ChatMessages) -> list[int]:
         return apply_chat_template(self.tokenizer, messages)

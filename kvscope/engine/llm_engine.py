@@ -65,10 +65,14 @@ class LLMEngine:
         bytes_per_block = arch.kv_bytes_per_token(config.dtype.itemsize) * block_size
         self.num_blocks = _num_blocks(config.cache.budget_bytes(), bytes_per_block,
                                       self.max_model_len, block_size)
-        self.kv = KVCacheManager(self.num_blocks, block_size)
+        num_swap_blocks = 0
+        if config.scheduler.preemption_mode == "swap":
+            num_swap_blocks = config.cache.swap_space // bytes_per_block
+        self.kv = KVCacheManager(self.num_blocks, block_size, config.cache.enable_prefix_caching,
+                                 num_swap_blocks)
         self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, self.sink)
         self.runner = ModelRunner(self.loaded.model, self.num_blocks, block_size,
-                                  self.max_model_len, config.dtype)
+                                  self.max_model_len, config.dtype, num_swap_blocks)
         self.eos_token_ids = _eos_ids(arch.eos_token_ids, self.tokenizer)
         self.sampler = Sampler(config.seed, self.eos_token_ids)
         self._tracked: dict[str, _Tracked] = {}
@@ -94,7 +98,10 @@ class LLMEngine:
 
     def add_request(self, request_id: str | None, prompt: str | Sequence[int],
                     params: SamplingParams | None = None,
-                    arrival_time: float | None = None) -> str:
+                    arrival_time: float | None = None, priority: int = 0,
+                    cache_salt: str | None = None) -> str:
+        """Queue a request. `priority` matters under the priority policy (lower runs
+        first); requests with different `cache_salt` never share cached blocks."""
         params = params or SamplingParams()
         request_id = str(next(self._ids)) if request_id is None else request_id
         if request_id in self._tracked:
@@ -105,9 +112,13 @@ class LLMEngine:
             raise RequestError(
                 f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
                 "(the prompt plus at least one generated token must fit)")
+        if not isinstance(priority, int):
+            raise RequestError(f"priority must be an integer; got {priority!r}")
+        if cache_salt is not None and not isinstance(cache_salt, str):
+            raise RequestError(f"cache_salt must be a string; got {cache_salt!r}")
         request = Request(request_id, ids, params, prompt=text,
                           arrival_time=time.monotonic() if arrival_time is None
-                          else arrival_time)
+                          else arrival_time, priority=priority, cache_salt=cache_salt)
         detok = None
         if params.detokenize:
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
@@ -139,6 +150,10 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
+
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached prefix block; returns how many were dropped."""
+        return self.kv.reset_prefix_cache()
 
     # -- one step -----------------------------------------------------------------
 
@@ -228,15 +243,27 @@ class LLMEngine:
 
     def get_stats(self) -> dict[str, Any]:
         pool = self.kv.pool
+        sched = self.scheduler
+        queried = self.kv.num_queried_tokens
         return {
-            "num_running": len(self.scheduler.running),
-            "num_waiting": len(self.scheduler.waiting),
+            "num_running": len(sched.running),
+            "num_waiting": len(sched.waiting),
+            "num_swapped": len(sched.swapped),
             "num_blocks": pool.num_blocks,
             "num_used_blocks": pool.num_used_blocks,
             "num_free_blocks": pool.num_free_blocks,
             "kv_cache_usage": pool.usage(),
-            "num_preemptions": self.scheduler.num_preemptions,
-            "num_steps": self.scheduler.num_steps,
+            "num_preemptions": sched.num_preemptions,
+            "num_swap_outs": sched.num_swap_outs,
+            "num_swap_ins": sched.num_swap_ins,
+            "num_swap_fallbacks": sched.num_swap_fallbacks,
+            "num_free_swap_slots": self.kv.swap_slots.num_free,
+            "prefix_cache_queries": queried,
+            "prefix_cache_hits": self.kv.num_hit_tokens,
+            "prefix_cache_hit_rate": self.kv.num_hit_tokens / queried if queried else 0.0,
+            "num_cached_blocks": pool.num_cached_blocks,
+            "num_evictions": pool.num_evictions,
+            "num_steps": sched.num_steps,
             "num_generated_tokens": self.num_generated_tokens,
             "num_computed_tokens": self.num_computed_tokens,
         }

@@ -1,14 +1,21 @@
-"""The physical KV blocks: ids, refcounts and an O(1) free list.
+"""The physical KV blocks: ids, refcounts, O(1) free lists and the prefix cache.
 
-A block with refcount 0 sits in the free queue, a doubly linked list threaded
+A block with refcount 0 is in one of two queues, doubly linked lists threaded
 through the blocks themselves (as in vLLM v1), so taking from the head, returning to
-the tail and removing from the middle (a later prefix-cache hit) are all O(1).
+the tail and removing from the middle are all O(1):
+
+- `free`: blocks holding nothing worth keeping;
+- `evictable`: full blocks whose content is still in the prefix cache (their hash is
+  in `cached`), least recently released first. A cache hit takes such a block out of
+  the middle of the queue; allocation evicts from its head only when `free` is empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from kvscope.kv.hashing import BlockHash
 
 
 class BlockPoolError(RuntimeError):
@@ -21,9 +28,12 @@ class KVBlock:
     ref_cnt: int = 0
     prev_free: KVBlock | None = None
     next_free: KVBlock | None = None
+    block_hash: BlockHash | None = None  # set while the block is in the prefix cache
+    token_ids: tuple[int, ...] | None = None  # its tokens, to verify a cache hit
 
     def __repr__(self) -> str:
-        return f"KVBlock(id={self.block_id}, ref={self.ref_cnt})"
+        cached = ", cached" if self.block_hash is not None else ""
+        return f"KVBlock(id={self.block_id}, ref={self.ref_cnt}{cached})"
 
 
 class FreeBlockQueue:
@@ -72,13 +82,18 @@ class FreeBlockQueue:
 
 
 class BlockPool:
-    """Owns every physical block; hands them out and takes them back by refcount."""
+    """Owns every physical block; hands them out and takes them back by refcount, and
+    keeps released full blocks findable by content hash until they are evicted."""
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
         if num_blocks < 1:
             raise BlockPoolError("a block pool needs at least one block")
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
-        self.free_queue = FreeBlockQueue(self.blocks)
+        self.free = FreeBlockQueue(self.blocks)
+        self.evictable = FreeBlockQueue(())
+        self.cached: dict[BlockHash, KVBlock] = {}
+        self.enable_caching = enable_caching
+        self.num_evictions = 0
 
     @property
     def num_blocks(self) -> int:
@@ -86,41 +101,114 @@ class BlockPool:
 
     @property
     def num_free_blocks(self) -> int:
-        return self.free_queue.num_free
+        """Blocks an allocation may take: free ones plus evictable cached ones."""
+        return self.free.num_free + self.evictable.num_free
 
     @property
     def num_used_blocks(self) -> int:
         return self.num_blocks - self.num_free_blocks
 
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self.cached)
+
     def allocate(self, count: int) -> list[KVBlock]:
-        """Take `count` blocks from the head of the free queue, each with refcount 1."""
+        """Take `count` blocks, each with refcount 1: free ones first, then the least
+        recently used cached ones (evicting them from the cache)."""
         if count > self.num_free_blocks:
             raise BlockPoolError(f"asked for {count} blocks, only {self.num_free_blocks} free")
         taken = []
         for _ in range(count):
-            block = self.free_queue.popleft()
+            if self.free.num_free:
+                block = self.free.popleft()
+            else:
+                block = self.evictable.popleft()
+                self._uncache(block)
+                self.num_evictions += 1
             block.ref_cnt = 1
             taken.append(block)
         return taken
 
     def share(self, blocks: Iterable[KVBlock]) -> None:
-        """One more block table now holds each of these blocks."""
+        """One more block table now holds each of these blocks; a cached block at
+        refcount 0 comes back out of the evictable queue."""
         for block in blocks:
-            if block.ref_cnt < 1:
-                raise BlockPoolError(f"cannot share free block {block.block_id}")
+            if block.ref_cnt == 0:
+                if block.block_hash is None:
+                    raise BlockPoolError(f"cannot share free block {block.block_id}")
+                self.evictable.remove(block)
             block.ref_cnt += 1
 
     def release(self, blocks: Iterable[KVBlock]) -> None:
-        """One block table let go of these blocks; a block at refcount 0 becomes free.
+        """One block table let go of these blocks; at refcount 0 a block becomes free,
+        or evictable if it is cached.
 
-        Pass blocks in eviction order: the first ones freed are the first reused.
+        Pass blocks in eviction order: the first ones released are the first reused.
         """
         for block in blocks:
             if block.ref_cnt < 1:
                 raise BlockPoolError(f"block {block.block_id} released more often than held")
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                self.free_queue.append(block)
+                queue = self.free if block.block_hash is None else self.evictable
+                queue.append(block)
+
+    # -- the prefix cache ---------------------------------------------------------------
+
+    def lookup(self, block_hash: BlockHash, token_ids: Sequence[int]) -> KVBlock | None:
+        """The cached block with this hash, if it really holds these tokens."""
+        block = self.cached.get(block_hash)
+        if block is None or block.token_ids != tuple(token_ids):
+            return None
+        return block
+
+    def cache(self, block: KVBlock, block_hash: BlockHash, token_ids: Sequence[int]) -> bool:
+        """Register a full, computed block under its hash. A block already cached, or a
+        hash already held by another block (two requests computed the same content),
+        is left as it is; returns whether the block was added."""
+        if not self.enable_caching or block.block_hash is not None or block_hash in self.cached:
+            return False
+        block.block_hash = block_hash
+        block.token_ids = tuple(token_ids)
+        self.cached[block_hash] = block
+        return True
+
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached block (evictable ones become free); returns how many."""
+        count = len(self.cached)
+        for block in list(self.cached.values()):
+            if block.ref_cnt == 0:
+                self.evictable.remove(block)
+                self.free.append(block)
+            self._uncache(block)
+        return count
+
+    def _uncache(self, block: KVBlock) -> None:
+        if block.block_hash is not None:
+            del self.cached[block.block_hash]
+        block.block_hash = None
+        block.token_ids = None
 
     def usage(self) -> float:
         return self.num_used_blocks / self.num_blocks
+
+    def check_invariants(self) -> None:
+        """Raise BlockPoolError if the bookkeeping disagrees with itself (for tests)."""
+        free_ids = set(self.free.block_ids())
+        evictable_ids = set(self.evictable.block_ids())
+        for block in self.blocks:
+            if block.ref_cnt < 0:
+                raise BlockPoolError(f"{block} has a negative refcount")
+            in_free, in_evictable = block.block_id in free_ids, block.block_id in evictable_ids
+            if block.ref_cnt == 0 and in_free == in_evictable:
+                raise BlockPoolError(f"{block} is unused but not in exactly one queue")
+            if block.ref_cnt > 0 and (in_free or in_evictable):
+                raise BlockPoolError(f"{block} is in use and queued as free")
+            if in_evictable and block.block_hash is None:
+                raise BlockPoolError(f"{block} is evictable but not cached")
+            if in_free and block.block_hash is not None:
+                raise BlockPoolError(f"{block} is cached but in the free queue")
+            if block.block_hash is not None and self.cached.get(block.block_hash) is not block:
+                raise BlockPoolError(f"{block} has a hash the cache does not map to it")
+        if len(free_ids) != self.free.num_free or len(evictable_ids) != self.evictable.num_free:
+            raise BlockPoolError("a queue's count disagrees with its length")

@@ -1,12 +1,19 @@
 """Per-request block tables over the block pool. The only owner of block ids.
 
 A request's block table lists, in logical order, the physical blocks holding its
-K/V. A block is allocated only when the request's tokens reach into it.
+K/V. A block is allocated only when the request's tokens reach into it. With prefix
+caching, a new request first looks up its prompt's full blocks by hash chain and
+starts from every block it finds; blocks it fills are registered in the cache as
+soon as they are full and computed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kvscope.kv.block_pool import BlockPool, KVBlock
+from kvscope.kv.hashing import extend_block_hashes
+from kvscope.kv.swap import SwapSlots
 from kvscope.request import Request
 
 
@@ -15,10 +22,20 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True,
+                 num_swap_slots: int = 0) -> None:
         self.block_size = block_size
-        self.pool = BlockPool(num_blocks)
+        self.pool = BlockPool(num_blocks, enable_caching)
+        self.swap_slots = SwapSlots(num_swap_slots)
+        self._swapped: dict[str, list[int]] = {}  # request id → its swap slots, in order
         self._tables: dict[str, list[KVBlock]] = {}
+        self._num_cached: dict[str, int] = {}  # leading blocks of a table already cached
+        self.num_queried_tokens = 0
+        self.num_hit_tokens = 0
+
+    @property
+    def enable_caching(self) -> bool:
+        return self.pool.enable_caching
 
     @property
     def num_free_blocks(self) -> int:
@@ -27,18 +44,83 @@ class KVCacheManager:
     def block_ids(self, request_id: str) -> list[int]:
         return [block.block_id for block in self._tables.get(request_id, ())]
 
-    def num_new_blocks_needed(self, request: Request, num_new_tokens: int) -> int:
-        table = self._tables.get(request.request_id, ())
-        total = blocks_needed(request.num_computed_tokens + num_new_tokens, self.block_size)
-        return max(0, total - len(table))
+    def table(self, request_id: str) -> list[KVBlock]:
+        return self._tables.get(request_id, [])
 
-    def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
-        """Make room for `num_new_tokens` more K/V entries; False (and no change) if
-        the pool cannot hold them."""
-        needed = self.num_new_blocks_needed(request, num_new_tokens)
-        if needed > self.pool.num_free_blocks:
+    # -- the prefix cache ---------------------------------------------------------------
+
+    def find_cached_prefix(self, request: Request) -> list[KVBlock]:
+        """The longest run of the request's leading full blocks found in the cache.
+
+        The last token is always left to compute (its logits are needed), so a prompt
+        that is cached whole hits one block less."""
+        if not self.enable_caching:
+            return []
+        tokens = request.all_token_ids
+        extend_block_hashes(request.block_hashes, tokens, self.block_size, request.cache_salt)
+        hits = []
+        max_blocks = (len(tokens) - 1) // self.block_size
+        for index, block_hash in enumerate(request.block_hashes[:max_blocks]):
+            begin = index * self.block_size
+            block = self.pool.lookup(block_hash, tokens[begin:begin + self.block_size])
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def record_lookup(self, request: Request, hits: Sequence[KVBlock]) -> None:
+        """Count one admission's prefix-cache lookup (queried and hit tokens)."""
+        if self.enable_caching:
+            self.num_queried_tokens += request.num_tokens
+            self.num_hit_tokens += len(hits) * self.block_size
+
+    def cache_full_blocks(self, request: Request) -> None:
+        """Register every block of the request that is now full and computed."""
+        if not self.enable_caching:
+            return
+        table = self._tables.get(request.request_id)
+        if table is None:
+            return
+        start = self._num_cached.get(request.request_id, 0)
+        full = min(request.num_computed_tokens // self.block_size, len(table))
+        if full <= start:
+            return
+        tokens = request.all_token_ids
+        hashes = extend_block_hashes(request.block_hashes, tokens[:full * self.block_size],
+                                     self.block_size, request.cache_salt)
+        for index in range(start, full):
+            begin = index * self.block_size
+            self.pool.cache(table[index], hashes[index], tokens[begin:begin + self.block_size])
+        self._num_cached[request.request_id] = full
+
+    def reset_prefix_cache(self) -> int:
+        for request_id in self._num_cached:
+            self._num_cached[request_id] = 0
+        return self.pool.reset_prefix_cache()
+
+    # -- allocation ---------------------------------------------------------------------
+
+    def num_new_blocks_needed(self, request: Request, num_new_tokens: int,
+                              num_cached_blocks: int = 0) -> int:
+        table = self._tables.get(request.request_id, ())
+        computed = request.num_computed_tokens + num_cached_blocks * self.block_size
+        total = blocks_needed(computed + num_new_tokens, self.block_size)
+        return max(0, total - len(table) - num_cached_blocks)
+
+    def allocate_slots(self, request: Request, num_new_tokens: int,
+                       cached: Sequence[KVBlock] = ()) -> bool:
+        """Make room for `num_new_tokens` more K/V entries after the request's computed
+        tokens and the cache hits `cached` (which join its table first); False, and
+        no change, if the pool cannot hold them."""
+        needed = self.num_new_blocks_needed(request, num_new_tokens, len(cached))
+        revived = sum(1 for block in cached if block.ref_cnt == 0)  # leave the free count
+        if needed + revived > self.pool.num_free_blocks:
             return False
         table = self._tables.setdefault(request.request_id, [])
+        if cached:
+            self.pool.share(cached)
+            table.extend(cached)
+            self._num_cached[request.request_id] = len(table)
         if needed:
             table.extend(self.pool.allocate(needed))
         return True
@@ -46,12 +128,50 @@ class KVCacheManager:
     def free(self, request: Request) -> list[int]:
         """Give back every block of the request; returns the freed block ids.
 
-        Blocks go back tail first, so the request's last blocks are reused first and
-        its leading blocks stay untouched longest (the seam for prefix caching).
+        Blocks go back tail first, so the request's last blocks are reused (or
+        evicted) first and its leading blocks, the likeliest shared prefix, stay
+        cached longest.
         """
         table = self._tables.pop(request.request_id, [])
+        self._num_cached.pop(request.request_id, None)
         self.pool.release(reversed(table))
         return [block.block_id for block in table]
+
+    # -- swap -------------------------------------------------------------------------
+
+    def swap_out(self, request: Request) -> list[tuple[int, int]] | None:
+        """Move the request's blocks to swap slots: returns (block id, slot) copies to
+        make before the blocks are reused, or None if the swap space is too full."""
+        table = self._tables.get(request.request_id, [])
+        slots = self.swap_slots.take(len(table))
+        if slots is None:
+            return None
+        copies = [(block.block_id, slot) for block, slot in zip(table, slots, strict=True)]
+        self.free(request)
+        self._swapped[request.request_id] = slots
+        return copies
+
+    def swap_in(self, request: Request, num_new_tokens: int) -> list[tuple[int, int]] | None:
+        """Bring a swapped request back into fresh blocks, with room for its next
+        `num_new_tokens`: returns (slot, block id) copies, or None (no change) if the
+        pool cannot hold it yet."""
+        slots = self._swapped[request.request_id]
+        needed = blocks_needed(request.num_computed_tokens + num_new_tokens, self.block_size)
+        if max(needed, len(slots)) > self.pool.num_free_blocks:
+            return None
+        table = self._tables[request.request_id] = self.pool.allocate(max(needed, len(slots)))
+        del self._swapped[request.request_id]
+        self.swap_slots.give_back(slots)
+        return [(slot, block.block_id) for slot, block in zip(slots, table, strict=False)]
+
+    def drop_swapped(self, request: Request) -> None:
+        """Forget a swapped request's slots (it finished or was aborted while out)."""
+        slots = self._swapped.pop(request.request_id, None)
+        if slots:
+            self.swap_slots.give_back(slots)
+
+    def is_swapped(self, request_id: str) -> bool:
+        return request_id in self._swapped
 
     def has_table(self, request_id: str) -> bool:
         return request_id in self._tables

@@ -25,7 +25,7 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
-                 max_model_len: int, dtype: torch.dtype) -> None:
+                 max_model_len: int, dtype: torch.dtype, num_swap_blocks: int = 0) -> None:
         arch = model.arch
         self.model = model
         self.block_size = block_size
@@ -33,16 +33,32 @@ class ModelRunner:
         self.kv_pool = torch.zeros(shape, dtype=dtype)
         self.kv_caches = [(self.kv_pool[i, 0], self.kv_pool[i, 1])
                           for i in range(arch.num_layers)]
+        # swap space for preemption by swap: the same layout, indexed by swap slot
+        swap_shape = (*shape[:2], num_swap_blocks, *shape[3:])
+        self.swap_pool = torch.zeros(swap_shape, dtype=dtype) if num_swap_blocks else None
         cos, sin = rope_tables(arch.head_dim, max_model_len, arch.rope_theta)
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)
 
     def execute(self, out: SchedulerOutput) -> StepResult:
+        self.apply_swaps(out)
         ordered = sorted(out.scheduled, key=lambda s: not s.is_decode)
         input_ids, meta, sample_rows, sampled = self._prepare(ordered)
         with torch.inference_mode():
             hidden = self.model(input_ids, meta, self.kv_caches)
             logits = self.model.compute_logits(hidden[sample_rows])
         return StepResult(logits, sampled)
+
+    def apply_swaps(self, out: SchedulerOutput) -> None:
+        """Copy swapped-out blocks to their slots, then swapped-in slots to their new
+        blocks, before the forward pass may overwrite the blocks just freed."""
+        if out.swap_out:
+            assert self.swap_pool is not None
+            blocks, slots = (torch.tensor(c) for c in zip(*out.swap_out, strict=True))
+            self.swap_pool.index_copy_(2, slots, self.kv_pool.index_select(2, blocks))
+        if out.swap_in:
+            assert self.swap_pool is not None
+            slots, blocks = (torch.tensor(c) for c in zip(*out.swap_in, strict=True))
+            self.kv_pool.index_copy_(2, blocks, self.swap_pool.index_select(2, slots))
 
     def _prepare(self, ordered: list[ScheduledRequest]
                  ) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor, list[ScheduledRequest]]:

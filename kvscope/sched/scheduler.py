@@ -2,16 +2,22 @@
 
 There are no prefill and decode phases (as in vLLM v1): every step each scheduled
 request gets tokens toward `num_computed_tokens == num_tokens`. Running requests
-go first, in arrival order; waiting requests are admitted after them while the
-token budget, the sequence cap and the KV pool allow. When a running request
-cannot grow, the latest-arrived running request is preempted: its blocks are freed
-and it returns to the front of the queue to be recomputed later.
+go first, then swapped-out ones come back, then waiting ones are admitted, while the
+token budget, the sequence cap and the KV pool allow. Queues are kept in policy
+order: arrival (`fcfs`) or (priority, arrival) (`priority`). When a running request
+cannot grow, the last request in policy order is preempted: by recompute (its
+blocks are freed and it waits to be prefilled again, from the prefix cache where it
+can) or by swap (its K/V are copied to swap space and copied back later). Under the
+priority policy a waiting request that outranks running ones may also preempt them
+to get in.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvscope.config import SchedulerConfig
@@ -44,6 +50,8 @@ class SchedulerOutput:
     step: int
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[str] = field(default_factory=list)
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (block id, slot)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (slot, block id)
 
     @property
     def num_tokens(self) -> int:
@@ -66,43 +74,61 @@ class Scheduler:
         self.kv = kv
         self.max_model_len = max_model_len
         self.sink = sink or NullSink()
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.order_key: Callable[[Request], tuple[int, ...]] = (
+            _priority_key if config.policy == "priority" else _fcfs_key)
+        self.waiting: list[Request] = []  # policy order; preempted ones come back here
+        self.swapped: list[Request] = []  # policy order
+        self.running: list[Request] = []  # policy order: the last one is the next victim
+        self._arrivals = itertools.count()
         self.num_steps = 0
         self.num_preemptions = 0
+        self.num_swap_outs = 0
+        self.num_swap_ins = 0
+        self.num_swap_fallbacks = 0  # swap preemptions done by recompute: swap space full
 
     # -- queue management ---------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
         request.status = RequestStatus.WAITING
-        self.waiting.append(request)
+        request.arrival_index = next(self._arrivals)
+        self._insert(self.waiting, request)
+
+    def _insert(self, queue: list[Request], request: Request) -> None:
+        bisect.insort(queue, request, key=self.order_key)
 
     def finish(self, request: Request, status: RequestStatus) -> None:
         """Remove a request from the queues and free its blocks on this same step."""
         request.status = status
         request.finished_time = time.monotonic()
-        if request in self.running:
-            self.running.remove(request)
-        elif request in self.waiting:
-            self.waiting.remove(request)
+        for queue in (self.running, self.waiting, self.swapped):
+            if request in queue:
+                queue.remove(request)
+                break
         self.kv.free(request)
+        self.kv.drop_swapped(request)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     # -- one step -----------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(step=self.num_steps)
         self.num_steps += 1
+        if self.config.policy == "priority":
+            self._make_room_for_priority(out)
         budget = self.config.max_num_batched_tokens
+        preempted_before = len(out.preempted)
         budget = self._schedule_running(out, budget)
-        if not out.preempted:
+        if len(out.preempted) == preempted_before:  # no admission when running could not grow
+            if not out.swap_out:  # a slot freed this step may not be read back this step
+                budget = self._schedule_swapped(out, budget)
             self._schedule_waiting(out, budget)
         return out
 
-    def _chunk_size(self, request: Request, budget: int) -> int:
-        n = min(request.num_uncomputed_tokens, budget)
+    def _chunk_size(self, request: Request, budget: int, num_computed: int | None = None) -> int:
+        computed = request.num_computed_tokens if num_computed is None else num_computed
+        n = min(request.num_tokens - computed, budget)
         threshold = self.config.long_prefill_token_threshold
         if threshold and n > 1:
             n = min(n, threshold)
@@ -123,39 +149,109 @@ class Scheduler:
             index += 1
         return budget
 
+    def _schedule_swapped(self, out: SchedulerOutput, budget: int) -> int:
+        while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.swapped[0]
+            n = self._chunk_size(request, budget)
+            copies = self.kv.swap_in(request, n)
+            if copies is None:
+                break
+            self.swapped.pop(0)
+            out.swap_in.extend(copies)
+            self.num_swap_ins += 1
+            self._emit(out, "swapped_in", request, copies=copies)
+            self._start_running(request, out, n)
+            budget -= n
+        return budget
+
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            n = self._chunk_size(request, budget)
-            if not self.kv.allocate_slots(request, n):
+            if not self._admit(request, out, budget):
                 break
-            self.waiting.popleft()
-            request.status = RequestStatus.RUNNING
-            if request.first_scheduled_time is None:
-                request.first_scheduled_time = time.monotonic()
-            self.running.append(request)
-            out.scheduled.append(self._scheduled(request, n))
-            budget -= n
+            budget -= out.scheduled[-1].num_tokens
+
+    def _admit(self, request: Request, out: SchedulerOutput, budget: int) -> bool:
+        """Start a waiting request from its cached prefix, if the pool has room."""
+        hits = self.kv.find_cached_prefix(request)
+        hit_tokens = len(hits) * self.kv.block_size
+        n = self._chunk_size(request, budget, hit_tokens)
+        if not self.kv.allocate_slots(request, n, hits):
+            return False
+        self.kv.record_lookup(request, hits)
+        request.num_computed_tokens = hit_tokens
+        self.waiting.remove(request)
+        if hits:
+            self._emit(out, "prefix_cache_hit", request, tokens=hit_tokens,
+                       block_ids=[b.block_id for b in hits])
+        self._start_running(request, out, n)
+        return True
+
+    def _start_running(self, request: Request, out: SchedulerOutput, n: int) -> None:
+        request.status = RequestStatus.RUNNING
+        if request.first_scheduled_time is None:
+            request.first_scheduled_time = time.monotonic()
+        self._insert(self.running, request)
+        out.scheduled.append(self._scheduled(request, n))
+
+    def _make_room_for_priority(self, out: SchedulerOutput) -> None:
+        """Preempt running requests that rank below the best waiting one, worst
+        first, until that one's first chunk fits in the pool."""
+        if not self.waiting:
+            return
+        best = self.waiting[0]
+        budget = self.config.max_num_batched_tokens
+        while self.running and self.running[-1].priority > best.priority:
+            hits = self.kv.find_cached_prefix(best)
+            n = self._chunk_size(best, budget, len(hits) * self.kv.block_size)
+            needed = self.kv.num_new_blocks_needed(best, n, len(hits))
+            fits = needed + sum(b.ref_cnt == 0 for b in hits) <= self.kv.num_free_blocks
+            if fits and len(self.running) < self.config.max_num_seqs:
+                return
+            self._preempt(self.running[-1], out)
 
     def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
         return ScheduledRequest(request, request.num_computed_tokens, n,
                                 self.kv.block_ids(request.request_id))
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
-        """Recompute-mode preemption: drop the victim's K/V, queue it first in line."""
+        """Take the victim out of the running batch: swap its K/V out when the mode and
+        the swap space allow, else drop them to be recomputed."""
         self.running.remove(victim)
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
+        out.preempted.append(victim.request_id)
+        if self.config.preemption_mode == "swap":
+            copies = self.kv.swap_out(victim)
+            if copies is not None:
+                victim.status = RequestStatus.SWAPPED
+                self._insert(self.swapped, victim)
+                out.swap_out.extend(copies)
+                self.num_swap_outs += 1
+                self._emit(out, "preempted", victim, mode="swap", copies=copies)
+                return
+            self.num_swap_fallbacks += 1
         freed = self.kv.free(victim)
         victim.num_computed_tokens = 0
         victim.status = RequestStatus.PREEMPTED
-        victim.num_preemptions += 1
-        self.num_preemptions += 1
-        self.waiting.appendleft(victim)
-        out.preempted.append(victim.request_id)
-        if self.sink.enabled:
-            self.sink.emit(Event("preempted", out.step, {
-                "request_id": victim.request_id, "mode": "recompute", "freed": freed}))
+        self._insert(self.waiting, victim)
+        self._emit(out, "preempted", victim, mode="recompute", freed=freed)
 
     def update_after_step(self, out: SchedulerOutput) -> None:
-        """Advance every scheduled request by the tokens the step computed."""
+        """Advance every scheduled request by the tokens the step computed, and put
+        the blocks that became full into the prefix cache."""
         for item in out.scheduled:
             item.request.num_computed_tokens += item.num_tokens
+            self.kv.cache_full_blocks(item.request)
+
+    def _emit(self, out: SchedulerOutput, kind: str, request: Request, **data: object) -> None:
+        if self.sink.enabled:
+            self.sink.emit(Event(kind, out.step, {"request_id": request.request_id, **data}))
+
+
+def _fcfs_key(request: Request) -> tuple[int]:
+    return (request.arrival_index,)
+
+
+def _priority_key(request: Request) -> tuple[int, int]:
+    return (request.priority, request.arrival_index)
