@@ -16,6 +16,7 @@ from typing import Any
 from kvscope.config import ConfigError, EngineConfig
 from kvscope.engine.detokenizer import IncrementalDetokenizer
 from kvscope.events import Event, EventSink, NullSink
+from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
 from kvscope.model.loader import LoadedModel, load_model
 from kvscope.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
@@ -80,6 +81,8 @@ class LLMEngine:
         self.last_timings = StepTimings()
         self.num_generated_tokens = 0
         self.num_computed_tokens = 0  # every token the model processed, recomputes included
+        self.last_fragmentation = Fragmentation()  # after the latest step
+        self.run_fragmentation = Fragmentation()  # summed over steps (slot-steps)
 
     # -- requests -----------------------------------------------------------------
 
@@ -169,6 +172,8 @@ class LLMEngine:
         sampled = self.sampler.sample(result.logits, [s.request for s in result.sampled])
         t3 = time.perf_counter()
         outputs = self._update(sched, [s.request for s in result.sampled], sampled)
+        self.last_fragmentation = measure(self.kv, self.scheduler.running, self.max_model_len)
+        self.run_fragmentation.add(self.last_fragmentation)
         t4 = time.perf_counter()
         self.last_timings = StepTimings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         self._emit_step(sched)
@@ -264,6 +269,10 @@ class LLMEngine:
             "num_cached_blocks": pool.num_cached_blocks,
             "num_evictions": pool.num_evictions,
             "num_steps": sched.num_steps,
+            "num_shared_blocks": pool.num_shared_blocks,
+            "paged_waste": self.run_fragmentation.paged_waste,
+            "contiguous_waste": self.run_fragmentation.contiguous_waste,
+            "contiguous_own_waste": self.run_fragmentation.contiguous_own_waste,
             "num_generated_tokens": self.num_generated_tokens,
             "num_computed_tokens": self.num_computed_tokens,
         }
@@ -283,7 +292,8 @@ class LLMEngine:
             "preempted": sched.preempted,
             "schedule_s": t.schedule_s, "forward_s": t.forward_s,
             "sample_s": t.sample_s, "update_s": t.update_s,
-            "free_blocks": self.kv.num_free_blocks}))
+            "free_blocks": self.kv.num_free_blocks,
+            "fragmentation": self.last_fragmentation.as_dict()}))
 
 
 def _resolve_max_model_len(requested: int | None, model_limit: int) -> int:

@@ -94,6 +94,8 @@ class BlockPool:
         self.cached: dict[BlockHash, KVBlock] = {}
         self.enable_caching = enable_caching
         self.num_evictions = 0
+        self.num_shared_blocks = 0  # blocks with refcount > 1
+        self.num_extra_refs = 0  # sum over blocks of max(0, refcount - 1)
 
     @property
     def num_blocks(self) -> int:
@@ -138,6 +140,9 @@ class BlockPool:
                     raise BlockPoolError(f"cannot share free block {block.block_id}")
                 self.evictable.remove(block)
             block.ref_cnt += 1
+            if block.ref_cnt > 1:
+                self.num_extra_refs += 1
+                self.num_shared_blocks += block.ref_cnt == 2
 
     def release(self, blocks: Iterable[KVBlock]) -> None:
         """One block table let go of these blocks; at refcount 0 a block becomes free,
@@ -148,6 +153,9 @@ class BlockPool:
         for block in blocks:
             if block.ref_cnt < 1:
                 raise BlockPoolError(f"block {block.block_id} released more often than held")
+            if block.ref_cnt > 1:
+                self.num_extra_refs -= 1
+                self.num_shared_blocks -= block.ref_cnt == 2
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
                 queue = self.free if block.block_hash is None else self.evictable
@@ -210,5 +218,8 @@ class BlockPool:
                 raise BlockPoolError(f"{block} is cached but in the free queue")
             if block.block_hash is not None and self.cached.get(block.block_hash) is not block:
                 raise BlockPoolError(f"{block} has a hash the cache does not map to it")
+        if self.num_shared_blocks != sum(b.ref_cnt > 1 for b in self.blocks) or \
+                self.num_extra_refs != sum(max(0, b.ref_cnt - 1) for b in self.blocks):
+            raise BlockPoolError("the shared-block counters disagree with the refcounts")
         if len(free_ids) != self.free.num_free or len(evictable_ids) != self.evictable.num_free:
             raise BlockPoolError("a queue's count disagrees with its length")
