@@ -229,3 +229,23 @@ def test_small_routes(server):
     models = httpx.get(server.url + "/v1/models",
                        headers={"Authorization": f"Bearer {KEY}"}).json()
     assert [m["id"] for m in models["data"]] == [MODEL_NAME]
+
+
+def test_prefix_cache_hits_show_in_metrics_and_salt_opts_out(client, server):
+    def hits() -> float:
+        return httpx.get(server.url + "/stats").json()["prefix_cache_hits"]
+
+    long_prompt = " ".join(f"word{i}" for i in range(60))  # well over two blocks
+    client.completions.create(model=MODEL_NAME, prompt=long_prompt, max_tokens=2)
+    before = hits()
+    client.completions.create(model=MODEL_NAME, prompt=long_prompt, max_tokens=2,
+                              extra_body={"priority": 3})
+    assert hits() > before
+    salted = hits()
+    client.completions.create(model=MODEL_NAME, prompt=long_prompt, max_tokens=2,
+                              extra_body={"cache_salt": "tenant-x"})
+    assert hits() == salted
+    text = httpx.get(server.url + "/metrics").text
+    rates = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+             if s.name == "kvscope:prefix_cache_hit_rate"]
+    assert rates and 0 < rates[0] < 1

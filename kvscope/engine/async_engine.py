@@ -49,6 +49,8 @@ class _Add:
     params: SamplingParams
     arrival_time: float
     done: Future
+    priority: int = 0
+    cache_salt: str | None = None
 
 
 class RequestStream:
@@ -121,8 +123,8 @@ class AsyncEngine:
         with self._stats_lock:
             return dict(self._stats)
 
-    async def add_requests(self, requests: Sequence[tuple[str, Prompt, SamplingParams]]
-                           ) -> RequestStream:
+    async def add_requests(self, requests: Sequence[tuple[str, Prompt, SamplingParams]],
+                           priority: int = 0, cache_salt: str | None = None) -> RequestStream:
         """Submit (request_id, prompt, params) requests that share one output stream;
         returns once the engine has accepted them all.
 
@@ -138,7 +140,8 @@ class AsyncEngine:
         for request_id, prompt, params in requests:
             self._streams[request_id] = stream
             accepted.append(Future())
-            self._send(_Add(request_id, prompt, params, now, accepted[-1]))
+            self._send(_Add(request_id, prompt, params, now, accepted[-1], priority,
+                            cache_salt))
         try:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in accepted))
         except BaseException:
@@ -220,7 +223,8 @@ class AsyncEngine:
             return
         try:
             self.engine.add_request(command.request_id, command.prompt, command.params,
-                                    arrival_time=command.arrival_time)
+                                    arrival_time=command.arrival_time,
+                                    priority=command.priority, cache_salt=command.cache_salt)
         except Exception as exc:
             command.done.set_exception(exc)
         else:

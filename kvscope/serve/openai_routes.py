@@ -57,7 +57,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     body.check_supported()
     prompts = [state.prompt_ids(p, "prompt") for p in body.prompts()]
     call = Call("completion", f"cmpl-{uuid.uuid4().hex}", model, prompts)
-    stream = await _start(state, call, body.n,
+    stream = await _start(state, call, body,
                           lambda ids, j: body.sampling_params(
                               state.max_tokens_for(len(ids), body.max_tokens, "prompt"),
                               body.logprobs, j))
@@ -89,7 +89,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     prompt = state.chat_prompt_ids(body.messages)
     call = Call("chat", f"chatcmpl-{uuid.uuid4().hex}", model, [prompt])
     max_tokens = state.max_tokens_for(len(prompt), body.requested_max_tokens(), "messages")
-    stream = await _start(state, call, body.n,
+    stream = await _start(state, call, body,
                           lambda _ids, j: body.sampling_params(max_tokens, num_top, j))
     if body.stream:
         chunks = _chat_chunks(state, call, body, stream, num_top)
@@ -110,15 +110,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
                          "usage": usage(call.num_prompt_tokens, _generated(outputs))})
 
 
-async def _start(state: ServerState, call: Call, n: int,
+async def _start(state: ServerState, call: Call, body: CompletionRequest | ChatCompletionRequest,
                  params_for: Callable[[list[int], int], Any]) -> RequestStream:
+    n = body.n
     requests = []
     for i, ids in enumerate(call.prompts):
         for j in range(n):
             request_id = f"{call.id}-{i}-{j}"
             call.choice_of[request_id] = i * n + j
             requests.append((request_id, ids, state.sampling(params_for, ids, j)))
-    return await state.add_requests(requests)
+    return await state.add_requests(requests, body.priority, body.cache_salt)
 
 
 async def _collect(stream: RequestStream, request: Request) -> dict[str, RequestOutput]:

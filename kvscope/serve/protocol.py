@@ -61,7 +61,8 @@ class _SamplingFields(_Strict):
     stop_token_ids: list[TokenId] | None = None
     include_stop_str_in_output: StrictBool = False
     skip_special_tokens: StrictBool = True
-    request_id: str | None = Field(default=None, max_length=200)
+    priority: I64 = 0  # with --scheduling-policy priority, lower runs first
+    cache_salt: str | None = Field(default=None, max_length=256)
 
     def check_supported(self) -> None:
         if self.presence_penalty or self.frequency_penalty:

@@ -91,10 +91,10 @@ class ServerState:
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    async def add_requests(self, requests: Sequence[tuple[str, Prompt, SamplingParams]]
-                           ) -> RequestStream:
+    async def add_requests(self, requests: Sequence[tuple[str, Prompt, SamplingParams]],
+                           priority: int = 0, cache_salt: str | None = None) -> RequestStream:
         try:
-            return await self.engine.add_requests(requests)
+            return await self.engine.add_requests(requests, priority, cache_salt)
         except EngineOverloadedError as exc:
             raise APIError(503, str(exc), code="overloaded") from exc
         except EngineDeadError as exc:
