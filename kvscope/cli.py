@@ -1,5 +1,6 @@
 """The `kvscope` command line: `kvscope serve` runs the OpenAI-compatible server,
-`kvscope generate` runs prompts through the engine offline."""
+`kvscope generate` runs prompts through the engine offline, `kvscope bench serve`
+benchmarks an OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -111,6 +112,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kvscope.bench.serve_bench import add_bench_parser
+
     parser = argparse.ArgumentParser(prog="kvscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
@@ -124,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat", dest="chat", action="store_false",
                      help="send prompts as raw text instead of through the chat template")
     gen.set_defaults(func=cmd_generate)
+    add_bench_parser(sub)
     return parser
 
 

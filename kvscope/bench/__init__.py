@@ -1,0 +1,2 @@
+"""Benchmark clients. `kvscope bench serve` replays a workload against any
+OpenAI-compatible server and reports latency and throughput (see serve_bench)."""
