@@ -36,6 +36,13 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     memory.add_argument("--kv-cache-memory-fraction", type=float, default=None,
                         help="fraction of available memory for the KV pool")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching",
+                        action="store_false", help="turn the prefix cache off")
+    parser.add_argument("--preemption-mode", choices=["recompute", "swap"], default="recompute")
+    parser.add_argument("--swap-space", type=int, default=None,
+                        help="bytes of swap space for --preemption-mode swap (default 256 MiB)")
+    parser.add_argument("--scheduling-policy", dest="policy", choices=["fcfs", "priority"],
+                        default="fcfs")
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -43,8 +50,11 @@ def engine_options(args: argparse.Namespace) -> dict:
         "dtype": args.dtype, "block_size": args.block_size, "max_model_len": args.max_model_len,
         "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
         "seed": args.seed, "long_prefill_token_threshold": args.long_prefill_token_threshold,
-        "model": args.model,
+        "model": args.model, "enable_prefix_caching": args.enable_prefix_caching,
+        "preemption_mode": args.preemption_mode, "policy": args.policy,
     }
+    if args.swap_space is not None:
+        options["swap_space"] = args.swap_space
     if args.kv_cache_memory is not None:
         options["kv_cache_memory"] = args.kv_cache_memory
     if args.kv_cache_memory_fraction is not None:

@@ -16,8 +16,8 @@ def admit(kv: KVCacheManager, request_id: str, tokens: list[int], max_tokens: in
     request = Request(request_id, tokens, SamplingParams(max_tokens=max_tokens))
     hits = kv.find_cached_prefix(request)
     assert kv.allocate_slots(request, len(tokens) - len(hits) * kv.block_size, hits)
+    kv.cache_full_blocks(request, len(tokens))
     request.num_computed_tokens = len(tokens)
-    kv.cache_full_blocks(request)
     return request
 
 

@@ -33,8 +33,8 @@ def computed(kv: KVCacheManager, req: Request) -> None:
     hit_tokens = len(hits) * kv.block_size
     assert kv.allocate_slots(req, req.num_tokens - hit_tokens, hits)
     kv.record_lookup(req, hits)
+    kv.cache_full_blocks(req, req.num_tokens)
     req.num_computed_tokens = req.num_tokens
-    kv.cache_full_blocks(req)
 
 
 # -- the hash chain -------------------------------------------------------------------
@@ -174,3 +174,19 @@ def test_same_prompt_in_one_batch_and_different_salts(engines):
     assert [o.outputs[0].token_ids for o in outs] == [expected, expected]
     # only tenant-a's request hits what tenant-a cached: 6 full blocks of 110 tokens
     assert on.engine.get_stats()["prefix_cache_hits"] - before == 96
+
+
+def test_requests_admitted_in_one_step_share_the_prefix(engines):
+    """Blocks are cached when their step is scheduled (every layer writes the step's
+    K/V before attending), so later requests of the same step already hit them."""
+    on, off = engines
+    on.reset_prefix_cache()
+    base = on.tokenizer.encode(TEXT)[:100]
+    prompts = [[*base, 500 + i, 600 + i, 700 + i] for i in range(4)]
+    expected = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
+    before = on.engine.get_stats()
+    outs = on.generate(prompts, GREEDY)
+    after = on.engine.get_stats()
+    assert [o.outputs[0].token_ids for o in outs] == expected
+    assert after["prefix_cache_hits"] - before["prefix_cache_hits"] == 3 * 96
+    assert after["num_steps"] - before["num_steps"] == GREEDY.max_tokens  # one prefill step

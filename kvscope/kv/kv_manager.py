@@ -3,8 +3,8 @@
 A request's block table lists, in logical order, the physical blocks holding its
 K/V. A block is allocated only when the request's tokens reach into it. With prefix
 caching, a new request first looks up its prompt's full blocks by hash chain and
-starts from every block it finds; blocks it fills are registered in the cache as
-soon as they are full and computed.
+starts from every block it finds; blocks it fills are registered in the cache in the
+step that fills them.
 """
 
 from __future__ import annotations
@@ -74,15 +74,18 @@ class KVCacheManager:
             self.num_queried_tokens += request.num_tokens
             self.num_hit_tokens += len(hits) * self.block_size
 
-    def cache_full_blocks(self, request: Request) -> None:
-        """Register every block of the request that is now full and computed."""
+    def cache_full_blocks(self, request: Request, num_tokens: int) -> None:
+        """Register every block of the request that is full within its first
+        `num_tokens` tokens (called when a step is scheduled, for the tokens it will
+        compute: each layer writes the whole step's K/V before any attention reads,
+        so a request admitted later in the same step can already share them)."""
         if not self.enable_caching:
             return
         table = self._tables.get(request.request_id)
         if table is None:
             return
         start = self._num_cached.get(request.request_id, 0)
-        full = min(request.num_computed_tokens // self.block_size, len(table))
+        full = min(num_tokens // self.block_size, len(table))
         if full <= start:
             return
         tokens = request.all_token_ids

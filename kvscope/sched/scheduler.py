@@ -211,6 +211,7 @@ class Scheduler:
             self._preempt(self.running[-1], out)
 
     def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
+        self.kv.cache_full_blocks(request, request.num_computed_tokens + n)
         return ScheduledRequest(request, request.num_computed_tokens, n,
                                 self.kv.block_ids(request.request_id))
 
@@ -238,11 +239,9 @@ class Scheduler:
         self._emit(out, "preempted", victim, mode="recompute", freed=freed)
 
     def update_after_step(self, out: SchedulerOutput) -> None:
-        """Advance every scheduled request by the tokens the step computed, and put
-        the blocks that became full into the prefix cache."""
+        """Advance every scheduled request by the tokens the step computed."""
         for item in out.scheduled:
             item.request.num_computed_tokens += item.num_tokens
-            self.kv.cache_full_blocks(item.request)
 
     def _emit(self, out: SchedulerOutput, kind: str, request: Request, **data: object) -> None:
         if self.sink.enabled:
