@@ -279,6 +279,7 @@ def run_kvscope(llm: LLM, prompts: list[list[int]], output_len: int,
     stats = engine.get_stats()
     return {"wall_s": wall, "outputs": [done[i] for i in ids], "steps": steps,
             "preemptions": stats.get("num_preemptions"),
+            "fragmentation": engine.run_fragmentation.as_dict(),
             "kv": {**probe.report(engine.config.cache.block_size), "measured_at": measured_at}}
 
 
@@ -495,6 +496,13 @@ def render(results: dict[str, Any]) -> str:
         f"slots ({_saving(kv['waste_vs_max_len_pct'])}); prompt+max_tokens each = "
         f"{kv['contiguous_exact_slots']} slots ({_saving(kv['waste_vs_exact_pct'])})",
     ]
+    frag = results.get("fragmentation")
+    if frag:
+        lines.append(
+            f"fragmentation over the run (engine accounting, summed over steps): paged waste "
+            f"{100 * frag['paged_waste']:.1f}% of allocated slots; a contiguous reservation "
+            f"would waste {100 * frag['contiguous_waste']:.1f}% (max_model_len each), "
+            f"{100 * frag['contiguous_own_waste']:.1f}% (prompt+max_tokens each)")
     load = results["machine"]["load_avg_1min_before"]
     if load >= 0.5:
         lines.append(f"note: 1-min load average was {load:.2f} before the run: other "
@@ -610,7 +618,7 @@ def main(argv: Sequence[str] | None = None, loaded: LoadedModel | None = None) -
                   "flops_total": flops},
         "matmul": {"dtype": args.dtype, "size": sizes.matmul_size, "reps": sizes.matmul_reps,
                    "flop_s": peak},
-        "throughput": rows, "batch1": batch1, "kv": ks["kv"],
+        "throughput": rows, "batch1": batch1, "kv": ks["kv"], "fragmentation": ks["fragmentation"],
         "machine": {"cpu": cpu_name(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version(),
