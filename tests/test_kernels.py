@@ -86,3 +86,135 @@ def test_packed_weight_gives_identical_linear():
         out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
         assert torch.equal(out, F.linear(x, weight))
     assert pack_weight(weight.float()) is None  # float32 weights stay unpacked
+
+
+# -- paged prefill attention ---------------------------------------------------------
+
+PREFILL_BLOCK = 16
+PREFILL_POOL = 96
+
+
+def prefill_case(dtype: torch.dtype, chunks: list[tuple[int, int]], heads: int, kv_heads: int,
+                 dim: int, lead: int, seed: int, zero_keys: bool = False,
+                 pool_blocks: int = PREFILL_POOL):
+    """A pool whose every slot outside the chunks' contexts is NaN, shuffled block
+    tables, and q as a strided view of a fused qkv tensor (as the model hands it over)
+    with `lead` decode rows in front. chunks: (start position, length)."""
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.full((pool_blocks, PREFILL_BLOCK, kv_heads, dim), float("nan"))
+    k_cache, v_cache = pool.clone(), pool.clone()
+    order = torch.randperm(pool_blocks, generator=gen).tolist()
+    tables, keys, values = [], [], []
+    for start, n in chunks:
+        context = start + n
+        need = -(-context // PREFILL_BLOCK)
+        tables.append(order[:need])
+        order = order[need:]
+        if zero_keys:  # every score 0: each output is the plain mean of the visible values
+            k = torch.zeros(context, kv_heads, dim)
+            v = torch.randint(-64, 65, (context, kv_heads, dim), generator=gen).float()
+        else:
+            k = torch.randn(context, kv_heads, dim, generator=gen) * 2
+            v = torch.randn(context, kv_heads, dim, generator=gen)
+        k, v = k.to(dtype).float(), v.to(dtype).float()
+        slots = torch.tensor([tables[-1][p // PREFILL_BLOCK] * PREFILL_BLOCK + p % PREFILL_BLOCK
+                              for p in range(context)])
+        k_cache.view(-1, kv_heads, dim)[slots] = k
+        v_cache.view(-1, kv_heads, dim)[slots] = v
+        keys.append(k)
+        values.append(v)
+    rows = lead + sum(n for _, n in chunks)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+    q = qkv[:, :heads * dim].view(rows, heads, dim)  # rows (heads + 2 kv) * dim apart
+    width = max(len(t) for t in tables)
+    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables])
+    starts = torch.tensor([lead] + [n for _, n in chunks]).cumsum(0)
+    positions = torch.tensor([start for start, _ in chunks])
+    return (q, k_cache.to(dtype), v_cache.to(dtype), block_tables, starts, positions,
+            keys, values)
+
+
+def prefill_reference(q: torch.Tensor, chunks: list[tuple[int, int]], keys, values,
+                      lead: int) -> torch.Tensor:
+    """Dense masked softmax in float64 over each chunk's contiguous K/V, GQA expanded;
+    the decode rows in front stay zero."""
+    rows, heads, dim = q.shape
+    out = torch.zeros(rows, heads, dim, dtype=torch.float64)
+    row = lead
+    for (start, n), k, v in zip(chunks, keys, values, strict=True):
+        group = heads // k.shape[1]
+        k = k.double().repeat_interleave(group, dim=1)  # [context, H, d]
+        v = v.double().repeat_interleave(group, dim=1)
+        scores = torch.einsum("nhd,lhd->hnl", q[row:row + n].double(), k) * dim ** -0.5
+        visible = torch.arange(start + n)[None, :] <= torch.arange(start, start + n)[:, None]
+        scores.masked_fill_(~visible, float("-inf"))
+        out[row:row + n] = torch.einsum("hnl,lhd->nhd", scores.softmax(-1), v)
+        row += n
+    return out
+
+
+# fresh chunks and continuing ones, lengths off the tile (32) and block (16) sizes,
+# a one-token chunk, and a long context spanning many tiles
+PREFILL_CHUNKS = [(0, 45), (37, 70), (0, 1), (200, 33), (5, 3), (0, 96), (64, 32)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("heads,kv_heads", [(9, 3), (4, 4)], ids=["gqa3", "mha"])
+@pytest.mark.parametrize("dim", [64, 128, 48], ids=["d64", "d128", "d48-scalar"])
+def test_paged_prefill_matches_dense_reference(dtype: torch.dtype, heads: int, kv_heads: int,
+                                               dim: int):
+    lead = 3
+    q, k_cache, v_cache, tables, starts, positions, keys, values = prefill_case(
+        dtype, PREFILL_CHUNKS, heads, kv_heads, dim, lead, seed=dim + heads)
+    out = kernels.paged_prefill_attention(q, k_cache, v_cache, tables, starts, positions,
+                                          dim ** -0.5)
+    assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
+    expected = prefill_reference(q, PREFILL_CHUNKS, keys, values, lead)
+    assert torch.equal(out[:lead], torch.zeros_like(out[:lead]))
+    tol = {"atol": 2e-5, "rtol": 2e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out.double(), expected, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dim", [64, 48], ids=["d64", "d48-scalar"])
+def test_paged_prefill_masks_by_position_exactly(dtype: torch.dtype, dim: int):
+    """With every key zero, each output is the mean of the values at positions 0..p,
+    computed without rounding error (integer values, exact probabilities of 1); one key
+    too many or too few moves it by several bf16 steps."""
+    q, k_cache, v_cache, tables, starts, positions, _, values = prefill_case(
+        dtype, PREFILL_CHUNKS, 9, 3, dim, lead=0, seed=5, zero_keys=True)
+    out = kernels.paged_prefill_attention(q, k_cache, v_cache, tables, starts, positions,
+                                          dim ** -0.5)
+    row = 0
+    for (start, n), v in zip(PREFILL_CHUNKS, values, strict=True):
+        counts = torch.arange(start + 1, start + n + 1, dtype=torch.float64)[:, None, None]
+        means = v.double().cumsum(0)[start:] / counts  # [n, kv_heads, d]
+        expected = means.repeat_interleave(3, dim=1).to(dtype)
+        torch.testing.assert_close(out[row:row + n], expected, atol=0, rtol=1e-6)
+        row += n
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_paged_prefill_long_contexts_in_several_groups(dtype: torch.dtype):
+    """Contexts too big to stage all at once (the kernel copies them in groups of
+    about 32 MB): short chunks at the end of 15k-token prompts."""
+    chunks = [(15000, 9), (15000, 40), (14000, 3)]
+    q, k_cache, v_cache, tables, starts, positions, keys, values = prefill_case(
+        dtype, chunks, 9, 3, 64, lead=0, seed=9, pool_blocks=2900)
+    out = kernels.paged_prefill_attention(q, k_cache, v_cache, tables, starts, positions, 0.125)
+    tol = {"atol": 2e-5, "rtol": 2e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out.double(), prefill_reference(q, chunks, keys, values, 0), **tol)
+
+
+def test_paged_prefill_checks_its_inputs():
+    q, k_cache, v_cache, tables, starts, positions, _, _ = prefill_case(
+        torch.float32, [(20, 30)], 9, 3, 64, lead=0, seed=1)
+    with pytest.raises(RuntimeError, match="more context than its block table"):
+        kernels.paged_prefill_attention(q, k_cache, v_cache, tables[:, :2], starts, positions,
+                                        0.125)
+    bad = tables.clone()
+    bad[0, 1] = PREFILL_POOL
+    with pytest.raises(RuntimeError, match="block id out of range"):
+        kernels.paged_prefill_attention(q, k_cache, v_cache, bad, starts, positions, 0.125)
+    with pytest.raises(RuntimeError, match="query_starts out of range"):
+        kernels.paged_prefill_attention(q, k_cache, v_cache, tables, starts + 1, positions, 0.125)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from kvscope.attention import paged_torch
 from kvscope.attention.metadata import AttentionMetadata, PrefillChunk
 from kvscope.attention.paged_torch import paged_attention
+from kvscope.kernels.build import cpu_kernels
 from kvscope.model.arch import ModelArch
 from kvscope.model.llama import LlamaModel
 from kvscope.request import Request
@@ -38,8 +39,9 @@ TOLERANCE = {
 
 @pytest.fixture(params=["default", "torch"])
 def decode_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Decodes run through the compiled kernel when it builds ("default"), and through
-    the pure-torch fallback ("torch"): both must equal dense attention."""
+    """Decodes and prefill chunks run through the compiled kernels when they build
+    ("default"), and through the pure-torch fallback ("torch"): both must equal dense
+    attention."""
     if request.param == "torch":
         monkeypatch.setattr(paged_torch, "cpu_kernels", lambda: None)
     return request.param
@@ -302,3 +304,52 @@ def test_runner_metadata_matches_dense_attention(dtype: torch.dtype,
 
     assert out.shape == (q.shape[0], HEADS, HEAD_DIM)
     torch.testing.assert_close(out.double(), dense_attention(case), **TOLERANCE[dtype])
+
+
+# -- the prefill kernel inside the engine --------------------------------------------
+
+ENGINE_PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "Photosynthesis is the process by which green plants use sunlight to make food from "
+    "carbon dioxide and water. During this process, the plant releases oxygen into the air. "
+    "The green pigment that captures the light is called",
+    "A recipe for pancakes: mix two cups of flour, two eggs, a cup and a half of milk, a "
+    "spoon of sugar and a pinch of salt. Heat a pan with a little butter, pour in a ladle of "
+    "batter, and cook until bubbles form on the surface. Then flip the pancake and cook the "
+    "other side for another minute. Serve warm with maple syrup, fresh berries or a spoon of",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+]
+
+
+class CountingKernels:
+    """The compiled module, counting calls of the prefill kernel."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.prefill_calls = 0
+
+    def paged_prefill_attention(self, *args):
+        self.prefill_calls += 1
+        return self.module.paged_prefill_attention(*args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
+
+
+@pytest.mark.skipif(cpu_kernels() is None, reason="C++ kernels could not be built here")
+@pytest.mark.parametrize("max_batched", [2048, 24], ids=["whole-prompts", "chunked"])
+def test_engine_greedy_tokens_same_with_torch_attention(make_llm, max_batched: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 greedy decoding gives the same tokens whether attention runs through the
+    kernels or the torch fallback; with a small token budget, long prompts are prefilled
+    in chunks that start mid-context while other requests decode."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    counting = CountingKernels(cpu_kernels())
+    monkeypatch.setattr(paged_torch, "cpu_kernels", lambda: counting)
+    with_kernels = make_llm(max_num_batched_tokens=max_batched).generate(ENGINE_PROMPTS, greedy)
+    assert counting.prefill_calls > 0
+    monkeypatch.setattr(paged_torch, "cpu_kernels", lambda: None)
+    with_torch = make_llm(max_num_batched_tokens=max_batched).generate(ENGINE_PROMPTS, greedy)
+    assert ([o.outputs[0].token_ids for o in with_kernels]
+            == [o.outputs[0].token_ids for o in with_torch])

@@ -4,8 +4,11 @@ The KV pool of one layer is a pair of tensors [num_blocks, block_size, kv_heads,
 head_dim]. New K/V are written by slot mapping in one indexed copy. Decodes are
 handled together: by the C++ kernel, which reads K/V in place through the block
 tables, or (without a compiler) by gathering each sequence's blocks into a padded
-copy and masking. Each prefill chunk gets its own SDPA call; a chunk that starts at
-position 0 attends to its own fresh K/V without touching the pool.
+copy and masking. Prefill chunks are likewise handled all together by a C++ kernel
+that reads each chunk's context through its block table (the chunk's own K/V are
+written first); without it, each chunk gets its own SDPA call: a chunk that starts at
+position 0 attends to its own fresh K/V without touching the pool, a later one
+gathers its context and masks by position.
 """
 
 from __future__ import annotations
@@ -63,6 +66,24 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     num_decodes = meta.num_decodes
     if num_decodes == q.shape[0]:  # a pure decode step: no copy of the output needed
         return _decodes(q, k_cache, v_cache, meta)
+    kernel = cpu_kernels()
+    if kernel is not None:
+        batch = meta.prefill_batch()
+        # the kernel writes the prefill rows; the decode rows in front come back zero
+        out = kernel.paged_prefill_attention(q, k_cache, v_cache, batch.block_tables,
+                                             batch.query_starts, batch.start_positions,
+                                             q.shape[-1] ** -0.5)
+        if num_decodes:
+            out[:num_decodes] = _decodes(q[:num_decodes], k_cache, v_cache, meta)
+        return out
+    return _prefills_torch(q, k, v, k_cache, v_cache, meta)
+
+
+def _prefills_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata) -> torch.Tensor:
+    """The fallback: decodes together, then one SDPA call per prefill chunk."""
+    num_decodes = meta.num_decodes
     out = torch.empty_like(q)
     if num_decodes:
         out[:num_decodes] = _decodes(q[:num_decodes], k_cache, v_cache, meta)

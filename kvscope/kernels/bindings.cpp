@@ -4,6 +4,9 @@
 at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                                      at::Tensor block_tables, at::Tensor context_lens,
                                      double scale);
+at::Tensor paged_prefill_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                                   at::Tensor block_tables, at::Tensor query_starts,
+                                   at::Tensor start_positions, double scale);
 at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);
 at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor weight,
                            double eps);
@@ -17,6 +20,8 @@ bool small_gemm_supported();
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "decode attention reading K/V in place through block tables");
+  m.def("paged_prefill_attention", &paged_prefill_attention,
+        "causal attention of all prefill chunks of a step, K/V read through block tables");
   m.def("rms_norm", &rms_norm, "RMSNorm in float32, rounded like the reference");
   m.def("add_rms_norm", &add_rms_norm, "residual += x, then RMSNorm of the residual");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up over a fused gate/up projection");

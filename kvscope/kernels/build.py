@@ -1,9 +1,11 @@
-"""CPU kernels in C++ (decode attention, fused norms/activations/RoPE), compiled once
-on first use with torch's extension builder and cached under ~/.cache/kvscope.
+"""CPU kernels in C++ (decode and prefill attention, fused norms/activations/RoPE,
+small bf16 GEMMs), compiled once on first use with torch's extension builder and
+cached under ~/.cache/kvscope.
 
 They exist because on CPU the torch versions spend most of their time moving
 memory: the decode attention gathers every sequence's blocks into a padded copy,
-and each element-wise layer is several passes. Building needs a C++ compiler; without
+each prefill chunk gathers its context and runs its own SDPA call, and each
+element-wise layer is several passes. Building needs a C++ compiler; without
 one (or with KVSCOPE_NO_KERNELS=1) the pure-torch paths run, with the same results
 to rounding.
 """
@@ -18,7 +20,8 @@ from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ["bindings.cpp", "paged_decode.cpp", "fused_ops.cpp", "small_gemm.cpp"]
+_SOURCES = ["bindings.cpp", "paged_decode.cpp", "paged_prefill.cpp", "fused_ops.cpp",
+            "small_gemm.cpp"]
 _module: ModuleType | None = None
 _tried = False
 
