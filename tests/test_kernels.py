@@ -218,3 +218,27 @@ def test_paged_prefill_checks_its_inputs():
         kernels.paged_prefill_attention(q, k_cache, v_cache, bad, starts, positions, 0.125)
     with pytest.raises(RuntimeError, match="query_starts out of range"):
         kernels.paged_prefill_attention(q, k_cache, v_cache, tables, starts + 1, positions, 0.125)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("dim", "kv_heads", "group"),
+                         [(64, 3, 3), (64, 2, 1), (64, 1, 2), (128, 2, 4), (64, 1, 5), (48, 2, 3)])
+@pytest.mark.parametrize("block_size", [16, 5])
+def test_paged_decode_matches_torch_reference(dtype, dim, kv_heads, group, block_size):
+    """Every specialisation of the decode kernel (head dim 64/128, groups 1-4) and its
+    scalar fallback (group 5, head dim 48) against the gathering torch reference."""
+    from kvscope.attention.paged_torch import decode_attention_torch
+
+    gen = torch.Generator().manual_seed(dim * 100 + group * 10 + block_size)
+    lens = torch.tensor([1, block_size, block_size + 1, 3 * block_size - 1, 41])
+    max_blocks = -(-int(lens.max()) // block_size)
+    num_blocks = len(lens) * max_blocks + 3
+    shape = (num_blocks, block_size, kv_heads, dim)
+    k_cache = torch.randn(shape, generator=gen).to(dtype)
+    v_cache = torch.randn(shape, generator=gen).to(dtype)
+    tables = torch.randperm(num_blocks, generator=gen)[:len(lens) * max_blocks]
+    tables = tables.view(len(lens), max_blocks)
+    q = torch.randn(len(lens), kv_heads * group, dim, generator=gen).to(dtype)
+    got = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, dim ** -0.5)
+    want = decode_attention_torch(q.float(), k_cache.float(), v_cache.float(), tables, lens)
+    torch.testing.assert_close(got.float(), want, **tolerance(dtype))

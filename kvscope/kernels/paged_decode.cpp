@@ -87,33 +87,60 @@ void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, 
 
 #if defined(__AVX512F__)
 // CHUNKS = head_dim / 16, a compile-time constant so each head's query and output
-// accumulators live in registers.
-template <int CHUNKS, typename scalar_t>
+// accumulators live in registers; G_MAX bounds the group so they fit. The context is
+// walked block by block (no division per token), and each key and value row is loaded
+// once for all G query heads of its kv head.
+template <int CHUNKS, int G, typename scalar_t>
 void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   using namespace kvscope_simd;
-  const int64_t G = a.group, d = a.head_dim, context = a.lens[seq];
-  for (int64_t g = 0; g < G; ++g) {
-    __m512 query[CHUNKS];
-    for (int c = 0; c < CHUNKS; ++c) query[c] = load16(s.queries.data() + g * d + c * kLanes);
-    float* scores = s.scores.data() + g * context;
-    for (int64_t t = 0; t < context; ++t) {
-      const scalar_t* key = a.row(a.k_cache, seq, kv_head, t);
-      __m512 dot = _mm512_mul_ps(query[0], load16(key));
-      for (int c = 1; c < CHUNKS; ++c) dot = _mm512_fmadd_ps(query[c], load16(key + c * kLanes), dot);
-      scores[t] = _mm512_reduce_add_ps(dot);
+  const int64_t d = a.head_dim, context = a.lens[seq], bs = a.block_size;
+  const int64_t row_stride = a.kv_heads * d;
+  const int64_t* table = a.tables + seq * a.max_blocks;
+  __m512 query[G][CHUNKS];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < CHUNKS; ++c) query[g][c] = load16(s.queries.data() + g * d + c * kLanes);
+  float* scores = s.scores.data();
+  for (int64_t start = 0; start < context; start += bs) {
+    const int64_t n = std::min(bs, context - start);
+    const scalar_t* key = a.k_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * d;
+    for (int64_t t = 0; t < n; ++t, key += row_stride) {
+      __m512 k[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) k[c] = load16(key + c * kLanes);
+      for (int g = 0; g < G; ++g) {
+        __m512 dot = _mm512_mul_ps(query[g][0], k[0]);
+        for (int c = 1; c < CHUNKS; ++c) dot = _mm512_fmadd_ps(query[g][c], k[c], dot);
+        scores[g * context + start + t] = _mm512_reduce_add_ps(dot);
+      }
     }
   }
-  softmax_rows(s.scores.data(), G, context);
-  for (int64_t g = 0; g < G; ++g) {
-    __m512 acc[CHUNKS];
-    for (int c = 0; c < CHUNKS; ++c) acc[c] = _mm512_setzero_ps();
-    const float* probs = s.scores.data() + g * context;
-    for (int64_t t = 0; t < context; ++t) {
-      const scalar_t* value = a.row(a.v_cache, seq, kv_head, t);
-      const __m512 p = _mm512_set1_ps(probs[t]);
-      for (int c = 0; c < CHUNKS; ++c) acc[c] = _mm512_fmadd_ps(p, load16(value + c * kLanes), acc[c]);
+  softmax_rows(scores, G, context);
+  __m512 acc[G][CHUNKS];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < CHUNKS; ++c) acc[g][c] = _mm512_setzero_ps();
+  for (int64_t start = 0; start < context; start += bs) {
+    const int64_t n = std::min(bs, context - start);
+    const scalar_t* value = a.v_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * d;
+    for (int64_t t = 0; t < n; ++t, value += row_stride) {
+      __m512 v[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) v[c] = load16(value + c * kLanes);
+      for (int g = 0; g < G; ++g) {
+        const __m512 p = _mm512_set1_ps(scores[g * context + start + t]);
+        for (int c = 0; c < CHUNKS; ++c) acc[g][c] = _mm512_fmadd_ps(p, v[c], acc[g][c]);
+      }
     }
-    for (int c = 0; c < CHUNKS; ++c) store16(s.acc.data() + g * d + c * kLanes, acc[c]);
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < CHUNKS; ++c) store16(s.acc.data() + g * d + c * kLanes, acc[g][c]);
+}
+
+template <int CHUNKS, typename scalar_t>
+bool attend_group(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
+  switch (a.group) {
+    case 1: attend_simd<CHUNKS, 1>(a, seq, kv_head, s); return true;
+    case 2: attend_simd<CHUNKS, 2>(a, seq, kv_head, s); return true;
+    case 3: attend_simd<CHUNKS, 3>(a, seq, kv_head, s); return true;
+    case 4: attend_simd<CHUNKS, 4>(a, seq, kv_head, s); return true;
+    default: return false;
   }
 }
 
@@ -121,8 +148,8 @@ void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Sc
 template <typename scalar_t>
 bool attend_fast(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   switch (a.head_dim) {
-    case 64: attend_simd<4>(a, seq, kv_head, s); return true;
-    case 128: attend_simd<8>(a, seq, kv_head, s); return true;
+    case 64: return attend_group<4>(a, seq, kv_head, s);
+    case 128: return attend_group<8>(a, seq, kv_head, s);
     default: return false;
   }
 }
