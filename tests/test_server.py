@@ -249,3 +249,20 @@ def test_prefix_cache_hits_show_in_metrics_and_salt_opts_out(client, server):
     rates = [s.value for f in text_string_to_metric_families(text) for s in f.samples
              if s.name == "kvscope:prefix_cache_hit_rate"]
     assert rates and 0 < rates[0] < 1
+
+
+def test_a_stream_dropped_unread_aborts_its_requests(server):
+    """A stream that is never iterated nor closed (a client gone before its response
+    started) aborts its requests once it is garbage collected."""
+    import gc
+
+    from kvscope import SamplingParams as Params
+
+    async def add_and_drop() -> None:
+        params = Params(temperature=0.0, max_tokens=400, ignore_eos=True)
+        await server.engine.add_requests([("dropped", PROMPTS[8], params)])
+
+    asyncio.run(add_and_drop())
+    gc.collect()
+    stats = wait_idle(server)
+    assert stats["num_used_blocks"] == 0

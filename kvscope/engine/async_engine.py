@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ class RequestStream:
             self._forget([item.request_id])
         return item
 
+    def __del__(self) -> None:
+        # a stream dropped unread (e.g. a client gone before its response started)
+        # must not leave its requests running
+        if self.unfinished:
+            self.close()
+
     def close(self) -> None:
         unfinished = list(self.unfinished)
         self._forget(unfinished)
@@ -103,7 +110,9 @@ class AsyncEngine:
         self.step_listeners: list[StepListener] = []
         self._commands: queue.SimpleQueue[_Add | str | None] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._streams: dict[str, RequestStream] = {}
+        # weak: a stream nobody reads any more is collected, and its __del__ aborts
+        self._streams: weakref.WeakValueDictionary[str, RequestStream] = \
+            weakref.WeakValueDictionary()
         self._stats: dict[str, Any] = engine.get_stats()
         self._stats_lock = threading.Lock()
         self._num_pending_adds = 0
@@ -252,7 +261,10 @@ class AsyncEngine:
             self._stats = stats
 
     def _fail_all(self, error: BaseException) -> None:
-        for stream in list(self._streams.values()):
+        for ref in self._streams.valuerefs():  # a copy: safe against the loop's changes
+            stream = ref()
+            if stream is None:
+                continue
             with contextlib.suppress(RuntimeError):
                 stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
         while True:  # adds still queued would otherwise wait forever
