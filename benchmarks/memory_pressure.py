@@ -12,9 +12,9 @@ off so that recompute really recomputes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,21 +26,17 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import torch  # noqa: E402
 from steploop import run_steps  # noqa: E402
-from throughput import corpus_text  # noqa: E402
+from throughput import FULL, corpus_text, make_prompts  # noqa: E402
 
 from kvscope import LLM, SamplingParams  # noqa: E402
 from kvscope.model.loader import load_model  # noqa: E402
 
 
 def workload(tokenizer: Any, args: argparse.Namespace) -> list[list[int]]:
-    corpus = tokenizer.encode(corpus_text())
-    rng = random.Random(args.seed)
-    prompts = []
-    for _ in range(args.num_requests):
-        length = rng.randint(args.min_prompt, args.max_prompt)
-        start = rng.randrange(0, len(corpus) - length)
-        prompts.append(corpus[start:start + length])
-    return prompts
+    """Windows of the tokenized corpus, cut as throughput.py cuts them."""
+    sizes = dataclasses.replace(FULL, num_requests=args.num_requests,
+                                min_prompt=args.min_prompt, max_prompt=args.max_prompt)
+    return make_prompts(tokenizer.encode(corpus_text()), sizes, args.seed)
 
 
 def run(llm: LLM, prompts: list[list[int]], output_len: int) -> dict[str, Any]:

@@ -44,9 +44,6 @@ class KVCacheManager:
     def block_ids(self, request_id: str) -> list[int]:
         return [block.block_id for block in self._tables.get(request_id, ())]
 
-    def table(self, request_id: str) -> list[KVBlock]:
-        return self._tables.get(request_id, [])
-
     # -- the prefix cache ---------------------------------------------------------------
 
     def find_cached_prefix(self, request: Request) -> list[KVBlock]:
