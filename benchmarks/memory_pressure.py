@@ -72,7 +72,8 @@ def main() -> None:
     demand = sum(len(x) + args.output_len for x in prompts)
     max_model_len = args.max_prompt + args.output_len
     bytes_per_token = loaded.arch.kv_bytes_per_token(dtype.itemsize)
-    budget = max(int(demand * args.pool_fraction), max_model_len) * bytes_per_token
+    one_request = -(-max_model_len // 16) * 16  # the pool must hold one whole request's blocks
+    budget = max(int(demand * args.pool_fraction), one_request) * bytes_per_token
     rows = {}
     for mode in ("recompute", "swap"):
         print(f"running {mode}...", file=sys.stderr, flush=True)
