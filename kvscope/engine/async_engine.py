@@ -98,8 +98,8 @@ class RequestStream:
             self.engine._streams.pop(request_id, None)
 
 
-# called in the engine thread after every step with (engine, outputs of the step)
-StepListener = Callable[[LLMEngine, list[RequestOutput]], None]
+# called in the engine thread after every step with (engine stats, outputs of the step)
+StepListener = Callable[[dict[str, Any], list[RequestOutput]], None]
 
 
 class AsyncEngine:
@@ -243,9 +243,9 @@ class AsyncEngine:
                 self._num_pending_adds -= 1
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
+        stats = self._refresh_stats()
         for listener in self.step_listeners:
-            listener(self.engine, outputs)
-        self._refresh_stats()
+            listener(stats, outputs)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
         for output in outputs:
             stream = self._streams.get(output.request_id)
@@ -255,10 +255,11 @@ class AsyncEngine:
             with contextlib.suppress(RuntimeError):  # that event loop has closed
                 loop.call_soon_threadsafe(_deliver, items)
 
-    def _refresh_stats(self) -> None:
+    def _refresh_stats(self) -> dict[str, Any]:
         stats = self.engine.get_stats()
         with self._stats_lock:
             self._stats = stats
+        return stats
 
     def _fail_all(self, error: BaseException) -> None:
         for ref in self._streams.valuerefs():  # a copy: safe against the loop's changes

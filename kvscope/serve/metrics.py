@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from kvscope.engine.llm_engine import LLMEngine
 from kvscope.outputs import RequestOutput
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
@@ -57,9 +56,8 @@ class ServerMetrics:
         self.model_name = model_name
         self._seen = {"num_preemptions": 0, "prefix_cache_queries": 0, "prefix_cache_hits": 0}
 
-    def on_step(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
+    def on_step(self, stats: dict, outputs: list[RequestOutput]) -> None:
         """A step listener for AsyncEngine (runs in the engine thread)."""
-        stats = engine.get_stats()
         self.set_gauges(stats)
         self._advance(self.preemptions, "num_preemptions", stats)
         self._advance(self.prefix_queries, "prefix_cache_queries", stats)
