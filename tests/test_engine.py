@@ -139,12 +139,12 @@ def test_chunked_prefill_matches_alone(make_llm, alone: list[list[int]]):
     chunked = make_llm(max_num_batched_tokens=32, sink=sink)
     outputs = chunked.generate(PROMPTS, GREEDY)
     assert token_ids(outputs) == alone
-    steps = [event.data for event in sink.of_kind("step")]
-    assert all(sum(s["num_tokens"] for s in step["batch"]) <= 32 for step in steps)
+    steps = sink.of_kind("step_end")
+    assert all(sum(s.num_tokens for s in step.batch) <= 32 for step in steps)
     # a long prompt was prefilled in several chunks while others were decoding
     assert any(
-        any(s["start"] > 0 and s["num_tokens"] > 1 for s in step["batch"])
-        and any(s["decode"] for s in step["batch"])
+        any(s.start > 0 and s.num_tokens > 1 for s in step.batch)
+        and any(s.phase == "decode" for s in step.batch)
         for step in steps)
     assert_no_blocks_held(chunked)
 

@@ -15,7 +15,19 @@ from typing import Any
 
 from kvscope.config import ConfigError, EngineConfig
 from kvscope.engine.detokenizer import IncrementalDetokenizer
-from kvscope.events import Event, EventSink, NullSink
+from kvscope.events import (
+    Emitter,
+    EngineStarted,
+    EventSink,
+    RequestAborted,
+    RequestArrived,
+    RequestFinished,
+    ScheduledChunk,
+    Snapshot,
+    StepBegin,
+    StepEnd,
+    TokenEmitted,
+)
 from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
 from kvscope.model.loader import LoadedModel, load_model
@@ -56,7 +68,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, sink: EventSink | None = None,
                  loaded: LoadedModel | None = None, load_progress: bool = False) -> None:
         self.config = config
-        self.sink = sink or NullSink()
+        self.events = Emitter(sink)
         self.loaded = loaded or load_model(config.model, config.dtype, load_progress)
         self.tokenizer = self.loaded.tokenizer
         arch = self.loaded.arch
@@ -70,8 +82,8 @@ class LLMEngine:
         if config.scheduler.preemption_mode == "swap":
             num_swap_blocks = config.cache.swap_space // bytes_per_block
         self.kv = KVCacheManager(self.num_blocks, block_size, config.cache.enable_prefix_caching,
-                                 num_swap_blocks)
-        self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, self.sink)
+                                 num_swap_blocks, self.events)
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, self.events)
         self.runner = ModelRunner(self.loaded.model, self.num_blocks, block_size,
                                   self.max_model_len, config.dtype, num_swap_blocks)
         self.eos_token_ids = _eos_ids(arch.eos_token_ids, self.tokenizer)
@@ -83,6 +95,8 @@ class LLMEngine:
         self.num_computed_tokens = 0  # every token the model processed, recomputes included
         self.last_fragmentation = Fragmentation()  # after the latest step
         self.run_fragmentation = Fragmentation()  # summed over steps (slot-steps)
+        if self.events.enabled:
+            self.events.emit(self.describe())
 
     # -- requests -----------------------------------------------------------------
 
@@ -130,7 +144,10 @@ class LLMEngine:
         self._tracked[request_id] = _Tracked(request, detok, [] if wants_logprobs else None,
                                              0.0 if wants_logprobs else None)
         self.scheduler.add_request(request)
-        self._emit("request_arrived", {"request_id": request_id, "prompt_tokens": len(ids)})
+        if self.events.enabled:
+            self.events.emit(RequestArrived(request_id=request_id, prompt_token_ids=ids,
+                                            prompt=text, max_tokens=params.max_tokens,
+                                            priority=priority))
         return request_id
 
     def _check_vocab_limits(self, params: SamplingParams) -> None:
@@ -149,7 +166,8 @@ class LLMEngine:
                 continue
             self.scheduler.finish(tracked.request, RequestStatus.FINISHED_ABORTED)
             self.sampler.forget(request_id)
-            self._emit("request_aborted", {"request_id": request_id})
+            if self.events.enabled:
+                self.events.emit(RequestAborted(request_id=request_id))
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -163,6 +181,9 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns outputs of the requests that made progress."""
         t0 = time.perf_counter()
+        self.events.step = self.scheduler.num_steps
+        if self.events.enabled:
+            self.events.emit(StepBegin())
         sched = self.scheduler.schedule()
         t1 = time.perf_counter()
         if sched.is_empty:
@@ -195,13 +216,18 @@ class LLMEngine:
             if tracked.logprobs is not None:
                 tracked.logprobs.append(sampled.logprobs[row] or {})
                 tracked.cumulative_logprob += sampled.sampled_logprobs[row] or 0.0
+            text_before = len(tracked.detok.text) if tracked.detok else 0
             status = self._check_stop(request, tracked, token)
+            if self.events.enabled:
+                self._emit_token(tracked, token, text_before, sampled.sampled_logprobs[row])
             if status is not None:
                 self.scheduler.finish(request, status)
                 self.sampler.forget(request.request_id)
                 self._tracked.pop(request.request_id)
-                self._emit("request_finished", {"request_id": request.request_id,
-                                                "reason": status.value})
+                if self.events.enabled:
+                    self.events.emit(RequestFinished(
+                        request_id=request.request_id, reason=status.value,
+                        num_output_tokens=request.num_output_tokens))
             outputs.append(self._output(tracked))
         return outputs
 
@@ -277,23 +303,69 @@ class LLMEngine:
             "num_computed_tokens": self.num_computed_tokens,
         }
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        if self.sink.enabled:
-            self.sink.emit(Event(kind, self.scheduler.num_steps, data))
+    # -- events -------------------------------------------------------------------
+
+    def describe(self) -> EngineStarted:
+        """The engine's shape as an event (the first one of every recording)."""
+        arch = self.loaded.arch
+        config = self.config
+        return EngineStarted(
+            model=self.loaded.path.name, num_layers=arch.num_layers,
+            num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
+            dtype=str(config.dtype).removeprefix("torch."),
+            kv_bytes_per_token=arch.kv_bytes_per_token(config.dtype.itemsize),
+            block_size=self.kv.block_size, num_blocks=self.num_blocks,
+            num_swap_slots=self.kv.swap_slots.num_slots,
+            max_model_len=self.max_model_len, max_num_seqs=config.scheduler.max_num_seqs,
+            max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
+            enable_prefix_caching=self.kv.enable_caching,
+            preemption_mode=config.scheduler.preemption_mode, policy=config.scheduler.policy)
+
+    def snapshot(self) -> Snapshot:
+        """The whole KV and request state now, for a listener joining mid-run."""
+        sched = self.scheduler
+        requests = []
+        for queue in (sched.running, sched.waiting, sched.swapped):
+            for request in queue:
+                requests.append({
+                    "request_id": request.request_id, "status": request.status.value,
+                    "prompt_token_ids": request.prompt_token_ids,
+                    "output_token_ids": request.output_token_ids,
+                    "num_computed_tokens": request.num_computed_tokens,
+                    "priority": request.priority})
+        return Snapshot(
+            engine=self.describe().to_dict(),
+            blocks=[[b.ref_cnt, b.block_hash.hex() if b.block_hash else None]
+                    for b in self.kv.pool.blocks],
+            tables=self.kv.all_block_ids(),
+            swapped=self.kv.swapped_slots(), requests=requests,
+            counters={"prefix_cache_queries": self.kv.num_queried_tokens,
+                      "prefix_cache_hits": self.kv.num_hit_tokens,
+                      "num_preemptions": sched.num_preemptions,
+                      "num_evictions": self.kv.pool.num_evictions,
+                      "num_steps": sched.num_steps})
+
+    def _emit_token(self, tracked: _Tracked, token: int, text_before: int,
+                    logprob: float | None) -> None:
+        text = tracked.detok.text[text_before:] if tracked.detok else ""
+        self.events.emit(TokenEmitted(request_id=tracked.request.request_id, token_id=token,
+                                      text=text, logprob=logprob))
 
     def _emit_step(self, sched: SchedulerOutput) -> None:
-        if not self.sink.enabled:
+        if not self.events.enabled:
             return
         t = self.last_timings
-        self.sink.emit(Event("step", sched.step, {
-            "batch": [{"request_id": s.request.request_id, "start": s.start,
-                       "num_tokens": s.num_tokens, "decode": s.is_decode,
-                       "block_ids": s.block_ids} for s in sched.scheduled],
-            "preempted": sched.preempted,
-            "schedule_s": t.schedule_s, "forward_s": t.forward_s,
-            "sample_s": t.sample_s, "update_s": t.update_s,
-            "free_blocks": self.kv.num_free_blocks,
-            "fragmentation": self.last_fragmentation.as_dict()}))
+        self.events.emit(StepEnd(
+            batch=[ScheduledChunk(request_id=s.request.request_id, start=s.start,
+                                  num_tokens=s.num_tokens,
+                                  phase="decode" if s.is_decode else "prefill")
+                   for s in sched.scheduled],
+            num_tokens=sched.num_tokens, schedule_ms=round(t.schedule_s * 1e3, 3),
+            forward_ms=round(t.forward_s * 1e3, 3), sample_ms=round(t.sample_s * 1e3, 3),
+            update_ms=round(t.update_s * 1e3, 3), num_free_blocks=self.kv.num_free_blocks,
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_swapped=len(self.scheduler.swapped),
+            fragmentation=self.last_fragmentation.as_dict()))
 
 
 def _resolve_max_model_len(requested: int | None, model_limit: int) -> int:

@@ -114,9 +114,10 @@ class BlockPool:
     def num_cached_blocks(self) -> int:
         return len(self.cached)
 
-    def allocate(self, count: int) -> list[KVBlock]:
+    def allocate(self, count: int, evicted: list[int] | None = None) -> list[KVBlock]:
         """Take `count` blocks, each with refcount 1: free ones first, then the least
-        recently used cached ones (evicting them from the cache)."""
+        recently used cached ones (evicting them from the cache; their ids are appended
+        to `evicted` when given)."""
         if count > self.num_free_blocks:
             raise BlockPoolError(f"asked for {count} blocks, only {self.num_free_blocks} free")
         taken = []
@@ -127,6 +128,8 @@ class BlockPool:
                 block = self.evictable.popleft()
                 self._uncache(block)
                 self.num_evictions += 1
+                if evicted is not None:
+                    evicted.append(block.block_id)
             block.ref_cnt = 1
             taken.append(block)
         return taken

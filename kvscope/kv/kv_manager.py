@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvscope.events import (
+    BlocksAllocated,
+    BlocksCached,
+    BlocksFreed,
+    BlocksShared,
+    CacheReset,
+    Emitter,
+)
 from kvscope.kv.block_pool import BlockPool, KVBlock
 from kvscope.kv.hashing import extend_block_hashes
 from kvscope.kv.swap import SwapSlots
@@ -23,8 +31,9 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True,
-                 num_swap_slots: int = 0) -> None:
+                 num_swap_slots: int = 0, events: Emitter | None = None) -> None:
         self.block_size = block_size
+        self.events = events or Emitter()
         self.pool = BlockPool(num_blocks, enable_caching)
         self.swap_slots = SwapSlots(num_swap_slots)
         self._swapped: dict[str, list[int]] = {}  # request id → its swap slots, in order
@@ -40,6 +49,10 @@ class KVCacheManager:
     @property
     def num_free_blocks(self) -> int:
         return self.pool.num_free_blocks
+
+    def all_block_ids(self) -> dict[str, list[int]]:
+        """Every request's block table, as physical block ids."""
+        return {rid: [block.block_id for block in table] for rid, table in self._tables.items()}
 
     def block_ids(self, request_id: str) -> list[int]:
         return [block.block_id for block in self._tables.get(request_id, ())]
@@ -88,15 +101,24 @@ class KVCacheManager:
         tokens = request.all_token_ids
         hashes = extend_block_hashes(request.block_hashes, tokens[:full * self.block_size],
                                      self.block_size, request.cache_salt)
+        added = []
         for index in range(start, full):
             begin = index * self.block_size
-            self.pool.cache(table[index], hashes[index], tokens[begin:begin + self.block_size])
+            if self.pool.cache(table[index], hashes[index], tokens[begin:begin + self.block_size]):
+                added.append(index)
         self._num_cached[request.request_id] = full
+        if added and self.events.enabled:
+            self.events.emit(BlocksCached(
+                request_id=request.request_id, block_ids=[table[i].block_id for i in added],
+                hashes=[hashes[i].hex() for i in added], first_index=added[0]))
 
     def reset_prefix_cache(self) -> int:
         for request_id in self._num_cached:
             self._num_cached[request_id] = 0
-        return self.pool.reset_prefix_cache()
+        count = self.pool.reset_prefix_cache()
+        if self.events.enabled:
+            self.events.emit(CacheReset(num_blocks=count))
+        return count
 
     # -- allocation ---------------------------------------------------------------------
 
@@ -121,9 +143,22 @@ class KVCacheManager:
             self.pool.share(cached)
             table.extend(cached)
             self._num_cached[request.request_id] = len(table)
+            if self.events.enabled:
+                self.events.emit(BlocksShared(request_id=request.request_id,
+                                              block_ids=[b.block_id for b in cached]))
         if needed:
-            table.extend(self.pool.allocate(needed))
+            self._grow(request.request_id, table, needed)
         return True
+
+    def _grow(self, request_id: str, table: list[KVBlock], count: int) -> None:
+        """Append `count` fresh blocks to a table (and say so, evictions included)."""
+        evicted: list[int] | None = [] if self.events.enabled else None
+        blocks = self.pool.allocate(count, evicted)
+        table.extend(blocks)
+        if evicted is not None:
+            self.events.emit(BlocksAllocated(request_id=request_id,
+                                             block_ids=[b.block_id for b in blocks],
+                                             evicted=evicted))
 
     def free(self, request: Request) -> list[int]:
         """Give back every block of the request; returns the freed block ids.
@@ -135,6 +170,9 @@ class KVCacheManager:
         table = self._tables.pop(request.request_id, [])
         self._num_cached.pop(request.request_id, None)
         self.pool.release(reversed(table))
+        if table and self.events.enabled:
+            self.events.emit(BlocksFreed(request_id=request.request_id,
+                                         block_ids=[b.block_id for b in reversed(table)]))
         return [block.block_id for block in table]
 
     # -- swap -------------------------------------------------------------------------
@@ -159,7 +197,8 @@ class KVCacheManager:
         needed = blocks_needed(request.num_computed_tokens + num_new_tokens, self.block_size)
         if max(needed, len(slots)) > self.pool.num_free_blocks:
             return None
-        table = self._tables[request.request_id] = self.pool.allocate(max(needed, len(slots)))
+        table = self._tables[request.request_id] = []
+        self._grow(request.request_id, table, max(needed, len(slots)))
         del self._swapped[request.request_id]
         self.swap_slots.give_back(slots)
         return [(slot, block.block_id) for slot, block in zip(slots, table, strict=False)]
@@ -169,6 +208,10 @@ class KVCacheManager:
         slots = self._swapped.pop(request.request_id, None)
         if slots:
             self.swap_slots.give_back(slots)
+
+    def swapped_slots(self) -> dict[str, list[int]]:
+        """Each swapped-out request's swap slots, in its logical block order."""
+        return {request_id: list(slots) for request_id, slots in self._swapped.items()}
 
     def is_swapped(self, request_id: str) -> bool:
         return request_id in self._swapped

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvscope.config import SchedulerConfig
-from kvscope.events import Event, EventSink, NullSink
+from kvscope.events import (
+    Emitter,
+    Preempted,
+    PrefixCacheLookup,
+    RequestScheduled,
+    SwappedIn,
+    SwappedOut,
+)
 from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.request import Request, RequestStatus
 
@@ -68,12 +75,12 @@ class Scheduler:
         config: SchedulerConfig,
         kv: KVCacheManager,
         max_model_len: int,
-        sink: EventSink | None = None,
+        events: Emitter | None = None,
     ) -> None:
         self.config = config
         self.kv = kv
         self.max_model_len = max_model_len
-        self.sink = sink or NullSink()
+        self.events = events or kv.events
         self.order_key: Callable[[Request], tuple[int, ...]] = (
             _priority_key if config.policy == "priority" else _fcfs_key)
         self.waiting: list[Request] = []  # policy order; preempted ones come back here
@@ -159,8 +166,9 @@ class Scheduler:
             self.swapped.pop(0)
             out.swap_in.extend(copies)
             self.num_swap_ins += 1
-            self._emit(out, "swapped_in", request, copies=copies)
-            self._start_running(request, out, n)
+            if self.events.enabled:
+                self.events.emit(SwappedIn(request_id=request.request_id, copies=copies))
+            self._start_running(request, out, n, resumed=True)
             budget -= n
         return budget
 
@@ -181,17 +189,24 @@ class Scheduler:
         self.kv.record_lookup(request, hits)
         request.num_computed_tokens = hit_tokens
         self.waiting.remove(request)
-        if hits:
-            self._emit(out, "prefix_cache_hit", request, tokens=hit_tokens,
-                       block_ids=[b.block_id for b in hits])
-        self._start_running(request, out, n)
+        if self.events.enabled and self.kv.enable_caching:
+            self.events.emit(PrefixCacheLookup(
+                request_id=request.request_id, queried_tokens=request.num_tokens,
+                hit_tokens=hit_tokens, block_ids=[b.block_id for b in hits],
+                hashes=[h.hex() for h in request.block_hashes[:len(hits)]]))
+        self._start_running(request, out, n, resumed=request.num_preemptions > 0)
         return True
 
-    def _start_running(self, request: Request, out: SchedulerOutput, n: int) -> None:
+    def _start_running(self, request: Request, out: SchedulerOutput, n: int,
+                       resumed: bool) -> None:
         request.status = RequestStatus.RUNNING
         if request.first_scheduled_time is None:
             request.first_scheduled_time = time.monotonic()
         self._insert(self.running, request)
+        if self.events.enabled:
+            self.events.emit(RequestScheduled(
+                request_id=request.request_id, resumed=resumed,
+                num_computed_tokens=request.num_computed_tokens))
         out.scheduled.append(self._scheduled(request, n))
 
     def _make_room_for_priority(self, out: SchedulerOutput) -> None:
@@ -229,23 +244,23 @@ class Scheduler:
                 self._insert(self.swapped, victim)
                 out.swap_out.extend(copies)
                 self.num_swap_outs += 1
-                self._emit(out, "preempted", victim, mode="swap", copies=copies)
+                if self.events.enabled:
+                    self.events.emit(SwappedOut(request_id=victim.request_id, copies=copies))
+                    self.events.emit(Preempted(request_id=victim.request_id, mode="swap"))
                 return
             self.num_swap_fallbacks += 1
-        freed = self.kv.free(victim)
+        self.kv.free(victim)
         victim.num_computed_tokens = 0
         victim.status = RequestStatus.PREEMPTED
         self._insert(self.waiting, victim)
-        self._emit(out, "preempted", victim, mode="recompute", freed=freed)
+        if self.events.enabled:
+            self.events.emit(Preempted(request_id=victim.request_id, mode="recompute",
+                                       fallback=self.config.preemption_mode == "swap"))
 
     def update_after_step(self, out: SchedulerOutput) -> None:
         """Advance every scheduled request by the tokens the step computed."""
         for item in out.scheduled:
             item.request.num_computed_tokens += item.num_tokens
-
-    def _emit(self, out: SchedulerOutput, kind: str, request: Request, **data: object) -> None:
-        if self.sink.enabled:
-            self.sink.emit(Event(kind, out.step, {"request_id": request.request_id, **data}))
 
 
 def _fcfs_key(request: Request) -> tuple[int]:
