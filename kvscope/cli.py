@@ -1,6 +1,7 @@
-"""The `kvscope` command line: `kvscope serve` runs the OpenAI-compatible server,
-`kvscope generate` runs prompts through the engine offline, `kvscope bench serve`
-benchmarks an OpenAI-compatible server."""
+"""The `kvscope` command line: `kvscope serve` runs the OpenAI-compatible server with
+the scope at `/`, `kvscope scope` the same for exploring (and replaying a recorded
+run), `kvscope generate` runs prompts offline, `kvscope trace` turns a recorded run
+into a Perfetto / Chrome trace, `kvscope bench serve` benchmarks a server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 EXAMPLE_PROMPTS = [
     "What is a KV cache, in one sentence?",
@@ -64,10 +66,12 @@ def engine_options(args: argparse.Namespace) -> dict:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from kvscope import LLM, SamplingParams
+    from kvscope.events import JsonlRecorder
 
     print("Loading model...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    llm = LLM(load_progress=True, **engine_options(args))
+    recorder = JsonlRecorder(args.record) if args.record else None
+    llm = LLM(load_progress=True, sink=recorder, **engine_options(args))
     loaded = llm.engine.loaded
     print(f"Loaded {loaded.path.name} ({loaded.arch.architecture}, {llm.config.dtype}, "
           f"{llm.engine.num_blocks} KV blocks) in {time.perf_counter() - t0:.1f}s",
@@ -89,6 +93,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"\n{len(outputs)} requests, {prompt_tokens} prompt + {generated} generated tokens in "
           f"{elapsed:.2f}s: {generated / elapsed:.1f} output tok/s, "
           f"{(prompt_tokens + generated) / elapsed:.1f} total tok/s")
+    if recorder is not None:
+        recorder.close()
+        print(f"events recorded to {args.record}", file=sys.stderr)
     return 0
 
 
@@ -96,15 +103,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kvscope.serve.server import serve
 
     serve(engine_options(args), args.host, args.port, args.api_key, args.served_model_name,
-          args.max_waiting_requests, args.max_body_bytes)
+          args.max_waiting_requests, args.max_body_bytes, record=args.record,
+          replay=getattr(args, "replay", None))
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from kvscope.perfetto import export_chrome_trace
+
+    out = args.output or args.events.with_suffix(".trace.json")
+    steps = export_chrome_trace(args.events, out)
+    print(f"wrote {out}: {steps} steps (open it in Perfetto or chrome://tracing)")
     return 0
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server (scope at /)")
+    _server_args(serve)
+    scope = sub.add_parser("scope", help="run the scope: live monitor, lessons, replay "
+                                         "(with the same OpenAI API)")
+    _server_args(scope)
+    scope.add_argument("--replay", type=Path, default=None,
+                       help="a run recorded with --record, for the monitor to play")
+    trace = sub.add_parser("trace", help="turn a recorded run (JSONL) into a Perfetto / "
+                                         "Chrome trace")
+    trace.add_argument("events", type=Path)
+    trace.add_argument("-o", "--output", type=Path, default=None)
+    trace.set_defaults(func=cmd_trace)
+
+
+def _server_args(serve: argparse.ArgumentParser) -> None:
     from kvscope.engine.async_engine import DEFAULT_MAX_WAITING_REQUESTS
     from kvscope.serve.app import DEFAULT_MAX_BODY_BYTES
 
-    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
     _engine_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -118,6 +149,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                        help="answer 503 when this many requests are already waiting")
     serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                        help="answer 413 to larger request bodies")
+    serve.add_argument("--record", type=Path, default=None,
+                       help="write every engine event to this JSONL file")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -134,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--sampling-seed", type=int, default=None)
+    gen.add_argument("--record", type=Path, default=None,
+                     help="write every engine event to this JSONL file")
     gen.add_argument("--no-chat", dest="chat", action="store_false",
                      help="send prompts as raw text instead of through the chat template")
     gen.set_defaults(func=cmd_generate)

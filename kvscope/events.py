@@ -365,9 +365,12 @@ class Emitter:
     def enabled(self) -> bool:
         return self.sink.enabled
 
+    def elapsed(self) -> float:
+        return round(time.perf_counter() - self._start, 6)
+
     def emit(self, event: Event) -> None:
         event.step = self.step
-        event.time = round(time.perf_counter() - self._start, 6)
+        event.time = self.elapsed()
         self.sink.emit(event)
 
 

@@ -14,14 +14,17 @@ from kvscope.config import EngineConfig
 from kvscope.engine.async_engine import AsyncEngine
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.model.loader import LoadedModel
+from kvscope.scope.live import LiveEvents
 from kvscope.serve.app import build_app
 
 MODEL_NAME = "smollm2-test"
 
 
 class RunningServer:
-    def __init__(self, engine: AsyncEngine, server: uvicorn.Server, port: int) -> None:
+    def __init__(self, engine: AsyncEngine, server: uvicorn.Server, port: int,
+                 live: LiveEvents) -> None:
         self.engine = engine
+        self.live = live
         self.server = server
         self.url = f"http://127.0.0.1:{port}"
 
@@ -33,8 +36,9 @@ def running_server(loaded: LoadedModel, api_key: str | None = None,
     engine_options.setdefault("kv_cache_memory", 64 * 1024 * 1024)
     engine_options.setdefault("max_model_len", 1024)
     config = EngineConfig.from_kwargs(dtype=loaded.dtype, **engine_options)
-    engine = AsyncEngine(LLMEngine(config, loaded=loaded), max_waiting_requests)
-    app = build_app(engine, MODEL_NAME, api_key, max_body_bytes)
+    live = LiveEvents()
+    engine = AsyncEngine(LLMEngine(config, sink=live, loaded=loaded), max_waiting_requests)
+    app = build_app(engine, MODEL_NAME, api_key, max_body_bytes, live=live)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -46,7 +50,7 @@ def running_server(loaded: LoadedModel, api_key: str | None = None,
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield RunningServer(engine, server, port)
+        yield RunningServer(engine, server, port, live)
     finally:
         server.should_exit = True
         thread.join(10)

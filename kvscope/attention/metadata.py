@@ -42,6 +42,9 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None = None  # [D, max_blocks] long
     decode_context_lens: torch.Tensor | None = None  # [D] long
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # set only to look inside a step (the scope's lessons): each layer stores a copy of
+    # its post-RoPE queries [T, heads, head_dim] under its layer index
+    probe: dict[int, torch.Tensor] | None = None
     _prefill_batch: PrefillBatch | None = field(default=None, repr=False)
 
     def prefill_batch(self) -> PrefillBatch:

@@ -54,6 +54,14 @@ class _Add:
     cache_salt: str | None = None
 
 
+@dataclass(slots=True)
+class _Call:
+    """Run a function in the engine thread between two steps."""
+
+    fn: Callable[[LLMEngine], Any]
+    done: Future
+
+
 class RequestStream:
     """The outputs of one or more requests (the n completions of one API call share
     a stream), as an async iterator that ends when all have finished. `close()`
@@ -108,7 +116,7 @@ class AsyncEngine:
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests
         self.step_listeners: list[StepListener] = []
-        self._commands: queue.SimpleQueue[_Add | str | None] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Add | _Call | str | None] = queue.SimpleQueue()
         self._wake = threading.Event()
         # weak: a stream nobody reads any more is collected, and its __del__ aborts
         self._streams: weakref.WeakValueDictionary[str, RequestStream] = \
@@ -175,6 +183,15 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._send(request_id)
 
+    async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """`fn(engine)` run in the engine thread between two steps (so it sees, and may
+        change, a consistent engine); returns its result."""
+        if self._error is not None or self._stopping:
+            raise EngineDeadError(f"the engine is not running ({self._error or 'shut down'})")
+        done: Future = Future()
+        self._send(_Call(fn, done))
+        return await asyncio.wrap_future(done)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True
         self._send(None)
@@ -190,7 +207,7 @@ class AsyncEngine:
                 f"{waiting} requests are already waiting (limit {self.max_waiting_requests}); "
                 "retry later")
 
-    def _send(self, command: _Add | str | None) -> None:
+    def _send(self, command: _Add | _Call | str | None) -> None:
         self._commands.put(command)
         self._wake.set()
 
@@ -221,6 +238,8 @@ class AsyncEngine:
                 self._stopping = True
             elif isinstance(command, str):
                 self.engine.abort_request(command)
+            elif isinstance(command, _Call):
+                _run_call(command, self.engine)
             else:
                 self._add(command)
         self._refresh_stats()
@@ -273,8 +292,20 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(command, _Add) and command.done.set_running_or_notify_cancel():
+            if isinstance(command, _Add | _Call) and \
+                    command.done.set_running_or_notify_cancel():
                 command.done.set_exception(error)
+
+
+def _run_call(command: _Call, engine: LLMEngine) -> None:
+    if not command.done.set_running_or_notify_cancel():
+        return
+    try:
+        result = command.fn(engine)
+    except Exception as exc:
+        command.done.set_exception(exc)
+    else:
+        command.done.set_result(result)
 
 
 def _was_or_will_be_added(done: Future) -> bool:

@@ -187,6 +187,7 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         t1 = time.perf_counter()
         if sched.is_empty:
+            self.events.step = self.scheduler.num_steps
             return []
         result = self.runner.execute(sched)
         t2 = time.perf_counter()
@@ -198,6 +199,7 @@ class LLMEngine:
         t4 = time.perf_counter()
         self.last_timings = StepTimings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         self._emit_step(sched)
+        self.events.step = self.scheduler.num_steps  # what happens next belongs to the next step
         return outputs
 
     def _update(self, sched: SchedulerOutput, requests: list[Request],
@@ -334,6 +336,7 @@ class LLMEngine:
                     "num_computed_tokens": request.num_computed_tokens,
                     "priority": request.priority})
         return Snapshot(
+            step=sched.num_steps, time=self.events.elapsed(),
             engine=self.describe().to_dict(),
             blocks=[[b.ref_cnt, b.block_hash.hex() if b.block_hash else None]
                     for b in self.kv.pool.blocks],

@@ -38,6 +38,9 @@ class ModelRunner:
         self.swap_pool = torch.zeros(swap_shape, dtype=dtype) if num_swap_blocks else None
         cos, sin = rope_tables(arch.head_dim, max_model_len, arch.rope_theta)
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)
+        # a dict here makes every layer store its post-RoPE queries in it, step after
+        # step (see AttentionMetadata.probe); None, the default, costs one check a layer
+        self.probe: dict[int, torch.Tensor] | None = None
 
     def execute(self, out: SchedulerOutput) -> StepResult:
         self.apply_swaps(out)
@@ -83,6 +86,7 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, dtype=torch.long),
             cos=self.cos[position_tensor],
             sin=self.sin[position_tensor],
+            probe=self.probe,
         )
         self._decode_metadata(meta, [s for s in ordered if s.is_decode])
         self._prefill_metadata(meta, [s for s in ordered if not s.is_decode])

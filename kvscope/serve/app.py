@@ -1,9 +1,11 @@
 """The FastAPI app of `kvscope serve`: OpenAI routes under /v1 (behind an optional
-Bearer key), and /health, /version, /metrics, /stats, /tokenize, /detokenize."""
+Bearer key), /health, /version, /metrics, /stats, /tokenize, /detokenize, and the
+scope (pages at `/`, its API under /scope/api)."""
 
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -11,6 +13,8 @@ from fastapi.responses import JSONResponse, Response
 
 from kvscope import __version__
 from kvscope.engine.async_engine import AsyncEngine
+from kvscope.scope.live import LiveEvents
+from kvscope.scope.routes import install_scope
 from kvscope.serve.body_limit import BodyLimitMiddleware
 from kvscope.serve.errors import APIError, install_error_handlers
 from kvscope.serve.metrics import ServerMetrics
@@ -22,8 +26,11 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 
 
 def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """An app serving `engine`; the caller owns the engine (and shuts it down)."""
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, live: LiveEvents | None = None,
+              replay: Path | None = None) -> FastAPI:
+    """An app serving `engine`; the caller owns the engine (and shuts it down).
+    `live` is the engine's event sink for the scope's monitor (None: no live view);
+    `replay` a recorded run the monitor can play."""
     app = FastAPI(title="kvscope", version=__version__,
                   description="OpenAI-compatible API of the kvscope engine")
     metrics = ServerMetrics(model_name)
@@ -40,6 +47,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         ("/tokenize", _tokenize, ["POST"]), ("/detokenize", _detokenize, ["POST"]),
     ]:
         app.add_api_route(path, endpoint, methods=methods)
+    install_scope(app, engine, model_name, live, replay)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     return app
 

@@ -14,6 +14,8 @@ import uvicorn
 from kvscope.config import EngineConfig
 from kvscope.engine.async_engine import AsyncEngine
 from kvscope.engine.llm_engine import LLMEngine
+from kvscope.events import EventSink, FanOutSink, JsonlRecorder
+from kvscope.scope.live import LiveEvents
 from kvscope.serve.app import build_app
 
 logger = logging.getLogger("kvscope.serve")
@@ -41,21 +43,29 @@ class _Server(uvicorn.Server):
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             logger.info("kvscope is ready: serving %s at http://%s:%d/v1 (metrics at /metrics)",
                         self.model_name, host, port)
+            logger.info("the scope (live monitor and lessons) is at http://%s:%d/", host, port)
 
 
 def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | None,
           served_model_name: str | None, max_waiting_requests: int,
-          max_body_bytes: int) -> None:
+          max_body_bytes: int, record: Path | None = None, replay: Path | None = None) -> None:
+    """Serve the API and the scope. `record` writes every engine event to a JSONL file;
+    `replay` is a recorded run the scope's monitor plays."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = EngineConfig.from_kwargs(**engine_options)
+    if replay is not None and not replay.is_file():
+        raise SystemExit(f"kvscope: no recording at {replay}")
+    live = LiveEvents()
+    recorder = JsonlRecorder(record) if record is not None else None
+    sink: EventSink = live if recorder is None else FanOutSink([live, recorder])
     logger.info("loading %s", config.model or "the bundled SmolLM2-135M-Instruct")
-    engine = LLMEngine(config, load_progress=True)
+    engine = LLMEngine(config, sink=sink, load_progress=True)
     name = served_model_name or default_model_name(engine.loaded.path)
     logger.info("loaded %s (%s, %s): %d KV blocks of %d tokens, max_model_len %d",
                 engine.loaded.path.name, engine.loaded.arch.architecture, config.dtype,
                 engine.num_blocks, config.cache.block_size, engine.max_model_len)
     async_engine = AsyncEngine(engine, max_waiting_requests)
-    app = build_app(async_engine, name, api_key, max_body_bytes)
+    app = build_app(async_engine, name, api_key, max_body_bytes, live=live, replay=replay)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info",
                                     timeout_graceful_shutdown=5))
     server.model_name = name
@@ -63,4 +73,7 @@ def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | N
         server.run()  # returns after SIGINT/SIGTERM, once connections are closed
     finally:
         async_engine.shutdown()
+        if recorder is not None:
+            recorder.close()
+            logger.info("events recorded to %s", record)
         logger.info("kvscope stopped")

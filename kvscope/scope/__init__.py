@@ -1,0 +1,1 @@
+"""The scope: the browser explainer and live monitor, drawn from engine events."""

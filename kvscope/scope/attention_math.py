@@ -1,0 +1,249 @@
+"""The numbers behind the "block-wise attention math" lesson.
+
+One real query vector (a layer, a head, a prompt position) attends to the keys and
+values that a real prefill wrote into the paged KV pool. The attention is worked out
+three ways from the same numbers, in float32:
+
+- block by block: each logical block's scores are read through the block table, then
+  one softmax over every position weights the values;
+- contiguously, as if the cache were one array (gathered by slot mapping);
+- by online softmax, folding each block's partial result into a running max and
+  rescaled sums, as paged-attention kernels do without ever holding all the scores.
+
+All three agree to floating-point tolerance: that is what the lesson shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kvscope.config import EngineConfig
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.kv.kv_manager import blocks_needed
+from kvscope.model.arch import ModelArch
+from kvscope.model.loader import LoadedModel
+from kvscope.sampling_params import SamplingParams
+
+MAX_PROMPT_TOKENS = 256
+MAX_BLOCK_SIZE = 64
+SIGNIFICANT_DIGITS = 6
+_REQUEST_ID = "attention-math"
+
+
+@dataclass(slots=True)
+class _Prefill:
+    """What one real prefill left behind for one layer."""
+
+    queries: torch.Tensor  # [T, heads, head_dim]: the layer's post-RoPE q, one row a token
+    block_table: list[int]  # the request's physical blocks, in logical order
+    k_cache: torch.Tensor  # [num_blocks, block_size, kv_heads, head_dim]: the layer's pool
+    v_cache: torch.Tensor
+
+
+@dataclass(slots=True)
+class _Block:
+    """One logical block as the query sees it: positions [start, end) of the context."""
+
+    index: int
+    block_id: int
+    start: int
+    end: int
+    keys: torch.Tensor  # [end - start, head_dim] float32, read from the physical block
+    values: torch.Tensor
+    scores: torch.Tensor | None = None  # [end - start]: q·k × scale
+    block_max: float = 0.0
+    block_sum_exp: float = 0.0  # Σ exp(score − block_max)
+    partial_output: torch.Tensor | None = None  # [head_dim]: the block's own softmax · V
+
+
+def block_attention_math(loaded: LoadedModel, prompt: str, layer: int, head: int,
+                         block_size: int = 16, position: int = -1) -> dict[str, Any]:
+    """Prefill `prompt` in a private engine on `loaded`'s weights and work out the
+    attention of query `position` (negative counts from the end: -1 = the last prompt
+    token) at `layer`/`head` over the paged KV pool. Raises ValueError on bad input."""
+    arch = loaded.arch
+    _check_layout_args(arch, layer, head, block_size)
+    token_ids = _tokenize(loaded, prompt)
+    position = _resolve_position(position, len(token_ids))
+    prefill = _run_prefill(loaded, token_ids, layer, block_size)
+    kv_head = head // (arch.num_heads // arch.num_kv_heads)
+    query = prefill.queries[position, head].float()
+    scale = arch.head_dim ** -0.5
+    blocks = _logical_blocks(prefill, kv_head, position + 1, block_size)
+    for block in blocks:
+        _score_block(block, query, scale)
+    weights, blockwise = _one_softmax(blocks)
+    online, running = _online_softmax(blocks)
+    contiguous = _contiguous_attention(prefill, query, kv_head, position + 1, scale)
+    return {
+        "tokens": [loaded.tokenizer.decode([t]) for t in token_ids],
+        "token_ids": token_ids, "position": position, "layer": layer, "head": head,
+        "kv_head": kv_head, "head_dim": arch.head_dim, "scale": _round(scale),
+        "block_size": block_size, "block_table": prefill.block_table,
+        "query": _round_all(query),
+        "blocks": [_block_json(b, m, z) for b, (m, z) in zip(blocks, running, strict=True)],
+        "weights": _round_all(weights),
+        "output_blockwise": _round_all(blockwise),
+        "output_online": _round_all(online),
+        "output_contiguous": _round_all(contiguous),
+        "max_abs_diff": _round((blockwise - contiguous).abs().max().item()),
+        "max_abs_diff_online": _round((online - blockwise).abs().max().item()),
+    }
+
+
+# -- input checks ---------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_layout_args(arch: ModelArch, layer: int, head: int, block_size: int) -> None:
+    if not _is_int(layer) or not 0 <= layer < arch.num_layers:
+        raise ValueError(f"layer must be an integer in [0, {arch.num_layers}); got {layer!r}")
+    if not _is_int(head) or not 0 <= head < arch.num_heads:
+        raise ValueError(f"head must be an integer in [0, {arch.num_heads}); got {head!r}")
+    if not _is_int(block_size) or not 1 <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(
+            f"block_size must be an integer in [1, {MAX_BLOCK_SIZE}]; got {block_size!r}")
+
+
+def _tokenize(loaded: LoadedModel, prompt: str) -> list[int]:
+    """Token ids exactly as the engine makes them from a text prompt."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("prompt must be a non-empty string")
+    ids = list(loaded.tokenizer.encode(prompt, add_special_tokens=True))
+    if not ids:
+        raise ValueError("prompt has no tokens")
+    if len(ids) > MAX_PROMPT_TOKENS:
+        raise ValueError(f"prompt has {len(ids)} tokens; at most {MAX_PROMPT_TOKENS} allowed")
+    return ids
+
+
+def _resolve_position(position: int, length: int) -> int:
+    if not _is_int(position) or not -length <= position < length:
+        raise ValueError(f"position must be an integer in [{-length}, {length}) for this "
+                         f"{length}-token prompt (-1 = the last token); got {position!r}")
+    return position % length
+
+
+# -- the real run -----------------------------------------------------------------------
+
+
+def _engine_config(loaded: LoadedModel, block_size: int, max_model_len: int) -> EngineConfig:
+    """A pool just big enough for one request of max_model_len tokens, and a token
+    budget that takes the whole prompt in one step."""
+    per_block = loaded.arch.kv_bytes_per_token(loaded.dtype.itemsize) * block_size
+    return EngineConfig.from_kwargs(
+        dtype=loaded.dtype, block_size=block_size, max_model_len=max_model_len,
+        kv_cache_memory=per_block * blocks_needed(max_model_len, block_size),
+        max_num_batched_tokens=max_model_len, enable_prefix_caching=False)
+
+
+def _run_prefill(loaded: LoadedModel, token_ids: list[int], layer: int,
+                 block_size: int) -> _Prefill:
+    """Prefill in a private engine with the query probe on. The shared model is only
+    read, so engines in other threads running the same weights are not disturbed.
+    Two tokens are asked for so that the block table is still held after the first
+    step (the prefill, which samples token one)."""
+    engine = LLMEngine(_engine_config(loaded, block_size, len(token_ids) + 2), loaded=loaded)
+    engine.runner.probe = {}
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, detokenize=False)
+    engine.add_request(_REQUEST_ID, token_ids, params)
+    engine.step()
+    queries = engine.runner.probe[layer]
+    if queries.shape[0] != len(token_ids):
+        raise RuntimeError(f"the prefill step ran {queries.shape[0]} of {len(token_ids)} tokens")
+    table = engine.kv.block_ids(_REQUEST_ID)
+    engine.abort_request(_REQUEST_ID)  # freed blocks keep their contents; we only read
+    k_cache, v_cache = engine.runner.kv_caches[layer]
+    return _Prefill(queries, table, k_cache, v_cache)
+
+
+# -- the math ------------------------------------------------------------------------
+
+
+def _logical_blocks(prefill: _Prefill, kv_head: int, length: int,
+                    block_size: int) -> list[_Block]:
+    """The blocks covering positions [0, length), each read from its physical block."""
+    blocks = []
+    for index, start in enumerate(range(0, length, block_size)):
+        end = min(start + block_size, length)
+        block_id = prefill.block_table[index]
+        keys = prefill.k_cache[block_id, :end - start, kv_head].float()
+        values = prefill.v_cache[block_id, :end - start, kv_head].float()
+        blocks.append(_Block(index, block_id, start, end, keys, values))
+    return blocks
+
+
+def _score_block(block: _Block, query: torch.Tensor, scale: float) -> None:
+    scores = block.keys @ query * scale
+    block_max = scores.max()
+    exp = torch.exp(scores - block_max)
+    block.scores = scores
+    block.block_max = block_max.item()
+    block.block_sum_exp = exp.sum().item()
+    block.partial_output = exp @ block.values / exp.sum()
+
+
+def _one_softmax(blocks: list[_Block]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One softmax over every position's score, then Σ weight × value block by block."""
+    weights = torch.softmax(torch.cat([b.scores for b in blocks]), dim=0)
+    output = torch.stack([weights[b.start:b.end] @ b.values for b in blocks]).sum(0)
+    return weights, output
+
+
+def _online_softmax(blocks: list[_Block]
+                    ) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+    """Fold the blocks' (max, sum of exp, partial output) in one pass: when the running
+    max grows, what was summed so far is rescaled by exp(old max − new max). Returns
+    the output and the running (max, sum of exp) after each block."""
+    run_max, run_sum = -math.inf, 0.0
+    output = torch.zeros_like(blocks[0].partial_output)
+    running = []
+    for block in blocks:
+        new_max = max(run_max, block.block_max)
+        old_weight = run_sum * math.exp(run_max - new_max)
+        block_weight = block.block_sum_exp * math.exp(block.block_max - new_max)
+        run_sum = old_weight + block_weight
+        output = (output * old_weight + block.partial_output * block_weight) / run_sum
+        run_max = new_max
+        running.append((run_max, run_sum))
+    return output, running
+
+
+def _contiguous_attention(prefill: _Prefill, query: torch.Tensor, kv_head: int,
+                          length: int, scale: float) -> torch.Tensor:
+    """softmax(q Kᵀ × scale) V with K and V gathered into one array by slot mapping."""
+    _, block_size, kv_heads, head_dim = prefill.k_cache.shape
+    positions = torch.arange(length)
+    table = torch.tensor(prefill.block_table, dtype=torch.long)
+    slots = table[positions // block_size] * block_size + positions % block_size
+    keys = prefill.k_cache.reshape(-1, kv_heads, head_dim)[slots, kv_head].float()
+    values = prefill.v_cache.reshape(-1, kv_heads, head_dim)[slots, kv_head].float()
+    return torch.softmax(keys @ query * scale, dim=0) @ values
+
+
+# -- JSON ----------------------------------------------------------------------------
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def _round_all(values: torch.Tensor) -> list[float]:
+    return [_round(v) for v in values.tolist()]
+
+
+def _block_json(block: _Block, running_max: float, running_sum_exp: float) -> dict[str, Any]:
+    return {
+        "index": block.index, "block_id": block.block_id, "start": block.start,
+        "end": block.end, "scores": _round_all(block.scores),
+        "block_max": _round(block.block_max), "block_sum_exp": _round(block.block_sum_exp),
+        "partial_output": _round_all(block.partial_output),
+        "running_max": _round(running_max), "running_sum_exp": _round(running_sum_exp),
+    }

@@ -1,0 +1,129 @@
+"""Lesson runs: a small, fresh engine on the server's loaded weights, every event kept.
+
+A lesson page asks for a run (a few prompts, a tiny pool, small blocks) and draws
+what the engine did from the events it returns. The engine is private to the run, so
+a lesson never disturbs the requests the server is serving; it shares only the
+read-only weights. Runs are serialised by a lock: each takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kvscope.config import ConfigError, EngineConfig
+from kvscope.engine.llm_engine import LLMEngine, RequestError
+from kvscope.events import ListSink
+from kvscope.model.loader import LoadedModel
+from kvscope.sampling_params import SamplingParams
+
+MAX_PROMPT_TOKENS = 256
+MAX_STEPS = 2000  # far above what the limits below allow; a guard against a bug
+
+_lock = threading.Lock()
+
+
+class LabRunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompts: list[str] = Field(min_length=1, max_length=8)
+    max_tokens: int = Field(16, ge=1, le=64)
+    block_size: int = Field(16, ge=1, le=64)
+    num_blocks: int = Field(64, ge=2, le=512)
+    enable_prefix_caching: bool = True
+    preemption_mode: Literal["recompute", "swap"] = "recompute"
+    swap_blocks: int = Field(64, ge=0, le=512)
+    policy: Literal["fcfs", "priority"] = "fcfs"
+    priorities: list[int] | None = None
+    max_num_seqs: int = Field(8, ge=1, le=64)
+    max_num_batched_tokens: int = Field(256, ge=1, le=4096)
+    arrive_at_step: list[int] | None = None  # request i joins before this engine step
+    ignore_eos: bool = True
+
+    @model_validator(mode="after")
+    def _per_prompt_lists(self) -> LabRunRequest:
+        for name in ("priorities", "arrive_at_step"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.prompts):
+                raise ValueError(f"{name} needs one value per prompt ({len(self.prompts)})")
+        if self.arrive_at_step is not None and any(s < 0 or s > 500
+                                                   for s in self.arrive_at_step):
+            raise ValueError("arrive_at_step values must be between 0 and 500")
+        if any(not p for p in self.prompts):
+            raise ValueError("prompts must not be empty")
+        return self
+
+
+def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink) -> LLMEngine:
+    """An engine whose pool holds exactly `num_blocks` blocks of `block_size` tokens."""
+    bytes_per_block = loaded.arch.kv_bytes_per_token(loaded.dtype.itemsize) * req.block_size
+    max_len = min(req.num_blocks * req.block_size, loaded.arch.max_position_embeddings, 2048)
+    config = EngineConfig.from_kwargs(
+        dtype=loaded.dtype, block_size=req.block_size, max_model_len=max_len,
+        kv_cache_memory=req.num_blocks * bytes_per_block,
+        enable_prefix_caching=req.enable_prefix_caching,
+        preemption_mode=req.preemption_mode, swap_space=req.swap_blocks * bytes_per_block,
+        policy=req.policy, max_num_seqs=req.max_num_seqs,
+        max_num_batched_tokens=req.max_num_batched_tokens)
+    return LLMEngine(config, sink=sink, loaded=loaded)
+
+
+def run_lab(loaded: LoadedModel, req: LabRunRequest) -> dict[str, Any]:
+    """Run the lesson's workload to the end; raises ValueError for input the engine
+    refuses (the route answers 400)."""
+    with _lock:
+        sink = ListSink()
+        try:
+            engine = build_lab_engine(loaded, req, sink)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        _check_prompt_lengths(engine, req.prompts)
+        params = SamplingParams(temperature=0.0, max_tokens=req.max_tokens,
+                                ignore_eos=req.ignore_eos)
+        arrivals = req.arrive_at_step or [0] * len(req.prompts)
+        pending = sorted(range(len(req.prompts)), key=lambda i: (arrivals[i], i))
+        outputs: dict[str, Any] = {}
+        while pending or engine.has_unfinished_requests():
+            idle = not engine.has_unfinished_requests()
+            while pending and (idle or arrivals[pending[0]] <= engine.scheduler.num_steps):
+                _add(engine, req, pending.pop(0), params)
+                idle = False
+            for out in engine.step():
+                if out.finished:
+                    outputs[out.request_id] = out
+            if engine.scheduler.num_steps > MAX_STEPS:
+                raise RuntimeError("the lab run did not finish")
+        return {
+            "events": sink.dicts(),
+            "outputs": [_output(outputs[str(i)]) for i in range(len(req.prompts))],
+            "num_steps": engine.scheduler.num_steps,
+            "final": {"tables": engine.kv.all_block_ids(),
+                      "refcounts": [b.ref_cnt for b in engine.kv.pool.blocks],
+                      "num_free_blocks": engine.kv.num_free_blocks},
+        }
+
+
+def _add(engine: LLMEngine, req: LabRunRequest, index: int, params: SamplingParams) -> None:
+    """Add prompt `index` (as request id str(index)); an idle engine takes the next
+    arrival at once instead of stepping empty."""
+    priority = req.priorities[index] if req.priorities else 0
+    try:
+        engine.add_request(str(index), req.prompts[index], params, priority=priority)
+    except RequestError as exc:
+        raise ValueError(f"prompt {index}: {exc}") from exc
+
+
+def _check_prompt_lengths(engine: LLMEngine, prompts: list[str]) -> None:
+    for i, prompt in enumerate(prompts):
+        n = len(engine.tokenize(prompt)[1])
+        if n > MAX_PROMPT_TOKENS:
+            raise ValueError(f"prompt {i} has {n} tokens; lesson runs take at most "
+                             f"{MAX_PROMPT_TOKENS}")
+
+
+def _output(out: Any) -> dict[str, Any]:
+    completion = out.outputs[0]
+    return {"request_id": out.request_id, "prompt": out.prompt, "text": completion.text,
+            "token_ids": completion.token_ids, "prompt_token_ids": out.prompt_token_ids}

@@ -1,0 +1,160 @@
+"""The scope's HTTP side: its static pages at `/`, the live event stream, a recorded
+run to replay, and the lesson endpoints that run a small real engine.
+
+    GET  /scope/api/info          model, whether live / replay are available, the engine's shape
+    GET  /scope/api/live          Server-Sent Events: a snapshot, then every engine event
+    GET  /scope/api/replay        the recorded run (`kvscope scope --replay FILE`), as JSONL
+    GET  /scope/api/kv-sizes      KV bytes per token: the loaded model and well-known ones
+    POST /scope/api/lab/run       a lesson's workload on a fresh small engine: its events
+    POST /scope/api/lab/attention one query's block-wise attention, with real Q, K, V
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Mount, Router
+from starlette.types import Scope
+
+from kvscope.engine.async_engine import AsyncEngine
+from kvscope.scope.kv_sizes import kv_sizes
+from kvscope.scope.lab import LabRunRequest, run_lab
+from kvscope.scope.live import Listener, LiveEvents
+from kvscope.serve.errors import APIError
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+KEEPALIVE_S = 15.0
+
+
+@dataclass(slots=True)
+class ScopeState:
+    engine: AsyncEngine
+    model_name: str
+    live: LiveEvents | None
+    replay: Path | None
+
+
+class AttentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: str = Field(min_length=1)
+    layer: int = 0
+    head: int = 0
+    block_size: int = 16
+    position: int = -1
+
+
+def install_scope(app: FastAPI, engine: AsyncEngine, model_name: str,
+                  live: LiveEvents | None = None, replay: Path | None = None) -> None:
+    """Add the scope's API routes and serve its pages at `/` (call after every other
+    route: the static mount answers whatever path is left)."""
+    app.state.scope = ScopeState(engine, model_name, live, replay)
+    router = APIRouter(prefix="/scope/api")
+    router.add_api_route("/info", _info, methods=["GET"])
+    router.add_api_route("/live", _live, methods=["GET"])
+    router.add_api_route("/replay", _replay, methods=["GET"])
+    router.add_api_route("/kv-sizes", _kv_sizes, methods=["GET"])
+    router.add_api_route("/lab/run", _lab_run, methods=["POST"])
+    router.add_api_route("/lab/attention", _lab_attention, methods=["POST"])
+    app.include_router(router)
+    app.router.routes.append(PagesMount(app.router, STATIC_DIR))
+
+
+class PagesMount(Mount):
+    """The scope's static pages at `/`, for every path no API route claims: a path an
+    API route has under another method (GET /v1/completions) and anything under
+    /v1 or /scope/api is left to the API, which answers 405 or an OpenAI-style 404."""
+
+    def __init__(self, router: Router, directory: Path) -> None:
+        super().__init__("/", app=StaticFiles(directory=directory, html=True), name="scope")
+        self.api_router = router
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if path.startswith(("/v1/", "/scope/api/")) or path in ("/v1", "/scope/api"):
+            return Match.NONE, {}
+        for route in self.api_router.routes:
+            if route is not self and route.matches(scope)[0] == Match.PARTIAL:
+                return Match.NONE, {}
+        return super().matches(scope)
+
+
+def _state(request: Request) -> ScopeState:
+    return request.app.state.scope
+
+
+async def _info(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return {"model": state.model_name, "live": state.live is not None,
+            "replay": state.replay is not None,
+            "engine": state.engine.engine.describe().to_dict()}
+
+
+async def _kv_sizes(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return kv_sizes(state.engine.engine.loaded, state.model_name)
+
+
+async def _replay(request: Request) -> FileResponse:
+    state = _state(request)
+    if state.replay is None:
+        raise APIError(404, "this server has no recording to replay; start it with "
+                            "'kvscope scope --replay run.jsonl'")
+    return FileResponse(state.replay, media_type="application/x-ndjson")
+
+
+async def _lab_run(body: LabRunRequest, request: Request) -> dict[str, Any]:
+    loaded = _state(request).engine.engine.loaded
+    try:
+        return await run_in_threadpool(run_lab, loaded, body)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from exc
+
+
+async def _lab_attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
+    from kvscope.scope.attention_math import block_attention_math
+
+    loaded = _state(request).engine.engine.loaded
+    try:
+        return await run_in_threadpool(block_attention_math, loaded, body.prompt, body.layer,
+                                       body.head, body.block_size, body.position)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from exc
+
+
+async def _live(request: Request) -> StreamingResponse:
+    state = _state(request)
+    live = state.live
+    if live is None:
+        raise APIError(404, "this server was started without live events")
+    listener = Listener(asyncio.get_running_loop())
+    await state.engine.call(lambda engine: live.add(listener, engine.snapshot()))
+    return StreamingResponse(_sse(live, listener), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(live: LiveEvents, listener: Listener) -> AsyncIterator[str]:
+    try:
+        while True:
+            try:
+                batch = await asyncio.wait_for(listener.queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if batch is None:  # fell too far behind: the page reconnects for a snapshot
+                yield "event: dropped\ndata: {}\n\n"
+                return
+            yield "".join(f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+                          for event in batch)
+    finally:
+        live.remove(listener)
