@@ -136,3 +136,38 @@ def test_recorder_writes_what_the_sink_saw(make_llm, tmp_path):
     assert len(tokens) == 24
     steps = [e for e in events if e["kind"] == "step_end"]
     assert [s["step"] for s in steps] == list(range(len(steps)))
+
+
+def test_a_snapshot_mid_run_plus_later_events_folds_to_the_engine_state(make_llm, tmp_path):
+    """A live listener joins mid-run: it gets a snapshot, then the events after it."""
+    llm, watcher = watched_llm(make_llm, kv_cache_memory=block_bytes(make_llm) * 14,
+                               max_model_len=128, enable_prefix_caching=True)
+    engine = llm.engine
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    prompts = [SHARED + f"Question {i}: who built the first one?" for i in range(4)]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    for _ in range(8):
+        engine.step()
+    joined_at = len(watcher.events)
+    snapshot = json.loads(json.dumps(engine.snapshot().to_dict()))
+    sched = engine.scheduler
+    statuses = {r.request_id: r.status.value
+                for queue in (sched.running, sched.waiting, sched.swapped) for r in queue}
+    while engine.has_unfinished_requests():
+        engine.step()
+    late = EngineWatcher()
+    late.events = [snapshot, *watcher.events[joined_at:]]
+    late.states = [engine_state_at(watcher, joined_at - 1), *watcher.states[joined_at:]]
+    folded = fold_with_node(late.events, tmp_path)
+    for mine, state in zip(folded, late.states, strict=True):
+        for key in ("tables", "refcounts", "cached", "free", "swapped"):
+            assert mine[key] == state[key], key
+    assert folded[0]["statuses"] == statuses
+    assert folded[-1]["statuses"] == {str(i): "finished" for i in range(4)}
+
+
+def engine_state_at(watcher: EngineWatcher, index: int) -> dict[str, Any]:
+    state = watcher.states[index]
+    assert state is not None
+    return state
