@@ -130,12 +130,27 @@ const HANDLERS = {
     for (const b of state.blocks) b.hash = null;
   },
   copy_on_write(state, e) {
+    for (const id of e.evicted ?? []) {
+      block(state, id).hash = null;
+      state.counters.evictions += 1;
+    }
     const table = state.tables[e.request_id] ?? [];
     const at = table.indexOf(e.src_block_id);
     if (at >= 0) table[at] = e.dst_block_id;
     block(state, e.src_block_id).ref -= 1;
     block(state, e.dst_block_id).ref = 1;
     state.counters.copiesOnWrite += 1;
+  },
+  sequence_forked(state, e) {
+    const parent = state.requests[e.parent_id];
+    const req = request(state, e.request_id);
+    Object.assign(req, {status: 'running', parentId: e.parent_id,
+                        promptTokenIds: parent ? parent.promptTokenIds : [],
+                        prompt: parent ? parent.prompt : null,
+                        maxTokens: parent ? parent.maxTokens : null,
+                        numComputed: e.num_computed_tokens, arrivedStep: e.step});
+    state.tables[e.request_id] = [...e.block_ids];
+    for (const id of e.block_ids) block(state, id).ref += 1;
   },
   prefix_cache_lookup(state, e) {
     state.counters.queriedTokens += e.queried_tokens;

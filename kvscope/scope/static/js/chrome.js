@@ -1,0 +1,49 @@
+// Page chrome shared by every page: a skip link, the header with navigation, and the
+// footer. Importing this module draws them; <body data-page data-root> says which
+// page this is and the relative path back to the site root.
+
+import {h} from './dom.js';
+
+export const LESSONS = [
+  {page: 'kv-cache', title: 'The KV cache',
+   blurb: 'Why keys and values are kept, what one token costs in bytes, and how the cache grows as a request decodes.'},
+  {page: 'paged-attention', title: 'Paged attention',
+   blurb: 'Fixed-size physical blocks, one block table per request, many requests interleaved in one pool.'},
+  {page: 'attention-math', title: 'Block-wise attention math',
+   blurb: 'Scores block by block, one softmax over all of them, then the weighted sum of values: same answer as contiguous attention.'},
+  {page: 'fragmentation', title: 'Memory fragmentation',
+   blurb: 'Slots allocated versus slots holding tokens: paged blocks against contiguous reservations, measured each step.'},
+  {page: 'prefix-caching', title: 'Prefix caching',
+   blurb: 'Full blocks found by a chain of hashes, so a second request with the same prefix skips recomputing it.'},
+  {page: 'preemption', title: 'Preemption: recompute or swap',
+   blurb: 'When the pool runs out, a victim gives its blocks back, then either recomputes them or copies them back in.'},
+];
+
+export const COMING = [
+  {title: 'Parallel sampling', blurb: 'Several completions of one prompt sharing its blocks by refcount, with copy-on-write.'},
+  {title: 'Beam search', blurb: 'A tree of beams sharing blocks; pruning a beam frees its blocks at once.'},
+];
+
+function mount() {
+  const body = document.body;
+  const root = body.dataset.root ?? '';
+  const current = body.dataset.page ?? '';
+  const link = (page, text) => h('li', {},
+    h('a', {href: `${root}${page === 'index' ? 'index.html' : page === 'monitor' ? 'monitor.html'
+      : `lessons/${page}.html`}`, 'aria-current': page === current ? 'page' : null}, text));
+  const header = h('header', {class: 'site-header'},
+    h('a', {class: 'brand', href: `${root}index.html`}, 'kvscope'),
+    h('nav', {class: 'site-nav', 'aria-label': 'Scope pages'},
+      h('ul', {},
+        link('index', 'Home'),
+        link('monitor', 'Live monitor'),
+        LESSONS.map((l) => link(l.page, l.title)))));
+  const skip = h('a', {class: 'skip-link', href: '#main'}, 'Skip to content');
+  const footer = h('footer', {class: 'site-footer'},
+    'Every block, token and timing on these pages comes from events of a real kvscope engine run ',
+    'on the loaded model. Numbers computed from a model\'s published config, not measured, are labelled so.');
+  body.prepend(skip, header);
+  body.append(footer);
+}
+
+mount();

@@ -1,0 +1,65 @@
+// What every lesson page shares: a form that starts a lab engine run on the server,
+// and a player over that run's events.
+
+import {$} from './dom.js';
+import {runLab} from './api.js';
+import {Timeline} from './timeline.js';
+import {Player} from './player.js';
+
+export function prompts(textarea) {
+  return textarea.value.split('\n').map((line) => line.trim()).filter(Boolean);
+}
+
+export function num(id) {
+  const text = $(id).value.trim();
+  return text === '' ? NaN : Number(text);
+}
+
+// Wire `form` to run the lab with build()'s body; onData(data) gets each response.
+// Returns a function that starts a run (pages call it once on load).
+export function labForm(form, build, onData, options = {}) {
+  const button = form.querySelector('button[type="submit"]');
+  const statusEl = $('#status');
+  const errorEl = $('#error');
+  let shown = false;
+  const go = async () => {
+    const body = build();
+    const data = await runLab(body, {button, statusEl, errorEl, keepsPrevious: shown, ...options});
+    if (data) {
+      shown = true;
+      onData(data, body);
+    }
+    return data;
+  };
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    go();
+  });
+  return go;
+}
+
+// A player over an (initially empty) run; `render(state, timeline)` draws each move.
+export function playerFor(container, render, options) {
+  return new Player(container, new Timeline([]), render, options);
+}
+
+// Load a run's events into the player at `where`: 'start', 'first-step',
+// 'last-step', 'end', or an event position.
+export function loadRun(player, events, where = 'first-step') {
+  const timeline = new Timeline(events);
+  const {stops} = timeline;
+  const pos = {
+    'end': timeline.length,
+    'first-step': stops[0] ?? timeline.length,
+    // the last step that still has requests running (the final one ends them)
+    'last-step': stops.length > 1 ? stops[stops.length - 2] : stops[0] ?? timeline.length,
+    'start': 0,
+  }[where] ?? where;
+  player.setTimeline(timeline, pos);
+  return timeline;
+}
+
+// What a readout says before the first event: no run yet, or the start of one.
+export function emptyReadout(timeline) {
+  return timeline.length ? `event 0 of ${timeline.length}: before the engine started` : 'No run yet.';
+}

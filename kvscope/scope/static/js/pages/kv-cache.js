@@ -1,0 +1,112 @@
+import '../chrome.js';
+import {$, h, replace, int, bytes} from '../dom.js';
+import {API, getJSON, showError} from '../api.js';
+import {labForm, playerFor, loadRun, num, emptyReadout} from '../lab.js';
+
+let sizes = null;
+
+function formulaText(m) {
+  return `2 × ${m.num_layers} layers × ${m.num_kv_heads} KV heads × ${m.head_dim} head dim × `
+    + `${m.dtype_bytes} bytes (${m.dtype}) = ${m.kv_bytes_per_token} bytes per token`;
+}
+
+function drawModels(data) {
+  const row = (m, source) => h('tr', {},
+    h('th', {scope: 'row'}, m.name), h('td', {}, m.num_layers), h('td', {}, m.num_kv_heads),
+    h('td', {}, m.head_dim), h('td', {}, m.dtype_bytes), h('td', {}, bytes(m.kv_bytes_per_token)),
+    h('td', {}, bytes(m.kv_bytes_per_token * 4096)), h('td', {class: 'wrap'}, source));
+  replace($('#models tbody'),
+    row(data.loaded, `the loaded model, ${data.loaded.dtype}: what the engine allocates`),
+    data.models.map((m) => row(m, m.source)));
+}
+
+function drawGrowth(state) {
+  const bpt = state.engine.kv_bytes_per_token;
+  const steps = state.steps;
+  const W = 600;
+  const H = 140;
+  const maxBytes = Math.max(1, ...steps.map((s) => s.fragmentation.allocated_slots * bpt));
+  const ns = 'http://www.w3.org/2000/svg';
+  const el = (tag, attrs, text) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  const last = steps[steps.length - 1];
+  const label = last
+    ? `After step ${last.step}: ${int(last.fragmentation.tokens_held * bpt)} bytes of keys and values `
+      + `held for ${last.fragmentation.tokens_held} tokens, in blocks totalling `
+      + `${int(last.fragmentation.allocated_slots * bpt)} bytes.`
+    : 'No step has run yet.';
+  const svg = el('svg', {viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': label});
+  const n = Math.max(steps.length, 8);
+  const bw = W / n;
+  steps.forEach((s, i) => {
+    const alloc = (s.fragmentation.allocated_slots * bpt / maxBytes) * (H - 20);
+    const held = (s.fragmentation.tokens_held * bpt / maxBytes) * (H - 20);
+    svg.append(el('rect', {x: i * bw + 1, y: H - 14 - alloc, width: bw - 2, height: alloc,
+                           fill: 'var(--cached)'}));
+    svg.append(el('rect', {x: i * bw + 1, y: H - 14 - held, width: bw - 2, height: held,
+                           class: 'tokens'}));
+  });
+  svg.append(el('text', {x: 2, y: 10, class: 'axis'}, `max ${bytes(maxBytes)}`));
+  svg.append(el('text', {x: 2, y: H - 2, class: 'axis'}, 'steps →  dark: tokens × bytes/token; light: whole blocks allocated'));
+  replace($('#growth'), svg, h('p', {class: 'note'}, label));
+}
+
+function render(state, timeline) {
+  if (!state.engine) {
+    $('#readout').textContent = emptyReadout(timeline);
+    return;
+  }
+  const bpt = state.engine.kv_bytes_per_token;
+  const bs = state.engine.block_size;
+  drawGrowth(state);
+  const lines = [];
+  if (sizes) {
+    const m = sizes.loaded;
+    lines.push(`KV bytes per token: 2 × ${m.num_layers} × ${m.num_kv_heads} × ${m.head_dim} × `
+      + `${m.dtype_bytes} = ${m.kv_bytes_per_token}`);
+  }
+  lines.push(`step ${timeline.lastEvent ? state.step : 0}, event ${timeline.pos} of ${timeline.length}`);
+  const bars = [];
+  for (const rid of state.order) {
+    const req = state.requests[rid];
+    const inCache = state.tables[rid] ? req.numComputed : 0;  // a finished request's blocks are gone
+    const blocks = (state.tables[rid] ?? []).length;
+    const total = req.promptTokenIds.length + (req.maxTokens ?? 0);
+    lines.push(`request ${rid} (${req.status}${req.status === 'finished' ? ', blocks returned to the pool' : ''}): ${inCache} tokens in cache × ${bpt} B = `
+      + `${inCache * bpt} B (prompt ${req.promptTokenIds.length} tokens, `
+      + `${req.outputTokenIds.length} generated)`);
+    lines.push(`  blocks held: ${blocks} × ${bs} slots × ${bpt} B = ${blocks * bs * bpt} B`);
+    bars.push(h('li', {},
+      h('div', {class: 'bar-label'}, `request ${rid}: ${inCache} tokens = ${bytes(inCache * bpt)} `
+        + `(in ${blocks} blocks = ${bytes(blocks * bs * bpt)})`),
+      h('div', {class: 'track', role: 'img',
+                'aria-label': `${inCache} of at most ${total} tokens cached`},
+        h('div', {class: 'fill reserved', style: {width: `${(100 * Math.min(total, blocks * bs)) / total}%`}}),
+        h('div', {class: 'fill', style: {width: `${(100 * inCache) / total}%`}}))));
+  }
+  replace($('#bars'), bars.length ? bars : h('li', {class: 'note'}, 'No request has arrived yet.'));
+  $('#readout').textContent = lines.join('\n');
+}
+
+const player = playerFor($('#player'), render, {label: 'KV cache growth run'});
+const go = labForm($('#lab'), () => ({
+  prompts: [$('#prompt').value],
+  max_tokens: num('#max-tokens'),
+  block_size: num('#block-size'),
+  num_blocks: 32,
+  enable_prefix_caching: false,
+}), (data) => loadRun(player, data.events, 'last-step'));
+
+try {
+  sizes = await getJSON(`${API}/kv-sizes`);
+  $('#formula').textContent = formulaText(sizes.loaded);
+  drawModels(sizes);
+} catch (err) {
+  $('#formula').textContent = '';
+  showError($('#error'), 'Reading the model sizes', err);
+}
+go();

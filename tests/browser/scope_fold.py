@@ -1,0 +1,145 @@
+"""Just enough of the engine's bookkeeping, rebuilt in Python from a run's events, to
+say what a scope page must print at a given position: block tables, refcounts, cached
+blocks, statuses, computed tokens and counters. Independent of the page's own
+JavaScript reducer, so a wrong page fails the browser tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Req:
+    status: str = "waiting"
+    prompt_len: int = 0
+    max_tokens: int | None = None
+    outputs: int = 0
+    computed: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
+class Folded:
+    refs: list[int] = field(default_factory=list)
+    hashes: list[str | None] = field(default_factory=list)
+    tables: dict[str, list[int]] = field(default_factory=dict)
+    swapped: dict[str, list[int]] = field(default_factory=dict)
+    reqs: dict[str, Req] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    preemptions: int = 0
+    swap_outs: int = 0
+    swap_ins: int = 0
+    step: int = 0
+    engine: dict[str, Any] | None = None
+
+    @property
+    def free(self) -> int:
+        """Blocks nobody holds (free or cached-evictable)."""
+        return sum(r == 0 for r in self.refs)
+
+    def req(self, rid: str) -> Req:
+        if rid not in self.reqs:
+            self.reqs[rid] = Req()
+            self.order.append(rid)
+        return self.reqs[rid]
+
+
+def fold(events: list[dict[str, Any]], upto: int) -> Folded:
+    f = Folded()
+    for e in events[:upto]:
+        kind = e["kind"]
+        f.step = e["step"]
+        rid = e.get("request_id")
+        if kind == "engine_started":
+            f.engine = e
+            f.refs = [0] * e["num_blocks"]
+            f.hashes = [None] * e["num_blocks"]
+        elif kind == "request_arrived":
+            r = f.req(rid)
+            r.status, r.prompt_len = "waiting", len(e["prompt_token_ids"])
+            r.max_tokens = e["max_tokens"]
+        elif kind == "request_scheduled":
+            r = f.req(rid)
+            r.status, r.computed = "running", e["num_computed_tokens"]
+        elif kind == "request_finished":
+            r = f.req(rid)
+            r.status, r.finish_reason = "finished", e["reason"]
+            f.swapped.pop(rid, None)
+        elif kind == "step_end":
+            f.steps.append(e)
+            for chunk in e["batch"]:
+                if chunk["request_id"] in f.reqs:
+                    f.reqs[chunk["request_id"]].computed = chunk["start"] + chunk["num_tokens"]
+        elif kind == "blocks_allocated":
+            for b in e["evicted"]:
+                f.hashes[b] = None
+            for b in e["block_ids"]:
+                f.refs[b] = 1
+                f.tables.setdefault(rid, []).append(b)
+        elif kind == "blocks_shared":
+            for b in e["block_ids"]:
+                f.refs[b] += 1
+                f.tables.setdefault(rid, []).append(b)
+        elif kind == "blocks_freed":
+            for b in e["block_ids"]:
+                f.refs[b] -= 1
+            f.tables.pop(rid, None)
+        elif kind == "blocks_cached":
+            for b, h in zip(e["block_ids"], e["hashes"], strict=True):
+                f.hashes[b] = h
+        elif kind == "preempted":
+            r = f.req(rid)
+            f.preemptions += 1
+            r.status = "swapped" if e["mode"] == "swap" else "preempted"
+            if e["mode"] != "swap":
+                r.computed = 0
+        elif kind == "swapped_out":
+            f.swapped[rid] = [slot for _, slot in e["copies"]]
+            f.swap_outs += 1
+        elif kind == "swapped_in":
+            f.swapped.pop(rid, None)
+            f.swap_ins += 1
+        elif kind == "token_emitted":
+            f.req(rid).outputs += 1
+    return f
+
+
+def stops(events: list[dict[str, Any]]) -> list[int]:
+    """Positions right after each step_end (what "next step" moves between)."""
+    return [i + 1 for i, e in enumerate(events) if e["kind"] == "step_end"]
+
+
+def step_at(events: list[dict[str, Any]], pos: int) -> int:
+    return events[pos - 1]["step"] if pos else 0
+
+
+def js_fixed(x: float, digits: int) -> str:
+    """Number.prototype.toFixed: the exact binary value rounded half away from zero."""
+    text = str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+    return text[1:] if text.startswith("-") and float(text) == 0 and x == 0 else text
+
+
+def js_pct(x: float) -> str:
+    return f"{js_fixed(100 * x, 1)}%"
+
+
+def ids(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+# -- page helpers ------------------------------------------------------------------------
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def is_lab_run(response: Any) -> bool:
+    return response.url.endswith("/scope/api/lab/run") and response.request.method == "POST"
