@@ -65,6 +65,7 @@ class EngineStarted(Event):
     kind: ClassVar[str] = "engine_started"
     model: str
     num_layers: int
+    num_heads: int
     num_kv_heads: int
     head_dim: int
     dtype: str
@@ -204,12 +205,40 @@ class CacheReset(Event):
 
 @dataclass(slots=True, kw_only=True)
 class CopyOnWrite(Event):
-    """A shared block about to be written was copied into a block of the writer's own."""
+    """A shared block about to be written was copied into a fresh block of the writer's
+    own, which replaces it in the writer's table (the shared one: refcount - 1);
+    `evicted` is [dst] if the fresh block was taken from the prefix cache."""
 
     kind: ClassVar[str] = "copy_on_write"
     request_id: str
     src_block_id: int
     dst_block_id: int
+    evicted: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class SequenceForked(Event):
+    """A new sequence (parallel sample or beam) starts from its parent's blocks: its
+    table is `block_ids`, each block's refcount + 1."""
+
+    kind: ClassVar[str] = "sequence_forked"
+    request_id: str
+    parent_id: str
+    block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass(slots=True, kw_only=True)
+class BeamStepped(Event):
+    """One beam-search step of a group: the beams that go on (each continuing
+    `parent_id` with `token_id`, cumulative log-probability `score`), the finished
+    list so far (best first), and whether the search is over."""
+
+    kind: ClassVar[str] = "beam_step"
+    request_id: str
+    beams: list[dict[str, Any]]
+    finished: list[dict[str, Any]]
+    done: bool
 
 
 @dataclass(slots=True, kw_only=True)
@@ -273,8 +302,8 @@ class Snapshot(Event):
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
     EngineStarted, RequestArrived, RequestScheduled, RequestFinished, RequestAborted,
     StepBegin, StepEnd, BlocksAllocated, BlocksShared, BlocksFreed, BlocksCached,
-    CacheReset, CopyOnWrite, PrefixCacheLookup, Preempted, SwappedOut, SwappedIn,
-    TokenEmitted, Snapshot)}
+    CacheReset, CopyOnWrite, SequenceForked, BeamStepped, PrefixCacheLookup, Preempted,
+    SwappedOut, SwappedIn, TokenEmitted, Snapshot)}
 
 
 # -- sinks --------------------------------------------------------------------------------

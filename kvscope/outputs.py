@@ -14,6 +14,9 @@ class Logprob:
 
 # one dict per generated token: token id → Logprob (the sampled token plus the top N)
 SampleLogprobs = list[dict[int, Logprob]]
+# one entry per prompt token: None for the first (nothing precedes it), then the
+# token's Logprob given the tokens before it, plus the top N
+PromptLogprobs = list[dict[int, Logprob] | None]
 
 
 @dataclass(slots=True)
@@ -49,3 +52,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(0.0))
+    prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs

@@ -104,7 +104,7 @@ def test_sampling_params_count_must_match(llm: LLM):
     ({"stop_token_ids": [-3]}, "stop_token_ids must be a list of non-negative token ids"),
     ({"seed": "7"}, "seed must be an integer in [-2**63, 2**64) or None; got '7'"),
     ({"seed": 2**64}, "seed must be an integer in [-2**63, 2**64) or None"),
-    ({"n": 2}, "n must be 1"),
+    ({"n": 0}, "n must be an integer in [1, 64]; got 0"),
 ])
 def test_invalid_sampling_values(values, message):
     with pytest.raises(SamplingParamsError, match="^" + re.escape(message)):

@@ -145,6 +145,58 @@ def test_chat_logprobs(client):
         assert entry.logprob <= 0
 
 
+
+def test_sampling_controls_equal_offline(server, offline):
+    """Penalties, bad_words, logit_bias (token ids as JSON string keys),
+    skip_special_tokens and prompt_logprobs reach the engine; the answers equal the
+    offline LLM's."""
+    special = offline.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    penalties = {"presence_penalty": 1.5, "frequency_penalty": 0.5, "repetition_penalty": 1.2,
+                 "bad_words": ["the"]}
+    cases = [
+        ({**penalties, "max_tokens": 12},
+         SamplingParams(temperature=0, max_tokens=12, **penalties)),
+        ({"logit_bias": {str(special): 100}, "skip_special_tokens": False, "max_tokens": 2},
+         SamplingParams(temperature=0, max_tokens=2, logit_bias={special: 100.0},
+                        skip_special_tokens=False)),
+        ({"prompt_logprobs": 2, "max_tokens": 1},
+         SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=2)),
+    ]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    choices, expected = [], []
+    for body, params in cases:
+        expected.append(offline.generate(PROMPTS[4], params)[0])
+        response = httpx.post(server.url + "/v1/completions", headers=headers, json={
+            "model": MODEL_NAME, "prompt": PROMPTS[4], "temperature": 0, **body})
+        choices.append(response.json()["choices"][0])
+    assert [c["text"] for c in choices] == [e.outputs[0].text for e in expected]
+    assert choices[1]["text"] == "<|im_start|>" * 2
+    assert "prompt_logprobs" not in choices[0]
+    entries, want = choices[2]["prompt_logprobs"], expected[2].prompt_logprobs
+    assert entries[0] is None and len(entries) == len(want) == len(expected[2].prompt_token_ids)
+    for got, ours in zip(entries[1:], want[1:], strict=True):
+        assert {int(t): v["logprob"] for t, v in got.items()} == \
+            pytest.approx({t: lp.logprob for t, lp in ours.items()}, abs=1e-5)
+
+    chat = httpx.post(server.url + "/v1/chat/completions", headers=headers, json={
+        "model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+        "prompt_logprobs": 0}).json()
+    assert len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"]
+
+
+def test_include_stop_str_in_output(client, offline):
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    text = offline.generate(PROMPTS[5], params)[0].outputs[0].text
+    stop = text[len(text) // 2:][:2]
+    assert stop.strip()
+    for include in (False, True):
+        response = client.completions.create(
+            model=MODEL_NAME, prompt=PROMPTS[5], max_tokens=12, temperature=0, stop=[stop],
+            extra_body={"include_stop_str_in_output": include, "ignore_eos": True})
+        cut = text.index(stop) + (len(stop) if include else 0)
+        assert response.choices[0].text == text[:cut]
+
+
 def test_32_concurrent_streams_equal_offline(server, offline):
     expected = [o.outputs[0].text for o in offline.generate(PROMPTS, greedy(12))]
 

@@ -16,7 +16,7 @@ from kvscope.events import EventSink
 from kvscope.model.loader import LoadedModel
 from kvscope.model.tokenizer import apply_chat_template
 from kvscope.outputs import RequestOutput
-from kvscope.sampling_params import SamplingParams
+from kvscope.sampling_params import BeamSearchParams, SamplingParams
 
 Prompt = str | Sequence[int]
 ChatMessages = list[dict[str, str]]
@@ -62,6 +62,19 @@ class LLM:
             self.engine.abort_request(ids)
             raise
         return self._run(ids, use_tqdm)
+
+    def beam_search(self, prompts: Prompt | Sequence[Prompt],
+                    params: BeamSearchParams) -> list[RequestOutput]:
+        """Beam search for every prompt, inside the engine (beams share KV blocks);
+        each output holds the finished beams, best first."""
+        ids: list[str] = []
+        try:
+            for prompt in _as_prompt_list(prompts):
+                ids.append(self.engine.add_beam_request(None, prompt, params))
+        except Exception:
+            self.engine.abort_request(ids)
+            raise
+        return self._run(ids, use_tqdm=False)
 
     def chat(self, messages: ChatMessages | Sequence[ChatMessages],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,

@@ -13,8 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from kvscope.config import ConfigError, EngineConfig
+from kvscope.engine.beam_search import BeamSearches
 from kvscope.engine.detokenizer import IncrementalDetokenizer
+from kvscope.engine.sequence_group import SequenceGroup, TrackedRequest, fork_request
 from kvscope.events import (
     Emitter,
     EngineStarted,
@@ -31,11 +35,11 @@ from kvscope.events import (
 from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
 from kvscope.model.loader import LoadedModel, load_model
-from kvscope.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from kvscope.outputs import RequestMetrics, RequestOutput
 from kvscope.request import Request, RequestStatus
-from kvscope.runner.model_runner import ModelRunner
-from kvscope.sample.sampler import Sampler, SamplerOutput
-from kvscope.sampling_params import SamplingParams
+from kvscope.runner.model_runner import ModelRunner, PromptLogits
+from kvscope.sample.sampler import Sampler, SamplerOutput, prompt_logprobs
+from kvscope.sampling_params import BeamSearchParams, SamplingParams
 from kvscope.sched.scheduler import Scheduler, SchedulerOutput
 
 MAX_DEFAULT_MODEL_LEN = 8192
@@ -43,17 +47,12 @@ MAX_LOGPROBS = 20  # most alternatives returned per token (vLLM's default cap)
 
 
 class RequestError(ValueError):
-    """A request is invalid (empty prompt, too long, duplicate id, ...)."""
+    """A request is invalid (empty prompt, too long, duplicate id, ...); `param` names
+    the offending field when there is one."""
 
-
-@dataclass(slots=True)
-class _Tracked:
-    """Engine-side state of one request that the scheduler does not need."""
-
-    request: Request
-    detok: IncrementalDetokenizer | None
-    logprobs: list[dict[int, Logprob]] | None
-    cumulative_logprob: float | None
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(slots=True)
@@ -88,7 +87,9 @@ class LLMEngine:
                                   self.max_model_len, config.dtype, num_swap_blocks)
         self.eos_token_ids = _eos_ids(arch.eos_token_ids, self.tokenizer)
         self.sampler = Sampler(config.seed, self.eos_token_ids)
-        self._tracked: dict[str, _Tracked] = {}
+        self.beams = BeamSearches(self.kv, self.scheduler, self.events, self.eos_token_ids,
+                                  lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        self._tracked: dict[str, TrackedRequest] = {}
         self._ids = itertools.count()
         self.last_timings = StepTimings()
         self.num_generated_tokens = 0
@@ -124,6 +125,8 @@ class LLMEngine:
         if request_id in self._tracked:
             raise RequestError(f"request_id {request_id!r} is already in use")
         self._check_vocab_limits(params)
+        if params.bad_words:
+            params.resolve_bad_words(self.tokenizer)
         text, ids = self.tokenize(prompt)
         if len(ids) >= self.max_model_len:
             raise RequestError(
@@ -136,13 +139,11 @@ class LLMEngine:
         request = Request(request_id, ids, params, prompt=text,
                           arrival_time=time.monotonic() if arrival_time is None
                           else arrival_time, priority=priority, cache_salt=cache_salt)
-        detok = None
-        if params.detokenize:
-            detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
-                                           params.stop_strings, params.include_stop_str_in_output)
-        wants_logprobs = params.logprobs is not None
-        self._tracked[request_id] = _Tracked(request, detok, [] if wants_logprobs else None,
-                                             0.0 if wants_logprobs else None)
+        tracked = self._track(request)
+        if params.prompt_logprobs is not None:
+            tracked.prompt_logprobs = [None]  # the first token has nothing before it
+        if params.num_sequences > 1:
+            tracked.group = SequenceGroup(params, [tracked])
         self.scheduler.add_request(request)
         if self.events.enabled:
             self.events.emit(RequestArrived(request_id=request_id, prompt_token_ids=ids,
@@ -150,24 +151,76 @@ class LLMEngine:
                                             priority=priority))
         return request_id
 
+    def add_beam_request(self, request_id: str | None, prompt: str | Sequence[int],
+                         params: BeamSearchParams) -> str:
+        """Queue a beam search; its one output (the finished beams, best first) comes
+        from `step()` when the search ends."""
+        request_id = str(next(self._ids)) if request_id is None else request_id
+        if request_id in self._tracked or request_id in self.beams.groups:
+            raise RequestError(f"request_id {request_id!r} is already in use")
+        text, ids = self.tokenize(prompt)
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise RequestError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) "
+                               f"exceeds max_model_len {self.max_model_len}")
+        # the group picks every token; this request only carries the beam's KV
+        root = Request(request_id, ids, SamplingParams(temperature=0.0, max_tokens=None,
+                                                       ignore_eos=True, detokenize=False),
+                       prompt=text)
+        self.scheduler.add_request(root)
+        self.beams.add(root, params)
+        if self.events.enabled:
+            self.events.emit(RequestArrived(request_id=request_id, prompt_token_ids=ids,
+                                            prompt=text, max_tokens=params.max_tokens))
+        return request_id
+
+    def _track(self, request: Request) -> TrackedRequest:
+        params = request.sampling_params
+        detok = None
+        if params.detokenize:
+            detok = IncrementalDetokenizer(self.tokenizer, request.all_token_ids,
+                                           params.skip_special_tokens, params.stop_strings,
+                                           params.include_stop_str_in_output)
+        wants_logprobs = params.logprobs is not None
+        ranks = params.num_sequences > params.n  # best_of ranks by cumulative logprob
+        tracked = TrackedRequest(request, detok, [] if wants_logprobs else None,
+                                 0.0 if wants_logprobs or ranks else None)
+        self._tracked[request.request_id] = tracked
+        return tracked
+
     def _check_vocab_limits(self, params: SamplingParams) -> None:
         vocab = self.loaded.arch.vocab_size
-        bad = [t for t in params.stop_token_ids or () if t >= vocab]
-        if bad:
-            raise RequestError(f"stop_token_ids {bad} are outside the vocabulary [0, {vocab})")
-        if params.logprobs is not None and params.logprobs > MAX_LOGPROBS:
-            raise RequestError(f"logprobs must be <= {MAX_LOGPROBS}; got {params.logprobs}")
+        for name, ids in (("stop_token_ids", params.stop_token_ids),
+                          ("logit_bias", list(params.logit_bias or ())),
+                          ("allowed_token_ids", params.allowed_token_ids)):
+            bad = [t for t in ids or () if t >= vocab]
+            if bad:
+                raise RequestError(f"{name} {bad} are outside the vocabulary [0, {vocab})",
+                                   param=name)
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and value > MAX_LOGPROBS:
+                raise RequestError(f"{name} must be <= {MAX_LOGPROBS}; got {value}", param=name)
 
     def abort_request(self, request_ids: str | Sequence[str]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         for request_id in ids:
-            tracked = self._tracked.pop(request_id, None)
-            if tracked is None or tracked.request.is_finished:
+            if self.beams.abort(request_id):
                 continue
-            self.scheduler.finish(tracked.request, RequestStatus.FINISHED_ABORTED)
-            self.sampler.forget(request_id)
-            if self.events.enabled:
-                self.events.emit(RequestAborted(request_id=request_id))
+            tracked = self._tracked.get(request_id)
+            if tracked is None:
+                continue
+            members = tracked.group.members if tracked.group else [tracked]
+            for member in members:
+                self._abort_one(member.request)
+
+    def _abort_one(self, request: Request) -> None:
+        self._tracked.pop(request.request_id, None)
+        if request.is_finished:
+            return
+        self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        self.sampler.forget(request.request_id)
+        if self.events.enabled:
+            self.events.emit(RequestAborted(request_id=request.request_id))
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -191,9 +244,14 @@ class LLMEngine:
             return []
         result = self.runner.execute(sched)
         t2 = time.perf_counter()
-        sampled = self.sampler.sample(result.logits, [s.request for s in result.sampled])
+        self._record_prompt_logprobs(result.prompt_logits)
+        logits, requests = self._take_beam_rows(result.logits,
+                                                [s.request for s in result.sampled])
+        logits, requests = self._fork_groups(logits, requests)
+        sampled = self.sampler.sample(logits, requests) if requests else SamplerOutput([], [], [])
         t3 = time.perf_counter()
-        outputs = self._update(sched, [s.request for s in result.sampled], sampled)
+        outputs = self._update(sched, requests, sampled)
+        outputs += self.beams.advance_ready()
         self.last_fragmentation = measure(self.kv, self.scheduler.running, self.max_model_len)
         self.run_fragmentation.add(self.last_fragmentation)
         t4 = time.perf_counter()
@@ -202,12 +260,55 @@ class LLMEngine:
         self.events.step = self.scheduler.num_steps  # what happens next belongs to the next step
         return outputs
 
+    def _take_beam_rows(self, logits: torch.Tensor, requests: list[Request]
+                        ) -> tuple[torch.Tensor, list[Request]]:
+        """Hand the logits of beam-search sequences to their groups (they choose their
+        tokens together); the other rows are sampled as usual."""
+        if not self.beams.groups:
+            return logits, requests
+        keep = []
+        for row, request in enumerate(requests):
+            if self.beams.owns(request.request_id):
+                self.beams.stash(request, logits[row])
+            else:
+                keep.append(row)
+        if len(keep) == len(requests):
+            return logits, requests
+        return logits[torch.tensor(keep, dtype=torch.long)], [requests[i] for i in keep]
+
+    def _fork_groups(self, logits: torch.Tensor, requests: list[Request]
+                     ) -> tuple[torch.Tensor, list[Request]]:
+        """Fork every group whose prompt this step finished: its new sequences share the
+        prompt's blocks and sample their first token from the same logits row."""
+        rows: list[int] = []
+        expanded: list[Request] = []
+        for row, request in enumerate(requests):
+            rows.append(row)
+            expanded.append(request)
+            group = self._tracked[request.request_id].group
+            if group is None or group.forked:
+                continue
+            group.forked = True
+            for index in range(1, group.params.num_sequences):
+                child = fork_request(request, group.child_id(index), group.child_params(index))
+                self.kv.fork(request, child)
+                self.scheduler.add_forked(child, request)
+                tracked = self._track(child)
+                tracked.group, tracked.index = group, index
+                group.members.append(tracked)
+                rows.append(row)
+                expanded.append(child)
+        if len(expanded) == len(requests):
+            return logits, requests
+        return logits[torch.tensor(rows)], expanded
+
     def _update(self, sched: SchedulerOutput, requests: list[Request],
                 sampled: SamplerOutput) -> list[RequestOutput]:
         self.scheduler.update_after_step(sched)
         self.num_computed_tokens += sched.num_tokens
         now = time.monotonic()
         outputs = []
+        groups: list[SequenceGroup] = []  # one output per group, however many rows it had
         for row, request in enumerate(requests):
             tracked = self._tracked[request.request_id]
             token = sampled.token_ids[row]
@@ -217,6 +318,7 @@ class LLMEngine:
                 request.first_token_time = now
             if tracked.logprobs is not None:
                 tracked.logprobs.append(sampled.logprobs[row] or {})
+            if tracked.cumulative_logprob is not None:
                 tracked.cumulative_logprob += sampled.sampled_logprobs[row] or 0.0
             text_before = len(tracked.detok.text) if tracked.detok else 0
             status = self._check_stop(request, tracked, token)
@@ -230,10 +332,13 @@ class LLMEngine:
                     self.events.emit(RequestFinished(
                         request_id=request.request_id, reason=status.value,
                         num_output_tokens=request.num_output_tokens))
-            outputs.append(self._output(tracked))
-        return outputs
+            if tracked.group is None:
+                outputs.append(self._output(tracked))
+            elif tracked.group not in groups:
+                groups.append(tracked.group)
+        return outputs + [group.output() for group in groups]
 
-    def _check_stop(self, request: Request, tracked: _Tracked,
+    def _check_stop(self, request: Request, tracked: TrackedRequest,
                     token: int) -> RequestStatus | None:
         """Decide whether the new token ends the request. Stops count only once
         min_tokens are out; a stop token's text is left out of the output unless
@@ -258,19 +363,32 @@ class LLMEngine:
             return RequestStatus.FINISHED_LENGTH
         return None
 
-    def _output(self, tracked: _Tracked) -> RequestOutput:
+    def _output(self, tracked: TrackedRequest) -> RequestOutput:
         request = tracked.request
-        finished = request.is_finished
-        text = tracked.detok.visible_text(finished) if tracked.detok else ""
-        completion = CompletionOutput(
-            index=0, text=text, token_ids=list(request.output_token_ids),
-            cumulative_logprob=tracked.cumulative_logprob, logprobs=tracked.logprobs,
-            finish_reason=request.finish_reason, stop_reason=request.stop_reason)
         metrics = RequestMetrics(request.arrival_time, request.first_scheduled_time,
                                  request.first_token_time, request.finished_time,
                                  request.num_preemptions)
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
-                             [completion], finished, metrics)
+                             [tracked.completion()], request.is_finished, metrics,
+                             tracked.prompt_logprobs)
+
+    def _record_prompt_logprobs(self, chunks: list[PromptLogits]) -> None:
+        """Extend each request's prompt logprobs with this step's chunk. Rows already
+        recorded (the prompt computed again after a preemption) are skipped."""
+        for chunk in chunks:
+            request = chunk.request
+            tracked = self._tracked.get(request.request_id)
+            if tracked is None or tracked.prompt_logprobs is None:
+                continue
+            recorded = tracked.prompt_logprobs
+            first = chunk.start + 1  # the prompt token that the chunk's first row predicts
+            skip = len(recorded) - first
+            assert skip >= 0, "prompt logprobs must be computed in order"
+            end = first + chunk.logits.shape[0]
+            if first + skip < end:
+                recorded.extend(prompt_logprobs(
+                    chunk.logits[skip:], request.prompt_token_ids[first + skip:end],
+                    request.sampling_params.prompt_logprobs or 0))
 
     # -- introspection ------------------------------------------------------------
 
@@ -312,7 +430,7 @@ class LLMEngine:
         arch = self.loaded.arch
         config = self.config
         return EngineStarted(
-            model=self.loaded.path.name, num_layers=arch.num_layers,
+            model=self.loaded.path.name, num_layers=arch.num_layers, num_heads=arch.num_heads,
             num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
             dtype=str(config.dtype).removeprefix("torch."),
             kv_bytes_per_token=arch.kv_bytes_per_token(config.dtype.itemsize),
@@ -348,7 +466,7 @@ class LLMEngine:
                       "num_evictions": self.kv.pool.num_evictions,
                       "num_steps": sched.num_steps})
 
-    def _emit_token(self, tracked: _Tracked, token: int, text_before: int,
+    def _emit_token(self, tracked: TrackedRequest, token: int, text_before: int,
                     logprob: float | None) -> None:
         text = tracked.detok.text[text_before:] if tracked.detok else ""
         self.events.emit(TokenEmitted(request_id=tracked.request.request_id, token_id=token,

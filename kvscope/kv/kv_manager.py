@@ -17,7 +17,9 @@ from kvscope.events import (
     BlocksFreed,
     BlocksShared,
     CacheReset,
+    CopyOnWrite,
     Emitter,
+    SequenceForked,
 )
 from kvscope.kv.block_pool import BlockPool, KVBlock
 from kvscope.kv.hashing import extend_block_hashes
@@ -41,6 +43,8 @@ class KVCacheManager:
         self._num_cached: dict[str, int] = {}  # leading blocks of a table already cached
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
+        self.pending_copies: list[tuple[int, int]] = []  # (src, dst) block copies to make
+        self.num_copies_on_write = 0
 
     @property
     def enable_caching(self) -> bool:
@@ -64,8 +68,8 @@ class KVCacheManager:
 
         The last token is always left to compute (its logits are needed), so a prompt
         that is cached whole hits one block less."""
-        if not self.enable_caching:
-            return []
+        if not self.enable_caching or request.sampling_params.prompt_logprobs is not None:
+            return []  # prompt_logprobs need the logits of every prompt row
         tokens = request.all_token_ids
         extend_block_hashes(request.block_hashes, tokens, self.block_size, request.cache_salt)
         hits = []
@@ -133,11 +137,15 @@ class KVCacheManager:
                        cached: Sequence[KVBlock] = ()) -> bool:
         """Make room for `num_new_tokens` more K/V entries after the request's computed
         tokens and the cache hits `cached` (which join its table first); False, and
-        no change, if the pool cannot hold them."""
+        no change, if the pool cannot hold them. A block the new tokens will be written
+        into that another sequence also holds is first copied (copy-on-write)."""
         needed = self.num_new_blocks_needed(request, num_new_tokens, len(cached))
         revived = sum(1 for block in cached if block.ref_cnt == 0)  # leave the free count
-        if needed + revived > self.pool.num_free_blocks:
+        shared = self._shared_write_block(request) if not cached else None
+        if needed + revived + (shared is not None) > self.pool.num_free_blocks:
             return False
+        if shared is not None:
+            self._copy_on_write(request, shared)
         table = self._tables.setdefault(request.request_id, [])
         if cached:
             self.pool.share(cached)
@@ -149,6 +157,49 @@ class KVCacheManager:
         if needed:
             self._grow(request.request_id, table, needed)
         return True
+
+    # -- sharing between sequences ------------------------------------------------------
+
+    def fork(self, parent: Request, child: Request) -> None:
+        """Give `child` the parent's blocks (refcount + 1 each): a new sequence that
+        continues from the parent's computed tokens without recomputing them."""
+        table = list(self._tables[parent.request_id])
+        self.pool.share(table)
+        self._tables[child.request_id] = table
+        self._num_cached[child.request_id] = self._num_cached.get(parent.request_id, 0)
+        if self.events.enabled:
+            self.events.emit(SequenceForked(request_id=child.request_id,
+                                            parent_id=parent.request_id,
+                                            block_ids=[b.block_id for b in table],
+                                            num_computed_tokens=child.num_computed_tokens))
+
+    def _shared_write_block(self, request: Request) -> int | None:
+        """Index in the request's table of the block its next token goes into, if
+        another table holds that block too."""
+        table = self._tables.get(request.request_id)
+        index = request.num_computed_tokens // self.block_size
+        if table is None or index >= len(table) or table[index].ref_cnt < 2:
+            return None
+        return index
+
+    def _copy_on_write(self, request: Request, index: int) -> None:
+        """Replace a shared block with a private copy before the request writes into
+        it; the copy itself is made by the model runner (`pending_copies`)."""
+        table = self._tables[request.request_id]
+        src = table[index]
+        evicted: list[int] = []
+        (dst,) = self.pool.allocate(1, evicted)
+        table[index] = dst
+        self.pool.release([src])
+        self.pending_copies.append((src.block_id, dst.block_id))
+        self.num_copies_on_write += 1
+        if self.events.enabled:
+            self.events.emit(CopyOnWrite(request_id=request.request_id, src_block_id=src.block_id,
+                                         dst_block_id=dst.block_id, evicted=evicted))
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        copies, self.pending_copies = self.pending_copies, []
+        return copies
 
     def _grow(self, request_id: str, table: list[KVBlock], count: int) -> None:
         """Append `count` fresh blocks to a table (and say so, evictions included)."""

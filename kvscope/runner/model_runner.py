@@ -2,25 +2,38 @@
 
 It turns a SchedulerOutput into token ids, positions, a slot mapping and block
 tables (small index tensors built once per step), runs the model over all tokens
-together, and returns logits only for the rows that sample.
+together, and returns logits only for the rows that sample (and, for requests
+that ask for prompt_logprobs, for the rows of their prompt chunk).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from kvscope.attention.metadata import AttentionMetadata, PrefillChunk
 from kvscope.model.layers.rotary import rope_tables
 from kvscope.model.llama import LlamaModel
+from kvscope.request import Request
 from kvscope.sched.scheduler import ScheduledRequest, SchedulerOutput
+
+
+@dataclass(slots=True)
+class PromptLogits:
+    """Logits of one request's prompt rows in this step: row i is at position
+    start + i and predicts prompt token start + i + 1."""
+
+    request: Request
+    start: int
+    logits: torch.Tensor  # [rows, vocab] float32
 
 
 @dataclass(slots=True)
 class StepResult:
     logits: torch.Tensor  # [S, vocab] float32, one row per sampling request
     sampled: list[ScheduledRequest]  # in row order
+    prompt_logits: list[PromptLogits] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -49,11 +62,15 @@ class ModelRunner:
         with torch.inference_mode():
             hidden = self.model(input_ids, meta, self.kv_caches)
             logits = self.model.compute_logits(hidden[sample_rows])
-        return StepResult(logits, sampled)
+            prompt_logits = [PromptLogits(item.request, item.start,
+                                          self.model.compute_logits(hidden[begin:end]))
+                             for item, begin, end in _prompt_logprob_rows(ordered)]
+        return StepResult(logits, sampled, prompt_logits)
 
     def apply_swaps(self, out: SchedulerOutput) -> None:
         """Copy swapped-out blocks to their slots, then swapped-in slots to their new
-        blocks, before the forward pass may overwrite the blocks just freed."""
+        blocks, then shared blocks to their copy-on-write copies, before the forward
+        pass may overwrite the blocks just freed."""
         if out.swap_out:
             assert self.swap_pool is not None
             blocks, slots = (torch.tensor(c) for c in zip(*out.swap_out, strict=True))
@@ -62,6 +79,9 @@ class ModelRunner:
             assert self.swap_pool is not None
             slots, blocks = (torch.tensor(c) for c in zip(*out.swap_in, strict=True))
             self.kv_pool.index_copy_(2, blocks, self.swap_pool.index_select(2, slots))
+        if out.block_copies:  # copy-on-write: a shared block's private copy
+            src, dst = (torch.tensor(c) for c in zip(*out.block_copies, strict=True))
+            self.kv_pool.index_copy_(2, dst, self.kv_pool.index_select(2, src))
 
     def _prepare(self, ordered: list[ScheduledRequest]
                  ) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor, list[ScheduledRequest]]:
@@ -115,3 +135,18 @@ class ModelRunner:
                 begin=row, end=row + n, start_pos=start,
                 block_table=torch.tensor(item.block_ids, dtype=torch.long), mask=mask))
             row += n
+
+
+def _prompt_logprob_rows(ordered: list[ScheduledRequest]
+                         ) -> list[tuple[ScheduledRequest, int, int]]:
+    """(item, first row, end row) of the flat batch whose logits give prompt logprobs:
+    the rows of prompt positions that are followed by another prompt token."""
+    spans = []
+    row = 0
+    for item in ordered:
+        request = item.request
+        end = min(item.start + item.num_tokens, request.num_prompt_tokens - 1)
+        if request.sampling_params.prompt_logprobs is not None and end > item.start:
+            spans.append((item, row, row + end - item.start))
+        row += item.num_tokens
+    return spans

@@ -4,7 +4,8 @@ Greedy rows take the argmax. Random rows are sampled with the exponential race
 (argmax of p / E with E ~ Exp(1), which picks token i with probability p_i), so
 a request with a seed draws its noise from its own generator and gets the same
 tokens whatever else is in the batch. Top-k, top-p and min-p are applied in
-sorted order, only for the rows that ask for them.
+sorted order, only for the rows that ask for them, after the masks, logit bias and
+penalties of logits_processors.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 
 from kvscope.outputs import Logprob
 from kvscope.request import Request
+from kvscope.sample.logits_processors import apply_logits_processors
+from kvscope.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)
@@ -37,9 +40,10 @@ class Sampler:
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
         raw_logprobs = None
-        if any(r.sampling_params.logprobs is not None for r in requests):
+        if any(_wants_logprob(r.sampling_params) for r in requests):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         self._mask_before_min_tokens(logits, requests)
+        apply_logits_processors(logits, requests)
         tokens = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.sampling_params.is_greedy]
         if random_rows:
@@ -99,6 +103,8 @@ class Sampler:
         for row, request in enumerate(requests):
             wanted = request.sampling_params.logprobs
             if wanted is None:
+                if _wants_logprob(request.sampling_params):
+                    sampled[row] = raw[row, tokens[row]].item()
                 continue
             token = tokens[row]
             value = raw[row, token]
@@ -111,6 +117,11 @@ class Sampler:
             result[row] = entry
             sampled[row] = value.item()
         return result, sampled
+
+
+def _wants_logprob(params: SamplingParams) -> bool:
+    """Logprobs asked for, or best_of sequences to rank by cumulative log-probability."""
+    return params.logprobs is not None or params.num_sequences > params.n
 
 
 def _sample_filtered(logits: torch.Tensor, noise: torch.Tensor, params: list) -> torch.Tensor:
@@ -130,3 +141,21 @@ def _sample_filtered(logits: torch.Tensor, noise: torch.Tensor, params: list) ->
     # does not depend on which path sampled it
     choice = (probs / noise.gather(1, order)).argmax(dim=-1)
     return order.gather(1, choice[:, None]).squeeze(1)
+
+
+def prompt_logprobs(logits: torch.Tensor, targets: list[int],
+                    num_top: int) -> list[dict[int, Logprob]]:
+    """For each row, the raw log-probability and rank of the token that followed
+    (`targets[row]`), plus the `num_top` most likely tokens."""
+    raw = torch.log_softmax(logits.float(), dim=-1)
+    target = torch.tensor(targets, dtype=torch.long)[:, None]
+    values = raw.gather(1, target)
+    ranks = ((raw > values).sum(dim=-1) + 1).tolist()
+    entries = [{t: Logprob(v, rank)}
+               for t, v, rank in zip(targets, values[:, 0].tolist(), ranks, strict=True)]
+    if num_top:
+        top_values, top_ids = raw.topk(num_top, dim=-1)
+        for entry, vs, ts in zip(entries, top_values.tolist(), top_ids.tolist(), strict=True):
+            for rank, (v, t) in enumerate(zip(vs, ts, strict=True), start=1):
+                entry.setdefault(t, Logprob(v, rank))
+    return entries

@@ -59,6 +59,7 @@ class SchedulerOutput:
     preempted: list[str] = field(default_factory=list)
     swap_out: list[tuple[int, int]] = field(default_factory=list)  # (block id, slot)
     swap_in: list[tuple[int, int]] = field(default_factory=list)  # (slot, block id)
+    block_copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
 
     @property
     def num_tokens(self) -> int:
@@ -114,6 +115,13 @@ class Scheduler:
         self.kv.free(request)
         self.kv.drop_swapped(request)
 
+    def add_forked(self, child: Request, parent: Request) -> None:
+        """A sequence forked from a running one joins the running batch beside it."""
+        child.status = RequestStatus.RUNNING
+        child.arrival_index = parent.arrival_index
+        child.first_scheduled_time = parent.first_scheduled_time
+        self._insert(self.running, child)
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
 
@@ -131,6 +139,7 @@ class Scheduler:
             if not out.swap_out:  # a slot freed this step may not be read back this step
                 budget = self._schedule_swapped(out, budget)
             self._schedule_waiting(out, budget)
+        out.block_copies = self.kv.take_copies()
         return out
 
     def _chunk_size(self, request: Request, budget: int, num_computed: int | None = None) -> int:
@@ -146,6 +155,9 @@ class Scheduler:
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             n = self._chunk_size(request, budget)
+            if n == 0:  # all computed: a beam waiting for its group to pick its token
+                index += 1
+                continue
             while not self.kv.allocate_slots(request, n):
                 victim = self.running[-1]
                 self._preempt(victim, out)

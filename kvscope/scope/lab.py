@@ -17,7 +17,7 @@ from kvscope.config import ConfigError, EngineConfig
 from kvscope.engine.llm_engine import LLMEngine, RequestError
 from kvscope.events import ListSink
 from kvscope.model.loader import LoadedModel
-from kvscope.sampling_params import SamplingParams
+from kvscope.sampling_params import BeamSearchParams, SamplingParams
 
 MAX_PROMPT_TOKENS = 256
 MAX_STEPS = 2000  # far above what the limits below allow; a guard against a bug
@@ -41,6 +41,12 @@ class LabRunRequest(BaseModel):
     max_num_batched_tokens: int = Field(256, ge=1, le=4096)
     arrive_at_step: list[int] | None = None  # request i joins before this engine step
     ignore_eos: bool = True
+    n: int = Field(1, ge=1, le=8)  # parallel sampling: sequences forked from each prompt
+    best_of: int | None = Field(None, ge=1, le=8)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    seed: int = 0
+    beam_width: int | None = Field(None, ge=1, le=8)  # beam search instead of sampling
+    length_penalty: float = Field(1.0, ge=-4.0, le=4.0)
 
     @model_validator(mode="after")
     def _per_prompt_lists(self) -> LabRunRequest:
@@ -53,6 +59,8 @@ class LabRunRequest(BaseModel):
             raise ValueError("arrive_at_step values must be between 0 and 500")
         if any(not p for p in self.prompts):
             raise ValueError("prompts must not be empty")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of must be >= n ({self.n})")
         return self
 
 
@@ -80,7 +88,8 @@ def run_lab(loaded: LoadedModel, req: LabRunRequest) -> dict[str, Any]:
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
         _check_prompt_lengths(engine, req.prompts)
-        params = SamplingParams(temperature=0.0, max_tokens=req.max_tokens,
+        params = SamplingParams(n=req.n, best_of=req.best_of, temperature=req.temperature,
+                                seed=req.seed, max_tokens=req.max_tokens,
                                 ignore_eos=req.ignore_eos)
         arrivals = req.arrive_at_step or [0] * len(req.prompts)
         pending = sorted(range(len(req.prompts)), key=lambda i: (arrivals[i], i))
@@ -110,7 +119,12 @@ def _add(engine: LLMEngine, req: LabRunRequest, index: int, params: SamplingPara
     arrival at once instead of stepping empty."""
     priority = req.priorities[index] if req.priorities else 0
     try:
-        engine.add_request(str(index), req.prompts[index], params, priority=priority)
+        if req.beam_width is not None:
+            engine.add_beam_request(str(index), req.prompts[index], BeamSearchParams(
+                beam_width=req.beam_width, max_tokens=req.max_tokens,
+                length_penalty=req.length_penalty, ignore_eos=req.ignore_eos))
+        else:
+            engine.add_request(str(index), req.prompts[index], params, priority=priority)
     except RequestError as exc:
         raise ValueError(f"prompt {index}: {exc}") from exc
 
@@ -124,6 +138,10 @@ def _check_prompt_lengths(engine: LLMEngine, prompts: list[str]) -> None:
 
 
 def _output(out: Any) -> dict[str, Any]:
+    """The first completion's text and tokens, and every completion (n > 1, beams)."""
     completion = out.outputs[0]
     return {"request_id": out.request_id, "prompt": out.prompt, "text": completion.text,
-            "token_ids": completion.token_ids, "prompt_token_ids": out.prompt_token_ids}
+            "token_ids": completion.token_ids, "prompt_token_ids": out.prompt_token_ids,
+            "completions": [{"index": c.index, "text": c.text, "token_ids": c.token_ids,
+                             "cumulative_logprob": c.cumulative_logprob,
+                             "finish_reason": c.finish_reason} for c in out.outputs]}

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from kvscope.engine.async_engine import RequestStream
-from kvscope.outputs import CompletionOutput, RequestOutput
+from kvscope.outputs import CompletionOutput, PromptLogprobs, RequestOutput
 from kvscope.serve.errors import APIError
 from kvscope.serve.protocol import ChatCompletionRequest, CompletionRequest
 from kvscope.serve.responses import (
@@ -26,6 +26,7 @@ from kvscope.serve.responses import (
     chat_logprobs,
     completion_logprobs,
     now,
+    prompt_logprobs_json,
     sse,
     usage,
 )
@@ -66,6 +67,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         chunks = _completion_chunks(state, call, body, stream, echo)
         return StreamingResponse(_sse_stream(chunks, stream), media_type="text/event-stream")
     outputs = await _collect(stream, request)
+    prompt_logprobs = _prompt_logprobs(call, outputs, body.n)
     choices = []
     for index, (prompt_index, completion) in enumerate(_by_choice(call, outputs, body.n)):
         logprobs = None
@@ -75,6 +77,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         choices.append({"index": index, "text": echo[prompt_index] + completion.text,
                         "logprobs": logprobs, "finish_reason": completion.finish_reason,
                         "stop_reason": completion.stop_reason})
+        if body.prompt_logprobs is not None:
+            choices[-1]["prompt_logprobs"] = prompt_logprobs_json(
+                state.token_text, prompt_logprobs[prompt_index])
     return JSONResponse({"id": call.id, "object": "text_completion", "created": call.created,
                          "model": model, "choices": choices,
                          "usage": usage(call.num_prompt_tokens, _generated(outputs))})
@@ -105,9 +110,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
                         "message": {"role": "assistant", "content": completion.text},
                         "logprobs": logprobs, "finish_reason": completion.finish_reason,
                         "stop_reason": completion.stop_reason})
+    extra = {}
+    if body.prompt_logprobs is not None:
+        extra["prompt_logprobs"] = prompt_logprobs_json(
+            state.token_text, _prompt_logprobs(call, outputs, body.n)[0])
     return JSONResponse({"id": call.id, "object": "chat.completion", "created": call.created,
                          "model": model, "choices": choices,
-                         "usage": usage(call.num_prompt_tokens, _generated(outputs))})
+                         "usage": usage(call.num_prompt_tokens, _generated(outputs)), **extra})
 
 
 async def _start(state: ServerState, call: Call, body: CompletionRequest | ChatCompletionRequest,
@@ -155,6 +164,12 @@ def _by_choice(call: Call, outputs: dict[str, RequestOutput],
     """(prompt index, completion) in choice order."""
     ordered = sorted(outputs.values(), key=lambda o: call.choice_of[o.request_id])
     return [(call.choice_of[o.request_id] // n, o.outputs[0]) for o in ordered]
+
+
+def _prompt_logprobs(call: Call, outputs: dict[str, RequestOutput],
+                     n: int) -> dict[int, PromptLogprobs | None]:
+    """Prompt logprobs by prompt index (the n choices of a prompt share them)."""
+    return {call.choice_of[o.request_id] // n: o.prompt_logprobs for o in outputs.values()}
 
 
 def _generated(outputs: dict[str, RequestOutput]) -> int:

@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI-compatible API, as pydantic models.
 
 Field names and defaults follow OpenAI's API, plus the engine's own sampling fields
-(top_k, min_p, min_tokens, ...) as vLLM accepts them. Unknown fields are rejected
+(top_k, min_p, min_tokens, repetition_penalty, allowed_token_ids, bad_words,
+prompt_logprobs, ...) as vLLM accepts them. Unknown fields are rejected
 (as OpenAI does) so that a typo never silently changes sampling. Options the engine
 does not implement yet are accepted only at their neutral value.
 """
@@ -19,6 +20,8 @@ MAX_N = 16  # completions per request (each runs as its own engine request for n
 I64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+NumTop = Annotated[int, Field(ge=0, le=MAX_LOGPROBS)]
 
 
 class OptionError(ValueError):
@@ -51,7 +54,7 @@ class _SamplingFields(_Strict):
     seed: I64 | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Bias] | None = None  # token id (as a JSON key) -> bias
     user: str | None = None
     # the engine's extra sampling fields (vLLM names)
     top_k: Annotated[int, Field(ge=-1, le=2**31 - 1)] | None = None
@@ -63,13 +66,26 @@ class _SamplingFields(_Strict):
     skip_special_tokens: StrictBool = True
     priority: I64 = 0  # with --scheduling-policy priority, lower runs first
     cache_salt: str | None = Field(default=None, max_length=256)
+    repetition_penalty: Annotated[float, Field(gt=0, le=100)] = 1.0
+    allowed_token_ids: list[TokenId] | None = None
+    bad_words: list[str] | None = None
+    prompt_logprobs: NumTop | None = None
 
     def check_supported(self) -> None:
-        if self.presence_penalty or self.frequency_penalty:
-            name = "presence_penalty" if self.presence_penalty else "frequency_penalty"
-            raise OptionError(name, "penalties are not implemented yet; send 0")
-        if self.logit_bias:
-            raise OptionError("logit_bias", "not implemented yet; omit it")
+        self.token_bias()
+        if self.stream and self.prompt_logprobs is not None:
+            raise OptionError("prompt_logprobs", "prompt logprobs are not available "
+                                                 "with stream=true")
+
+    def token_bias(self) -> dict[int, float] | None:
+        """logit_bias with its keys as token ids (JSON keys are strings)."""
+        if self.logit_bias is None:
+            return None
+        bad = [key for key in self.logit_bias if not (key.isascii() and key.isdigit())]
+        if bad:
+            raise OptionError("logit_bias", f"keys must be token ids; got {bad[0]!r}",
+                              "invalid_value")
+        return {int(key): value for key, value in self.logit_bias.items()}
 
     def sampling_params(self, max_tokens: int, logprobs: int | None,
                         seed_offset: int = 0) -> SamplingParams:
@@ -83,7 +99,11 @@ class _SamplingFields(_Strict):
             max_tokens=max_tokens, min_tokens=self.min_tokens, stop=self.stop,
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
             logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
-            skip_special_tokens=self.skip_special_tokens)
+            skip_special_tokens=self.skip_special_tokens,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty, logit_bias=self.token_bias(),
+            allowed_token_ids=self.allowed_token_ids, bad_words=self.bad_words,
+            prompt_logprobs=self.prompt_logprobs)
 
     @property
     def include_usage(self) -> bool:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from kvscope.outputs import CompletionOutput, Logprob
+from kvscope.outputs import CompletionOutput, Logprob, PromptLogprobs
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -85,6 +85,18 @@ def chat_logprobs(token_text: TokenText, token_ids: list[int],
             "top_logprobs": [_chat_token(token_text(t), lp.logprob) for t, lp in ranked],
         })
     return {"content": content}
+
+
+def prompt_logprobs_json(token_text: TokenText, entries: PromptLogprobs | None
+                         ) -> list[dict[str, dict[str, Any]] | None] | None:
+    """prompt_logprobs as vLLM returns them: per prompt token, None for the first, then
+    {token id: {logprob, rank, decoded_token}} for the token and its top alternatives."""
+    if entries is None:
+        return None
+    return [None if entry is None else
+            {str(t): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": token_text(t)}
+             for t, lp in entry.items()}
+            for entry in entries]
 
 
 def _chat_token(text: str, logprob: float | None) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class ServerState:
         except EngineDeadError as exc:
             raise APIError(503, str(exc), code="engine_unavailable") from exc
         except RequestError as exc:
-            raise APIError(400, str(exc)) from exc
+            raise APIError(400, str(exc), exc.param) from exc
 
 
 def server_state(request: Request) -> ServerState:

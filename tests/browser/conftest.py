@@ -1,4 +1,4 @@
-"""Fixtures for the scope's browser tests: one real kvscope server for the session
+"""Fixtures for the scope's browser tests: one real kvscope server per test module
 (the bundled model, fp32), one headless Debian Chromium, and a fresh page per test
 that fails the test on any uncaught JavaScript error."""
 
@@ -24,13 +24,15 @@ if sync_api is not None:
     sync_api.expect.set_options(timeout=TIMEOUT_MS)
 
 
-@pytest.fixture(scope="session")
+# module scope: Playwright's sync API keeps an event loop running on this thread while
+# it is open, which would break later tests that call asyncio.run()
+@pytest.fixture(scope="module")
 def scope_server(loaded_fp32):
     with running_server(loaded_fp32) as server:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")

@@ -20,6 +20,7 @@ export function emptyState() {
     counters: {queriedTokens: 0, hitTokens: 0, preemptions: 0, swapOuts: 0, swapIns: 0,
                evictions: 0, copiesOnWrite: 0},
     lastLookup: null,    // the latest prefix_cache_lookup event
+    beamSearches: {},    // group request id -> its beam_step records, in order
     events: 0,           // how many events were folded
   };
 }
@@ -146,11 +147,18 @@ const HANDLERS = {
     const req = request(state, e.request_id);
     Object.assign(req, {status: 'running', parentId: e.parent_id,
                         promptTokenIds: parent ? parent.promptTokenIds : [],
+                        outputTokenIds: parent ? [...parent.outputTokenIds] : [],
                         prompt: parent ? parent.prompt : null,
                         maxTokens: parent ? parent.maxTokens : null,
                         numComputed: e.num_computed_tokens, arrivedStep: e.step});
     state.tables[e.request_id] = [...e.block_ids];
     for (const id of e.block_ids) block(state, id).ref += 1;
+  },
+  beam_step(state, e) {
+    // the beams that go on get their new token; the group keeps its history
+    for (const beam of e.beams) request(state, beam.request_id).outputTokenIds.push(beam.token_id);
+    (state.beamSearches[e.request_id] ??= []).push(
+      {step: e.step, beams: e.beams, finished: e.finished, done: e.done});
   },
   prefix_cache_lookup(state, e) {
     state.counters.queriedTokens += e.queried_tokens;
