@@ -171,3 +171,23 @@ def engine_state_at(watcher: EngineWatcher, index: int) -> dict[str, Any]:
     state = watcher.states[index]
     assert state is not None
     return state
+
+
+def test_fold_matches_engine_with_parallel_sampling_and_beam_search(make_llm, tmp_path):
+    """Forks, copy-on-write and pruned beams."""
+    from kvscope.sampling_params import BeamSearchParams
+
+    llm, watcher = watched_llm(make_llm, kv_cache_memory=block_bytes(make_llm) * 24,
+                               max_model_len=128, enable_prefix_caching=True)
+    engine = llm.engine
+    engine.add_request("n", SHARED, SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=20,
+                                                   ignore_eos=True))
+    engine.add_beam_request("b", PROMPTS[0], BeamSearchParams(beam_width=3, max_tokens=16))
+    while engine.has_unfinished_requests():
+        engine.step()
+    folded = assert_fold_matches(watcher, tmp_path)
+    kinds = {e["kind"] for e in watcher.events}
+    assert {"sequence_forked", "copy_on_write", "beam_step"} <= kinds
+    assert any(e["kind"] == "request_finished" and e["reason"] == "pruned"
+               for e in watcher.events)
+    assert folded[-1]["free"] == engine.num_blocks
