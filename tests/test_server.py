@@ -133,6 +133,23 @@ def test_logprobs_n_seed_stop_and_echo(client, offline):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_n_forks_in_the_engine_and_streams_every_choice_once(client, server, offline):
+    params = SamplingParams(n=4, temperature=1.0, seed=21, max_tokens=10)
+    expected = offline.generate(PROMPTS[4], params)[0].outputs
+    forks_before = server.engine.stats()["num_forked_sequences"]
+    chunks = list(client.completions.create(model=MODEL_NAME, prompt=PROMPTS[4], max_tokens=10,
+                                            temperature=1.0, seed=21, n=4, stream=True))
+    texts = ["" for _ in range(4)]
+    finishes = [0] * 4
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            finishes[choice.index] += choice.finish_reason is not None
+    assert texts == [c.text for c in expected]
+    assert finishes == [1, 1, 1, 1]
+    assert wait_idle(server)["num_forked_sequences"] - forks_before == 3  # one prefill, 3 forks
+
+
 def test_chat_logprobs(client):
     response = client.chat.completions.create(
         model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,

@@ -416,6 +416,8 @@ class LLMEngine:
             "num_evictions": pool.num_evictions,
             "num_steps": sched.num_steps,
             "num_shared_blocks": pool.num_shared_blocks,
+            "num_forked_sequences": self.kv.num_forks,
+            "num_copies_on_write": self.kv.num_copies_on_write,
             "paged_waste": self.run_fragmentation.paged_waste,
             "contiguous_waste": self.run_fragmentation.contiguous_waste,
             "contiguous_own_waste": self.run_fragmentation.contiguous_own_waste,

@@ -45,6 +45,7 @@ class KVCacheManager:
         self.num_hit_tokens = 0
         self.pending_copies: list[tuple[int, int]] = []  # (src, dst) block copies to make
         self.num_copies_on_write = 0
+        self.num_forks = 0
 
     @property
     def enable_caching(self) -> bool:
@@ -165,6 +166,7 @@ class KVCacheManager:
         continues from the parent's computed tokens without recomputing them."""
         table = list(self._tables[parent.request_id])
         self.pool.share(table)
+        self.num_forks += 1
         self._tables[child.request_id] = table
         self._num_cached[child.request_id] = self._num_cached.get(parent.request_id, 0)
         if self.events.enabled:

@@ -1,7 +1,8 @@
 """POST /v1/completions and /v1/chat/completions: requests in, engine streams out.
 
-Each prompt × n becomes one engine request (completion i of n gets seed + i); all of
-them share one output stream. A streamed response sends OpenAI chunks as tokens
+Each prompt becomes one engine request; its n completions are sequences the engine
+forks from one prefill (completion i gets seed + i). All of them share one output
+stream. A streamed response sends OpenAI chunks as tokens
 arrive; a plain one waits for every choice. Either way a client that goes away
 aborts its requests, and the engine frees their blocks on its next step.
 """
@@ -37,7 +38,8 @@ router = APIRouter()
 
 @dataclass(slots=True)
 class Call:
-    """One API call fanned out into engine requests: choice index by request id."""
+    """One API call fanned out into engine requests (one per prompt): the index of each
+    request's first choice (its completion j is choice first + j)."""
 
     kind: str  # "completion" | "chat"
     id: str
@@ -59,9 +61,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     prompts = [state.prompt_ids(p, "prompt") for p in body.prompts()]
     call = Call("completion", f"cmpl-{uuid.uuid4().hex}", model, prompts)
     stream = await _start(state, call, body,
-                          lambda ids, j: body.sampling_params(
+                          lambda ids: body.sampling_params(
                               state.max_tokens_for(len(ids), body.max_tokens, "prompt"),
-                              body.logprobs, j))
+                              body.logprobs))
     echo = [state.detokenize(p) if body.echo else "" for p in prompts]
     if body.stream:
         chunks = _completion_chunks(state, call, body, stream, echo)
@@ -95,7 +97,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     call = Call("chat", f"chatcmpl-{uuid.uuid4().hex}", model, [prompt])
     max_tokens = state.max_tokens_for(len(prompt), body.requested_max_tokens(), "messages")
     stream = await _start(state, call, body,
-                          lambda _ids, j: body.sampling_params(max_tokens, num_top, j))
+                          lambda _ids: body.sampling_params(max_tokens, num_top))
     if body.stream:
         chunks = _chat_chunks(state, call, body, stream, num_top)
         return StreamingResponse(_sse_stream(chunks, stream), media_type="text/event-stream")
@@ -120,15 +122,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
 
 async def _start(state: ServerState, call: Call, body: CompletionRequest | ChatCompletionRequest,
-                 params_for: Callable[[list[int], int], Any]) -> RequestStream:
-    n = body.n
+                 params_for: Callable[[list[int]], Any]) -> RequestStream:
     requests = []
     for i, ids in enumerate(call.prompts):
-        for j in range(n):
-            request_id = f"{call.id}-{i}-{j}"
-            call.choice_of[request_id] = i * n + j
-            requests.append((request_id, ids, state.sampling(params_for, ids, j)))
+        request_id = f"{call.id}-{i}"
+        call.choice_of[request_id] = i * body.n
+        requests.append((request_id, ids, state.sampling(params_for, ids)))
     return await state.add_requests(requests, body.priority, body.cache_salt)
+
+
+def _choices(call: Call, output: RequestOutput) -> list[tuple[int, CompletionOutput]]:
+    """(choice index, completion) for each completion of an engine output."""
+    first = call.choice_of[output.request_id]
+    return [(first + c.index, c) for c in output.outputs]
 
 
 async def _collect(stream: RequestStream, request: Request) -> dict[str, RequestOutput]:
@@ -162,8 +168,9 @@ async def _disconnected(request: Request) -> None:
 def _by_choice(call: Call, outputs: dict[str, RequestOutput],
                n: int) -> list[tuple[int, CompletionOutput]]:
     """(prompt index, completion) in choice order."""
-    ordered = sorted(outputs.values(), key=lambda o: call.choice_of[o.request_id])
-    return [(call.choice_of[o.request_id] // n, o.outputs[0]) for o in ordered]
+    choices = sorted((pair for o in outputs.values() for pair in _choices(call, o)),
+                     key=lambda pair: pair[0])
+    return [(index // n, completion) for index, completion in choices]
 
 
 def _prompt_logprobs(call: Call, outputs: dict[str, RequestOutput],
@@ -173,7 +180,7 @@ def _prompt_logprobs(call: Call, outputs: dict[str, RequestOutput],
 
 
 def _generated(outputs: dict[str, RequestOutput]) -> int:
-    return sum(len(o.outputs[0].token_ids) for o in outputs.values())
+    return sum(len(c.token_ids) for o in outputs.values() for c in o.outputs)
 
 
 async def _sse_stream(chunks: AsyncIterator[dict[str, Any]],
@@ -201,25 +208,27 @@ async def _completion_chunks(state: ServerState, call: Call, body: CompletionReq
                 "model": call.model, "choices": choices}
 
     async for output in stream:
-        index = call.choice_of[output.request_id]
-        cursor = cursors.get(index)
-        prefix = ""
-        if cursor is None:
-            cursor = cursors[index] = ChoiceCursor()
-            prefix = echo[index // body.n]
-        completion = output.outputs[0]
-        text, begin, end = cursor.advance(completion)
-        generated += end - begin
-        logprobs = None
-        if body.logprobs is not None:
-            logprobs = completion_logprobs(
-                state.token_text, completion.token_ids[begin:end],
-                (completion.logprobs or [])[begin:end], cursor.text_chars - len(text))
-        if not (text or prefix or completion.finish_reason or logprobs):
-            continue  # a token whose text is held back (stop string or partial char)
-        yield chunk([{"index": index, "text": prefix + text, "logprobs": logprobs,
-                      "finish_reason": completion.finish_reason,
-                      "stop_reason": completion.stop_reason}])
+        for index, completion in _choices(call, output):
+            cursor = cursors.get(index)
+            prefix = ""
+            if cursor is None:
+                cursor = cursors[index] = ChoiceCursor()
+                prefix = echo[index // body.n]
+            if cursor.finished:
+                continue  # a finished choice of a group that is still running
+            text, begin, end = cursor.advance(completion)
+            generated += end - begin
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = completion_logprobs(
+                    state.token_text, completion.token_ids[begin:end],
+                    (completion.logprobs or [])[begin:end], cursor.text_chars - len(text))
+            if not (text or prefix or completion.finish_reason or logprobs):
+                continue  # a token whose text is held back (stop string or partial char)
+            cursor.finished = completion.finish_reason is not None
+            yield chunk([{"index": index, "text": prefix + text, "logprobs": logprobs,
+                          "finish_reason": completion.finish_reason,
+                          "stop_reason": completion.stop_reason}])
     if body.include_usage:
         yield {**chunk([]), "usage": usage(call.num_prompt_tokens, generated)}
 
@@ -238,18 +247,21 @@ async def _chat_chunks(state: ServerState, call: Call, body: ChatCompletionReque
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
     async for output in stream:
-        index = call.choice_of[output.request_id]
-        completion = output.outputs[0]
-        text, begin, end = cursors[index].advance(completion)
-        generated += end - begin
-        logprobs = None
-        if num_top is not None:
-            logprobs = chat_logprobs(state.token_text, completion.token_ids[begin:end],
-                                     (completion.logprobs or [])[begin:end], num_top)
-        if not (text or completion.finish_reason or logprobs):
-            continue
-        yield chunk([{"index": index, "delta": {"content": text} if text else {},
-                      "logprobs": logprobs, "finish_reason": completion.finish_reason,
-                      "stop_reason": completion.stop_reason}])
+        for index, completion in _choices(call, output):
+            cursor = cursors[index]
+            if cursor.finished:
+                continue
+            text, begin, end = cursor.advance(completion)
+            generated += end - begin
+            logprobs = None
+            if num_top is not None:
+                logprobs = chat_logprobs(state.token_text, completion.token_ids[begin:end],
+                                         (completion.logprobs or [])[begin:end], num_top)
+            if not (text or completion.finish_reason or logprobs):
+                continue
+            cursor.finished = completion.finish_reason is not None
+            yield chunk([{"index": index, "delta": {"content": text} if text else {},
+                          "logprobs": logprobs, "finish_reason": completion.finish_reason,
+                          "stop_reason": completion.stop_reason}])
     if body.include_usage:
         yield {**chunk([]), "usage": usage(call.num_prompt_tokens, generated)}

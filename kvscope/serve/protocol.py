@@ -87,15 +87,14 @@ class _SamplingFields(_Strict):
                               "invalid_value")
         return {int(key): value for key, value in self.logit_bias.items()}
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None,
-                        seed_offset: int = 0) -> SamplingParams:
-        """SamplingParams for one of the n completions; completion i gets seed + i so
-        that each is reproducible and they differ from one another."""
-        seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
+    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """SamplingParams for the call's n completions of one prompt: the engine forks
+        them from one prefill, and completion i uses seed + i, so each is reproducible
+        and they differ from one another."""
         return SamplingParams(
-            temperature=1.0 if self.temperature is None else self.temperature,
+            n=self.n, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0, min_p=self.min_p or 0.0, seed=seed,
+            top_k=self.top_k or 0, min_p=self.min_p or 0.0, seed=self.seed,
             max_tokens=max_tokens, min_tokens=self.min_tokens, stop=self.stop,
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
             logprobs=logprobs, include_stop_str_in_output=self.include_stop_str_in_output,
