@@ -58,7 +58,10 @@ def worker(variant: str, num_requests: int, output_len: int) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from throughput import FULL, corpus_text, make_prompts
 
+    from kvscope.kernels.build import cpu_kernels
+
     torch.set_num_threads(2)
+    cpu_kernels()  # build (or load) the C++ kernels now, not inside the timed run
     loaded = load_model(None, torch.bfloat16)
     sizes = dataclasses.replace(FULL, num_requests=num_requests, output_len=output_len)
     prompts = make_prompts(loaded.tokenizer.encode(corpus_text()), sizes, 0)
@@ -140,6 +143,9 @@ def _follow_live(server: Any, received: list[int], ready: Any) -> None:
 def run_variant(variant: str, args: argparse.Namespace, baseline_dir: Path) -> dict[str, Any]:
     code_root = baseline_dir if variant == "before events" else ROOT
     env = {**os.environ, "PYTHONPATH": str(code_root)}
+    if variant == "before events":  # its own kernel build: one shared build directory
+        # would be rebuilt at every switch between the two source trees
+        env["KVSCOPE_CACHE"] = str(Path.home() / ".cache" / f"kvscope-baseline-{args.baseline}")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant,
            "--num-requests", str(args.num_requests), "--output-len", str(args.output_len)]
     proc = subprocess.run(cmd, env=env, cwd=code_root, text=True, capture_output=True,

@@ -1,10 +1,12 @@
 """Just enough of the engine's bookkeeping, rebuilt in Python from a run's events, to
 say what a scope page must print at a given position: block tables, refcounts, cached
-blocks, statuses, computed tokens and counters. Independent of the page's own
-JavaScript reducer, so a wrong page fails the browser tests."""
+blocks, statuses, computed tokens and counters, forked sequences, copies on write and
+beam-search steps. Independent of the page's own JavaScript reducer, so a wrong page
+fails the browser tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -19,6 +21,9 @@ class Req:
     outputs: int = 0
     computed: int = 0
     finish_reason: str | None = None
+    finished_step: int | None = None
+    token_ids: list[int] = field(default_factory=list)
+    parent: str | None = None  # the sequence it was forked from
 
 
 @dataclass
@@ -33,6 +38,8 @@ class Folded:
     preemptions: int = 0
     swap_outs: int = 0
     swap_ins: int = 0
+    copies: int = 0  # copy_on_write events
+    beam_steps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # group → records
     step: int = 0
     engine: dict[str, Any] | None = None
 
@@ -51,61 +58,98 @@ class Folded:
 def fold(events: list[dict[str, Any]], upto: int) -> Folded:
     f = Folded()
     for e in events[:upto]:
-        kind = e["kind"]
-        f.step = e["step"]
-        rid = e.get("request_id")
-        if kind == "engine_started":
-            f.engine = e
-            f.refs = [0] * e["num_blocks"]
-            f.hashes = [None] * e["num_blocks"]
-        elif kind == "request_arrived":
-            r = f.req(rid)
-            r.status, r.prompt_len = "waiting", len(e["prompt_token_ids"])
-            r.max_tokens = e["max_tokens"]
-        elif kind == "request_scheduled":
-            r = f.req(rid)
-            r.status, r.computed = "running", e["num_computed_tokens"]
-        elif kind == "request_finished":
-            r = f.req(rid)
-            r.status, r.finish_reason = "finished", e["reason"]
-            f.swapped.pop(rid, None)
-        elif kind == "step_end":
-            f.steps.append(e)
-            for chunk in e["batch"]:
-                if chunk["request_id"] in f.reqs:
-                    f.reqs[chunk["request_id"]].computed = chunk["start"] + chunk["num_tokens"]
-        elif kind == "blocks_allocated":
-            for b in e["evicted"]:
-                f.hashes[b] = None
-            for b in e["block_ids"]:
-                f.refs[b] = 1
-                f.tables.setdefault(rid, []).append(b)
-        elif kind == "blocks_shared":
-            for b in e["block_ids"]:
-                f.refs[b] += 1
-                f.tables.setdefault(rid, []).append(b)
-        elif kind == "blocks_freed":
-            for b in e["block_ids"]:
-                f.refs[b] -= 1
-            f.tables.pop(rid, None)
-        elif kind == "blocks_cached":
-            for b, h in zip(e["block_ids"], e["hashes"], strict=True):
-                f.hashes[b] = h
-        elif kind == "preempted":
-            r = f.req(rid)
-            f.preemptions += 1
-            r.status = "swapped" if e["mode"] == "swap" else "preempted"
-            if e["mode"] != "swap":
-                r.computed = 0
-        elif kind == "swapped_out":
-            f.swapped[rid] = [slot for _, slot in e["copies"]]
-            f.swap_outs += 1
-        elif kind == "swapped_in":
-            f.swapped.pop(rid, None)
-            f.swap_ins += 1
-        elif kind == "token_emitted":
-            f.req(rid).outputs += 1
+        apply(f, e)
     return f
+
+
+def folds(events: list[dict[str, Any]]) -> Iterator[Folded]:
+    """The state after each event in turn (one object, updated in place)."""
+    f = Folded()
+    for e in events:
+        apply(f, e)
+        yield f
+
+
+def apply(f: Folded, e: dict[str, Any]) -> None:
+    kind = e["kind"]
+    f.step = e["step"]
+    rid = e.get("request_id")
+    if kind == "engine_started":
+        f.engine = e
+        f.refs = [0] * e["num_blocks"]
+        f.hashes = [None] * e["num_blocks"]
+    elif kind == "request_arrived":
+        r = f.req(rid)
+        r.status, r.prompt_len = "waiting", len(e["prompt_token_ids"])
+        r.max_tokens = e["max_tokens"]
+    elif kind == "request_scheduled":
+        r = f.req(rid)
+        r.status, r.computed = "running", e["num_computed_tokens"]
+    elif kind == "request_finished":
+        r = f.req(rid)
+        r.status, r.finish_reason, r.finished_step = "finished", e["reason"], e["step"]
+        f.swapped.pop(rid, None)
+    elif kind == "step_end":
+        f.steps.append(e)
+        for chunk in e["batch"]:
+            if chunk["request_id"] in f.reqs:
+                f.reqs[chunk["request_id"]].computed = chunk["start"] + chunk["num_tokens"]
+    elif kind == "blocks_allocated":
+        for b in e["evicted"]:
+            f.hashes[b] = None
+        for b in e["block_ids"]:
+            f.refs[b] = 1
+            f.tables.setdefault(rid, []).append(b)
+    elif kind == "blocks_shared":
+        for b in e["block_ids"]:
+            f.refs[b] += 1
+            f.tables.setdefault(rid, []).append(b)
+    elif kind == "blocks_freed":
+        for b in e["block_ids"]:
+            f.refs[b] -= 1
+        f.tables.pop(rid, None)
+    elif kind == "blocks_cached":
+        for b, h in zip(e["block_ids"], e["hashes"], strict=True):
+            f.hashes[b] = h
+    elif kind == "preempted":
+        r = f.req(rid)
+        f.preemptions += 1
+        r.status = "swapped" if e["mode"] == "swap" else "preempted"
+        if e["mode"] != "swap":
+            r.computed = 0
+    elif kind == "swapped_out":
+        f.swapped[rid] = [slot for _, slot in e["copies"]]
+        f.swap_outs += 1
+    elif kind == "swapped_in":
+        f.swapped.pop(rid, None)
+        f.swap_ins += 1
+    elif kind == "token_emitted":
+        r = f.req(rid)
+        r.outputs += 1
+        r.token_ids.append(e["token_id"])
+    elif kind == "sequence_forked":
+        parent = f.req(e["parent_id"])
+        r = f.req(rid)
+        r.status, r.parent, r.computed = "running", e["parent_id"], e["num_computed_tokens"]
+        r.prompt_len, r.max_tokens = parent.prompt_len, parent.max_tokens
+        r.outputs, r.token_ids = parent.outputs, list(parent.token_ids)
+        f.tables[rid] = list(e["block_ids"])
+        for b in e["block_ids"]:
+            f.refs[b] += 1
+    elif kind == "copy_on_write":
+        for b in e["evicted"]:
+            f.hashes[b] = None
+        table = f.tables[rid]
+        table[table.index(e["src_block_id"])] = e["dst_block_id"]
+        f.refs[e["src_block_id"]] -= 1
+        f.refs[e["dst_block_id"]] = 1
+        f.copies += 1
+    elif kind == "beam_step":
+        for beam in e["beams"]:
+            r = f.req(beam["request_id"])
+            r.outputs += 1
+            r.token_ids.append(beam["token_id"])
+        f.beam_steps.setdefault(rid, []).append(e)
 
 
 def stops(events: list[dict[str, Any]]) -> list[int]:

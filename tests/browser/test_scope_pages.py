@@ -15,7 +15,7 @@ from tests.browser.scope_fold import fold, ids, is_lab_run, js_pct, screenshot, 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
 LESSONS = ["kv-cache", "paged-attention", "attention-math", "fragmentation",
-           "prefix-caching", "preemption"]
+           "prefix-caching", "preemption", "parallel-sampling", "beam-search"]
 
 
 def slider(page):
@@ -41,12 +41,10 @@ def test_index_links_to_the_monitor_and_every_lesson(page, scope_server):
     assert page.locator("main a[href='monitor.html']").count() == 1
     for href in ["monitor.html", *hrefs]:
         assert httpx.get(f"{scope_server.url}/{href}").status_code == 200
-    coming = page.locator("#coming li")
-    expect(coming).to_have_count(2)
-    expect(coming.nth(0)).to_contain_text("Parallel sampling")
-    expect(coming.nth(1)).to_contain_text("Beam search")
-    for i in range(2):
-        expect(coming.nth(i)).to_contain_text("coming when the engine supports it")
+    # nothing is waiting for the engine any more: the "coming" section is hidden
+    expect(page.locator("#coming li")).to_have_count(0)
+    expect(page.locator("#coming-section")).to_be_hidden()
+    expect(page.locator("#lessons a").nth(LESSONS.index("beam-search"))).to_have_text("Beam search")
     info = httpx.get(scope_server.url + "/scope/api/info").json()
     expect(page.locator("#server")).to_contain_text(
         f"Server model: {info['model']} (serving live). {info['engine']['num_layers']} layers")
@@ -470,8 +468,8 @@ def test_narrow_screen_has_no_horizontal_scroll(open_page, path):
     else:
         expect(page.locator("#readout")).to_contain_text("step ")
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
-    if path == "/lessons/preemption.html":
-        screenshot(page, "preemption-375px")
+    if path in ("/lessons/preemption.html", "/lessons/beam-search.html"):
+        screenshot(page, f"{path.split('/')[-1].removesuffix('.html')}-375px")
 
 
 # -- the live monitor ----------------------------------------------------------------------------
@@ -486,7 +484,7 @@ def test_monitor_shows_a_real_completion_arrive_and_finish(page, scope_server):
         "temperature": 0})
     assert response.status_code == 200
     body = response.json()
-    rid = f"{body['id']}-0-0"
+    rid = f"{body['id']}-0"  # the server names the engine request of prompt i "<id>-<i>"
     line = (f"{rid}: finished (length), prompt {body['usage']['prompt_tokens']} tokens, "
             f"{body['usage']['completion_tokens']} generated")
     expect(page.locator("#readout")).to_contain_text(line)

@@ -15,6 +15,7 @@ export function describeEvent(e) {
     case 'request_scheduled':
       return `${r} ${e.resumed ? 'resumed' : 'admitted'} with ${e.num_computed_tokens} tokens already computed`;
     case 'request_finished':
+      if (e.reason === 'pruned') return `${r} pruned: no beam continues it`;
       return `${r} finished (${e.reason}) after ${e.num_output_tokens} tokens`;
     case 'request_aborted':
       return `${r} aborted`;
@@ -36,6 +37,11 @@ export function describeEvent(e) {
       return `${r} copied shared block ${e.src_block_id} into ${e.dst_block_id}`;
     case 'sequence_forked':
       return `${r} forked from request ${e.parent_id}, sharing blocks ${ids(e.block_ids)}`;
+    case 'beam_step':
+      return e.done
+        ? `${r} beam search done: ${e.finished.length} finished beams`
+        : `${r} beam step: ${e.beams.map((b) => (b.request_id === b.parent_id ? b.request_id
+          : `${b.request_id} (from ${b.parent_id})`)).join(', ')} go on, ${e.finished.length} finished`;
     case 'prefix_cache_lookup':
       return `${r} prefix lookup: ${e.hit_tokens} of ${e.queried_tokens} tokens hit`;
     case 'preempted':

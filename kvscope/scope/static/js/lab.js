@@ -2,7 +2,7 @@
 // and a player over that run's events.
 
 import {$} from './dom.js';
-import {runLab} from './api.js';
+import {runLab, showError} from './api.js';
 import {Timeline} from './timeline.js';
 import {Player} from './player.js';
 
@@ -15,7 +15,8 @@ export function num(id) {
   return text === '' ? NaN : Number(text);
 }
 
-// Wire `form` to run the lab with build()'s body; onData(data) gets each response.
+// Wire `form` to run the lab with build()'s body (build may be async: a page that
+// asks the server something first); onData(data, body) gets each response.
 // Returns a function that starts a run (pages call it once on load).
 export function labForm(form, build, onData, options = {}) {
   const button = form.querySelector('button[type="submit"]');
@@ -23,7 +24,13 @@ export function labForm(form, build, onData, options = {}) {
   const errorEl = $('#error');
   let shown = false;
   const go = async () => {
-    const body = build();
+    let body;
+    try {
+      body = await build();
+    } catch (err) {
+      showError(errorEl, 'Preparing the run', err);
+      return null;
+    }
     const data = await runLab(body, {button, statusEl, errorEl, keepsPrevious: shown, ...options});
     if (data) {
       shown = true;

@@ -237,3 +237,71 @@ export function requestsByStatus(state) {
   for (const id of state.order) out[state.requests[id].status]?.push(id);
   return out;
 }
+
+// Sharing at a glance: blocks held by anyone, the sum of every block table's length
+// (what the same tables would hold if no block were shared), and the shared blocks as
+// [id, refcount] pairs.
+export function sharing(state) {
+  let held = 0;
+  const shared = [];
+  state.blocks.forEach((b, id) => {
+    if (b.ref > 0) held += 1;
+    if (b.ref > 1) shared.push([id, b.ref]);
+  });
+  let referenced = 0;
+  for (const table of Object.values(state.tables)) referenced += table.length;
+  return {held, referenced, shared};
+}
+
+// The running beams of a beam search, best first by the group's latest beam step, each
+// with the score that step gave it (null for a beam forked after it). `group` is the
+// request id of the search, the root every beam was forked from.
+export function liveBeams(state, group) {
+  const records = state.beamSearches[group] ?? [];
+  const latest = records.length ? records[records.length - 1].beams : [];
+  const rank = new Map(latest.map((b, i) => [b.request_id, i]));
+  const scores = new Map();
+  for (const record of records) for (const b of record.beams) scores.set(b.request_id, b.score);
+  const rootOf = (id) => {
+    let req = state.requests[id];
+    while (req?.parentId !== undefined && state.requests[req.parentId]) req = state.requests[req.parentId];
+    return req?.id;
+  };
+  const live = state.order.filter((id) => state.requests[id].status === 'running' && rootOf(id) === group);
+  const at = new Map(live.map((id, i) => [id, rank.has(id) ? rank.get(id) : latest.length + i]));
+  return live.sort((a, b) => at.get(a) - at.get(b)).map((id) => ({id, score: scores.get(id) ?? null}));
+}
+
+// Whether `tokens` plus one more token is among a beam step's finished answers: the
+// beam's last candidate ended (end of sequence or the length limit) and was kept.
+export function endedInto(record, tokens) {
+  return Boolean(record) && record.finished.some((f) => f.token_ids.length === tokens.length + 1
+    && tokens.every((t, k) => f.token_ids[k] === t));
+}
+
+// A beam search as columns, one per beam step: node j of column i is the j-th best
+// beam after step i, with the tokens it has generated, the index of its parent in
+// column i - 1 (-1: the prompt), whether it is a new sequence, how many beams of the
+// next step continue it (null: no next step yet, or the search ended), and whether
+// its candidate at the next step ended and joined the finished answers.
+export function beamColumns(records) {
+  const columns = [];
+  for (const record of records) {
+    if (!record.beams.length) break;  // only the last record (the search is done) has none
+    const prev = columns[columns.length - 1] ?? null;
+    columns.push(record.beams.map((b) => {
+      const parent = prev ? prev.findIndex((p) => p.id === b.parent_id) : -1;
+      return {id: b.request_id, token: b.token_id, score: b.score, parent,
+              tokens: [...(parent >= 0 ? prev[parent].tokens : []), b.token_id],
+              forked: b.request_id !== b.parent_id};
+    }));
+  }
+  columns.forEach((column, i) => {
+    const next = records[i + 1];
+    for (const node of column) {
+      node.children = next?.beams.length ? next.beams.filter((c) => c.parent_id === node.id).length : null;
+      node.ended = endedInto(next, node.tokens);
+    }
+  });
+  return columns;
+}

@@ -29,9 +29,11 @@ export function listIds(ids) {
 
 // One cell per physical block, coloured by the request(s) holding it; cached
 // (evictable) and free blocks look different, and `highlight` ids are outlined.
+// `refcounts`: shared blocks carry a badge with their reference count.
 export class PoolGrid {
-  constructor(container, {label = 'KV pool', legend = true} = {}) {
+  constructor(container, {label = 'KV pool', legend = true, refcounts = false} = {}) {
     this.label = label;
+    this.refcounts = refcounts;
     this.list = h('ul', {class: 'pool', role: 'list'});
     this.caption = h('p', {class: 'note'});
     container.replaceChildren(
@@ -43,7 +45,8 @@ export class PoolGrid {
     const n = state.blocks.length;
     if (this.cells.length !== n) {
       this.cells = Array.from({length: n}, (_, id) => h('li', {class: 'cell', 'data-block': id},
-        h('span', {}, String(id))));
+        h('span', {}, String(id)),
+        this.refcounts ? h('span', {class: 'ref', 'aria-hidden': 'true', hidden: true}) : null));
       this.list.replaceChildren(...this.cells);
       this.list.classList.toggle('small', n > 256 && n <= 1024);
       this.list.classList.toggle('tiny', n > 1024);
@@ -74,6 +77,11 @@ export class PoolGrid {
       }
       if (b.ref > 0 && kind === 'used' && b.hash) text += ', cached';
       if (highlight.has(id)) text += ' (highlighted)';
+      if (this.refcounts) {
+        const badge = cell.querySelector('.ref');
+        badge.hidden = b.ref < 2;
+        badge.textContent = b.ref > 1 ? `×${b.ref}` : '';
+      }
       cell.setAttribute('aria-label', text);
       cell.title = text;
     });
@@ -127,8 +135,10 @@ export class SwapGrid {
   }
 }
 
-// Each request's block table: logical block i -> physical block id.
-export function drawBlockTables(container, state, rids = state.order, {highlight = new Set()} = {}) {
+// Each request's block table: logical block i -> physical block id. `shared`: mark the
+// entries whose block sits in several tables, with its refcount.
+export function drawBlockTables(container, state, rids = state.order,
+                                {highlight = new Set(), shared = false} = {}) {
   const rows = rids.map((rid) => {
     const req = state.requests[rid];
     const table = state.tables[rid];
@@ -139,10 +149,13 @@ export function drawBlockTables(container, state, rids = state.order, {highlight
         table.map((id, i) => {
           const bs = state.engine?.block_size ?? 1;
           const filled = Math.max(0, Math.min(bs, (req?.numComputed ?? 0) - i * bs));
-          const text = `logical block ${i} → physical block ${id}, ${filled} of ${bs} slots hold tokens`;
+          const ref = state.blocks[id]?.ref ?? 0;
+          const isShared = shared && ref > 1;
+          const text = `logical block ${i} → physical block ${id}, ${filled} of ${bs} slots hold tokens`
+            + (isShared ? `, shared (refcount ${ref})` : '');
           return h('li', {
             style: {background: colorOf(state, rid)},
-            class: highlight.has(id) ? 'hl' : null,
+            class: [highlight.has(id) ? 'hl' : '', isShared ? 'shared' : ''].join(' ').trim() || null,
             title: text,
             'aria-label': text,
           }, h('span', {}, String(id)));

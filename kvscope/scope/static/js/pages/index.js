@@ -9,6 +9,7 @@ $('#lessons').replaceChildren(...LESSONS.map((l) => h('li', {},
 $('#coming').replaceChildren(...COMING.map((l) => h('li', {class: 'soon'},
   h('h3', {}, l.title, ' ', h('span', {class: 'tag'}, 'coming when the engine supports it')),
   h('p', {}, l.blurb))));
+$('#coming-section').hidden = COMING.length === 0;
 
 try {
   const info = await getJSON(`${API}/info`);
