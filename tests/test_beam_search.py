@@ -102,3 +102,17 @@ def test_bad_beam_params(fields, param):
     with pytest.raises(SamplingParamsError) as info:
         BeamSearchParams(**fields)
     assert info.value.param == param
+
+
+def test_beams_in_a_pool_too_small_for_all_of_them_finish_unchanged(make_llm, llm, prompts):
+    """Beams waiting for their group give way to a preempted sibling (no deadlock), and
+    a beam forked from a preempted parent is recomputed: the result does not change."""
+    params = BeamSearchParams(beam_width=4, max_tokens=12)
+    roomy = llm.beam_search(prompts[2], params)[0]
+    block_bytes = llm.engine.loaded.arch.kv_bytes_per_token(4) * 4
+    tight = make_llm(kv_cache_memory=block_bytes * 16, max_model_len=64, block_size=4,
+                     enable_prefix_caching=False)
+    out = tight.beam_search(prompts[2], params)[0]
+    assert tight.engine.get_stats()["num_preemptions"] > 0
+    assert [c.token_ids for c in out.outputs] == [c.token_ids for c in roomy.outputs]
+    assert tight.engine.kv.num_free_blocks == tight.engine.num_blocks

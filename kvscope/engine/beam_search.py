@@ -195,8 +195,10 @@ class BeamSearches:
             if new.parent in used:
                 child = fork_request(parent, f"{group.request_id}~{next(self._ids)}",
                                      parent.sampling_params)
-                self.kv.fork(parent, child)
-                self.scheduler.add_forked(child, parent)
+                has_kv = self.kv.has_table(parent.request_id)  # not if it was preempted
+                if has_kv:
+                    self.kv.fork(parent, child)
+                self.scheduler.add_forked(child, parent, has_kv)
                 self._group_of[child.request_id] = group
                 beams.append(child)
             else:

@@ -292,7 +292,7 @@ class LLMEngine:
             for index in range(1, group.params.num_sequences):
                 child = fork_request(request, group.child_id(index), group.child_params(index))
                 self.kv.fork(request, child)
-                self.scheduler.add_forked(child, request)
+                self.scheduler.add_forked(child, request, has_kv=True)
                 tracked = self._track(child)
                 tracked.group, tracked.index = group, index
                 group.members.append(tracked)

@@ -115,12 +115,18 @@ class Scheduler:
         self.kv.free(request)
         self.kv.drop_swapped(request)
 
-    def add_forked(self, child: Request, parent: Request) -> None:
-        """A sequence forked from a running one joins the running batch beside it."""
-        child.status = RequestStatus.RUNNING
+    def add_forked(self, child: Request, parent: Request, has_kv: bool) -> None:
+        """A sequence forked from another joins the running batch beside it, or, when
+        the parent's K/V is not in the pool (it was preempted), waits to be computed."""
         child.arrival_index = parent.arrival_index
         child.first_scheduled_time = parent.first_scheduled_time
-        self._insert(self.running, child)
+        if has_kv:
+            child.status = RequestStatus.RUNNING
+            self._insert(self.running, child)
+        else:
+            child.status = RequestStatus.PREEMPTED
+            child.num_computed_tokens = 0
+            self._insert(self.waiting, child)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -185,11 +191,18 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            request = self.waiting[0]
-            if not self._admit(request, out, budget):
+        while self.waiting and budget > 0:
+            if len(self.running) < self.config.max_num_seqs and \
+                    self._admit(self.waiting[0], out, budget):
+                budget -= out.scheduled[-1].num_tokens
+                continue
+            # Requests with nothing to compute (beams waiting for the rest of their group
+            # to get logits) would hold their blocks forever while the one they wait for
+            # cannot get in: give way to it (their next-token logits are kept).
+            idle = [r for r in self.running if r.num_computed_tokens >= r.num_tokens]
+            if not idle:
                 break
-            budget -= out.scheduled[-1].num_tokens
+            self._preempt(idle[-1], out)
 
     def _admit(self, request: Request, out: SchedulerOutput, budget: int) -> bool:
         """Start a waiting request from its cached prefix, if the pool has room."""
