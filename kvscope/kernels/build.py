@@ -44,11 +44,14 @@ def _build() -> ModuleType:
 
     from kvscope.model.tokenizer import cache_dir
 
-    build_dir = cache_dir() / "kernels"
-    build_dir.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
     # the headers' text joins the build flags, so editing simd.h rebuilds too
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.h"))))
+    # one build directory per checkout: torch rebuilds whenever the source paths differ,
+    # so two checkouts sharing a directory would recompile at every switch
+    checkout = hashlib.sha256(str(here.resolve()).encode()).hexdigest()[:12]
+    build_dir = cache_dir() / "kernels" / checkout
+    build_dir.mkdir(parents=True, exist_ok=True)
     return load(
         name="kvscope_cpu_kernels",
         sources=[str(here / name) for name in _SOURCES],

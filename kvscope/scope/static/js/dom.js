@@ -18,6 +18,14 @@ export function h(tag, props = {}, ...children) {
   return el;
 }
 
+// svg('rect', {x: 0, width: 4}, 'optional text') -> an SVG element
+export function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
 function append(el, children) {
   for (const child of children) {
     if (child === null || child === undefined || child === false) continue;

@@ -2,7 +2,7 @@
 // block table, the swap space, requests by status, and the per-step chart. Each
 // view keeps its elements and only updates them, so redrawing every frame is cheap.
 
-import {h, replace, int} from './dom.js';
+import {h, replace, int, svg} from './dom.js';
 import {blockKind, owners, requestsByStatus} from './state.js';
 
 const PALETTE = 10;
@@ -203,35 +203,28 @@ export function drawStepChart(container, steps, {last = 60} = {}) {
   const maxTokens = Math.max(1, ...shown.map((s) => s.num_tokens));
   const maxMs = Math.max(0.001, ...shown.map((s) => s.forward_ms));
   const bw = W / Math.max(last, 1);
-  const ns = 'http://www.w3.org/2000/svg';
-  const el = (tag, attrs, text) => {
-    const node = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    return node;
-  };
   const latest = shown[shown.length - 1];
   const summary = latest
     ? `Last ${shown.length} steps. Latest, step ${latest.step}: ${latest.num_tokens} tokens, `
       + `forward ${latest.forward_ms.toFixed(1)} ms. Most tokens in a step: ${maxTokens}; `
       + `slowest forward: ${maxMs.toFixed(1)} ms.`
     : 'No steps yet.';
-  const svg = el('svg', {viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': summary});
+  const chart = svg('svg', {viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': summary});
   shown.forEach((s, i) => {
     const x = i * bw;
     const th = (s.num_tokens / maxTokens) * band;
     const fh = (s.forward_ms / maxMs) * band;
     const now = i === shown.length - 1 ? ' now' : '';
-    svg.append(el('rect', {x: x + 1, y: top1 + band - th, width: Math.max(1, bw - 2), height: th,
+    chart.append(svg('rect', {x: x + 1, y: top1 + band - th, width: Math.max(1, bw - 2), height: th,
                            class: `tokens${now}`}));
-    svg.append(el('rect', {x: x + 1, y: top2 + band - fh, width: Math.max(1, bw - 2), height: fh,
+    chart.append(svg('rect', {x: x + 1, y: top2 + band - fh, width: Math.max(1, bw - 2), height: fh,
                            class: `forward${now}`}));
   });
-  svg.append(el('text', {x: 2, y: top1 - 3, class: 'axis'}, `tokens per step (max ${maxTokens})`));
-  svg.append(el('text', {x: 2, y: top2 - 3, class: 'axis'}, `forward ms (max ${maxMs.toFixed(1)})`));
-  svg.append(el('text', {x: 2, y: H - 2, class: 'axis'},
+  chart.append(svg('text', {x: 2, y: top1 - 3, class: 'axis'}, `tokens per step (max ${maxTokens})`));
+  chart.append(svg('text', {x: 2, y: top2 - 3, class: 'axis'}, `forward ms (max ${maxMs.toFixed(1)})`));
+  chart.append(svg('text', {x: 2, y: H - 2, class: 'axis'},
     shown.length ? `steps ${shown[0].step}–${latest.step}` : ''));
-  replace(container, svg, h('p', {class: 'note'}, summary));
+  replace(container, chart, h('p', {class: 'note'}, summary));
 }
 
 export {plural, int};

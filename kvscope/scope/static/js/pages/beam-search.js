@@ -1,5 +1,5 @@
 import '../chrome.js';
-import {$, h, replace} from '../dom.js';
+import {$, h, replace, svg} from '../dom.js';
 import {postJSON, showError} from '../api.js';
 import {poolSummary, liveBeams, beamColumns, endedInto} from '../state.js';
 import {PoolGrid, drawBlockTables, poolLegend, plural} from '../views.js';
@@ -75,13 +75,6 @@ function thisStep(state, timeline) {
 
 // -- the tree: one column per beam step -----------------------------------------------
 
-const NS = 'http://www.w3.org/2000/svg';
-const svg = (tag, attrs = {}, text) => {
-  const node = document.createElementNS(NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
 const COL = 112;
 const ROW = 46;
 const NODE_W = 92;

@@ -1,5 +1,5 @@
 import '../chrome.js';
-import {$, h, replace, int, bytes} from '../dom.js';
+import {$, h, replace, int, bytes, svg} from '../dom.js';
 import {API, getJSON, showError} from '../api.js';
 import {labForm, playerFor, loadRun, num, emptyReadout} from '../lab.js';
 
@@ -26,33 +26,26 @@ function drawGrowth(state) {
   const W = 600;
   const H = 140;
   const maxBytes = Math.max(1, ...steps.map((s) => s.fragmentation.allocated_slots * bpt));
-  const ns = 'http://www.w3.org/2000/svg';
-  const el = (tag, attrs, text) => {
-    const node = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    return node;
-  };
   const last = steps[steps.length - 1];
   const label = last
     ? `After step ${last.step}: ${int(last.fragmentation.tokens_held * bpt)} bytes of keys and values `
       + `held for ${last.fragmentation.tokens_held} tokens, in blocks totalling `
       + `${int(last.fragmentation.allocated_slots * bpt)} bytes.`
     : 'No step has run yet.';
-  const svg = el('svg', {viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': label});
+  const chart = svg('svg', {viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': label});
   const n = Math.max(steps.length, 8);
   const bw = W / n;
   steps.forEach((s, i) => {
     const alloc = (s.fragmentation.allocated_slots * bpt / maxBytes) * (H - 20);
     const held = (s.fragmentation.tokens_held * bpt / maxBytes) * (H - 20);
-    svg.append(el('rect', {x: i * bw + 1, y: H - 14 - alloc, width: bw - 2, height: alloc,
+    chart.append(svg('rect', {x: i * bw + 1, y: H - 14 - alloc, width: bw - 2, height: alloc,
                            fill: 'var(--cached)'}));
-    svg.append(el('rect', {x: i * bw + 1, y: H - 14 - held, width: bw - 2, height: held,
+    chart.append(svg('rect', {x: i * bw + 1, y: H - 14 - held, width: bw - 2, height: held,
                            class: 'tokens'}));
   });
-  svg.append(el('text', {x: 2, y: 10, class: 'axis'}, `max ${bytes(maxBytes)}`));
-  svg.append(el('text', {x: 2, y: H - 2, class: 'axis'}, 'steps →  dark: tokens × bytes/token; light: whole blocks allocated'));
-  replace($('#growth'), svg, h('p', {class: 'note'}, label));
+  chart.append(svg('text', {x: 2, y: 10, class: 'axis'}, `max ${bytes(maxBytes)}`));
+  chart.append(svg('text', {x: 2, y: H - 2, class: 'axis'}, 'steps →  dark: tokens × bytes/token; light: whole blocks allocated'));
+  replace($('#growth'), chart, h('p', {class: 'note'}, label));
 }
 
 function render(state, timeline) {
