@@ -32,7 +32,7 @@ def to_chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
         if kind == "step_begin":
             step_start[e["step"]] = e["time"]
         elif kind == "step_end":
-            out.extend(_step_slices(e, step_start.get(e["step"], e["time"])))
+            out.extend(_step_slices(e, step_start.get(e["step"], e["time"]), tracks))
             out.append({"ph": "C", "name": "free KV blocks", "pid": ENGINE_PID, "tid": 0,
                         "ts": _us(e["time"]), "args": {"free": e["num_free_blocks"]}})
         elif kind == "request_arrived":
@@ -44,11 +44,11 @@ def to_chrome_trace(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             tid = tracks.setdefault(e["request_id"], len(tracks) + 1)
             args = {k: v for k, v in e.items() if k in ("mode", "reason")}
             out.append(_instant(kind.removeprefix("request_"), REQUESTS_PID, tid, e["time"], args))
-    _add_request_slices(out, tracks)
     return {"traceEvents": out, "displayTimeUnit": "ms"}
 
 
-def _step_slices(e: dict[str, Any], begin: float) -> list[dict[str, Any]]:
+def _step_slices(e: dict[str, Any], begin: float,
+                 tracks: dict[str, int]) -> list[dict[str, Any]]:
     ts = _us(begin)
     total_ms = sum(e[part] for part in STEP_PARTS)
     slices = [{"ph": "X", "name": f"step {e['step']}", "cat": "step", "pid": ENGINE_PID,
@@ -62,21 +62,14 @@ def _step_slices(e: dict[str, Any], begin: float) -> list[dict[str, Any]]:
         slices.append({"ph": "X", "name": part.removesuffix("_ms"), "cat": "step_part",
                        "pid": ENGINE_PID, "tid": 0, "ts": at, "dur": dur})
         at += dur
-    for chunk in e["batch"]:  # each request's share, drawn on its own track later
+    for chunk in e["batch"]:  # each request's share, on its own track
+        tid = tracks.setdefault(chunk["request_id"], len(tracks) + 1)
         slices.append({"ph": "X", "name": chunk["phase"], "cat": "request_chunk",
-                       "pid": REQUESTS_PID, "tid": chunk["request_id"], "ts": ts,
+                       "pid": REQUESTS_PID, "tid": tid, "ts": ts,
                        "dur": round(total_ms * 1e3, 3),
                        "args": {"start": chunk["start"], "num_tokens": chunk["num_tokens"],
                                 "step": e["step"]}})
     return slices
-
-
-def _add_request_slices(out: list[dict[str, Any]], tracks: dict[str, int]) -> None:
-    """Request chunks were written with the request id as tid; map ids to track numbers."""
-    for item in out:
-        if item.get("cat") == "request_chunk":
-            request_id = item["tid"]
-            item["tid"] = tracks.setdefault(request_id, len(tracks) + 1)
 
 
 def _meta(name: str, pid: int, tid: int, value: str) -> dict[str, Any]:
