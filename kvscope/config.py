@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from kvscope.spec.config import SpeculativeConfig
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: ~46k tokens of SmolLM2-135M in bf16
 DEFAULT_SWAP_SPACE = 256 << 20  # bytes; allocated only in swap mode
@@ -138,13 +141,14 @@ class EngineConfig:
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    speculative: SpeculativeConfig | None = None  # None: no speculative decoding
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
         """Build from flat keyword arguments (vLLM style); unknown names fail loudly."""
         cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
         sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
-        own_fields = {"model", "dtype", "max_model_len", "seed"}
+        own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config"}
         unknown = set(kwargs) - cache_fields - sched_fields - own_fields
         if unknown:
             known = sorted(cache_fields | sched_fields | own_fields)
@@ -158,6 +162,7 @@ class EngineConfig:
             seed=kwargs.get("seed", 0),
             cache=cache,
             scheduler=sched,
+            speculative=_speculative(kwargs.get("speculative_config")),
         )
         config.validate()
         return config
@@ -171,3 +176,11 @@ class EngineConfig:
             raise ConfigError(f"max_model_len must be an integer >= 2; got {self.max_model_len!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer; got {self.seed!r}")
+
+
+def _speculative(options: Any) -> SpeculativeConfig | None:
+    if options is None:
+        return None
+    from kvscope.spec.config import SpeculativeConfig  # spec.config imports ConfigError
+
+    return SpeculativeConfig.from_dict(options)

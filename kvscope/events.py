@@ -128,11 +128,13 @@ class ScheduledChunk:
     request_id: str
     start: int
     num_tokens: int
-    phase: str  # "prefill" | "decode"
+    phase: str  # "prefill" | "decode" | "verify" (a decode with draft tokens)
+    num_draft_tokens: int = 0  # of num_tokens, the drafts being verified
 
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "start": self.start,
-                "num_tokens": self.num_tokens, "phase": self.phase}
+                "num_tokens": self.num_tokens, "phase": self.phase,
+                "num_draft_tokens": self.num_draft_tokens}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -171,6 +173,16 @@ class BlocksShared(Event):
     refcount 0 comes back out of the evictable queue)."""
 
     kind: ClassVar[str] = "blocks_shared"
+    request_id: str
+    block_ids: list[int]
+
+
+@dataclass(slots=True, kw_only=True)
+class BlocksTrimmed(Event):
+    """The request's table let go of its last blocks (the slots of rejected draft
+    tokens): they leave the end of the table, refcount - 1 each, in this order."""
+
+    kind: ClassVar[str] = "blocks_trimmed"
     request_id: str
     block_ids: list[int]
 
@@ -285,6 +297,20 @@ class TokenEmitted(Event):
 
 
 @dataclass(slots=True, kw_only=True)
+class DraftsVerified(Event):
+    """Speculative decoding: the target checked a request's draft tokens in this step's
+    pass, accepted the first `num_accepted`, and emits `token_ids` (those plus its own
+    correction or bonus token; token_emitted events follow for each)."""
+
+    kind: ClassVar[str] = "drafts_verified"
+    request_id: str
+    method: str
+    draft_token_ids: list[int]
+    num_accepted: int
+    token_ids: list[int]
+
+
+@dataclass(slots=True, kw_only=True)
 class Snapshot(Event):
     """The whole state at a step boundary, for a listener that joins a running engine:
     `engine` is an engine_started record, `blocks` [refcount, cached hash or None] per
@@ -303,7 +329,7 @@ EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
     EngineStarted, RequestArrived, RequestScheduled, RequestFinished, RequestAborted,
     StepBegin, StepEnd, BlocksAllocated, BlocksShared, BlocksFreed, BlocksCached,
     CacheReset, CopyOnWrite, SequenceForked, BeamStepped, PrefixCacheLookup, Preempted,
-    SwappedOut, SwappedIn, TokenEmitted, Snapshot)}
+    SwappedOut, SwappedIn, TokenEmitted, Snapshot, BlocksTrimmed, DraftsVerified)}
 
 
 # -- sinks --------------------------------------------------------------------------------

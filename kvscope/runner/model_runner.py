@@ -31,7 +31,7 @@ class PromptLogits:
 
 @dataclass(slots=True)
 class StepResult:
-    logits: torch.Tensor  # [S, vocab] float32, one row per sampling request
+    logits: torch.Tensor  # [rows, vocab] float32: `num_sample_rows` per sampled chunk
     sampled: list[ScheduledRequest]  # in row order
     prompt_logits: list[PromptLogits] = field(default_factory=list)
 
@@ -67,6 +67,24 @@ class ModelRunner:
                              for item, begin, end in _prompt_logprob_rows(ordered)]
         return StepResult(logits, sampled, prompt_logits)
 
+    def forward_decode_rows(self, token_ids: list[int], positions: list[int],
+                            block_tables: list[list[int]], num_layers: int) -> torch.Tensor:
+        """Logits of single-token rows, each at its position attending to its table,
+        after only the first `num_layers` layers (an early-exit draft). Their K/V go
+        into those layers' slots, which the full model overwrites when it verifies."""
+        bs = self.block_size
+        width = max(len(t) for t in block_tables)
+        padded = [t + [0] * (width - len(t)) for t in block_tables]
+        slots = [t[p // bs] * bs + p % bs for t, p in zip(block_tables, positions, strict=True)]
+        position_tensor = torch.tensor(positions, dtype=torch.long)
+        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long),
+                                 cos=self.cos[position_tensor], sin=self.sin[position_tensor])
+        set_decode_rows(meta, padded, [p + 1 for p in positions])
+        with torch.inference_mode():
+            hidden = self.model(torch.tensor(token_ids, dtype=torch.long), meta,
+                                self.kv_caches, num_layers)
+            return self.model.compute_logits(hidden)
+
     def apply_swaps(self, out: SchedulerOutput) -> None:
         """Copy swapped-out blocks to their slots, then swapped-in slots to their new
         blocks, then shared blocks to their copy-on-write copies, before the forward
@@ -93,13 +111,15 @@ class ModelRunner:
         sampled: list[ScheduledRequest] = []
         for item in ordered:
             begin, n = item.start, item.num_tokens
-            token_ids.extend(item.request.all_token_ids[begin:begin + n])
+            token_ids.extend(item.request.all_token_ids[begin:begin + item.num_known_tokens])
+            token_ids.extend(item.draft_token_ids)
             pos = range(begin, begin + n)
             positions.extend(pos)
             table = item.block_ids
             slots.extend(table[p // bs] * bs + p % bs for p in pos)
             if item.samples:
-                sample_rows.append(len(token_ids) - 1)
+                end = len(token_ids)
+                sample_rows.extend(range(end - item.num_sample_rows, end))
                 sampled.append(item)
         position_tensor = torch.tensor(positions, dtype=torch.long)
         meta = AttentionMetadata(
@@ -114,13 +134,21 @@ class ModelRunner:
                 torch.tensor(sample_rows, dtype=torch.long), sampled)
 
     def _decode_metadata(self, meta: AttentionMetadata, decodes: list[ScheduledRequest]) -> None:
+        """Each decode row attends to its own context. A chunk with drafts gives one
+        row per token, each seeing one more position of the same table: verification
+        then computes every row exactly as a plain decode step would, so greedy
+        output with speculation equals output without, in bf16 too."""
         if not decodes:
             return
         width = max(len(d.block_ids) for d in decodes)
-        padded = [d.block_ids + [0] * (width - len(d.block_ids)) for d in decodes]
-        meta.num_decodes = len(decodes)
-        meta.decode_block_tables = torch.tensor(padded, dtype=torch.long)
-        meta.decode_context_lens = torch.tensor([d.start + 1 for d in decodes], dtype=torch.long)
+        tables: list[list[int]] = []
+        context_lens: list[int] = []
+        for d in decodes:
+            padded = d.block_ids + [0] * (width - len(d.block_ids))
+            for i in range(d.num_tokens):
+                tables.append(padded)
+                context_lens.append(d.start + 1 + i)
+        set_decode_rows(meta, tables, context_lens)
 
     def _prefill_metadata(self, meta: AttentionMetadata,
                           prefills: list[ScheduledRequest]) -> None:
@@ -135,6 +163,14 @@ class ModelRunner:
                 begin=row, end=row + n, start_pos=start,
                 block_table=torch.tensor(item.block_ids, dtype=torch.long), mask=mask))
             row += n
+
+
+def set_decode_rows(meta: AttentionMetadata, block_tables: list[list[int]],
+                    context_lens: list[int]) -> None:
+    """Describe the first rows of the batch as decode queries (equal-width tables)."""
+    meta.num_decodes = len(context_lens)
+    meta.decode_block_tables = torch.tensor(block_tables, dtype=torch.long)
+    meta.decode_context_lens = torch.tensor(context_lens, dtype=torch.long)
 
 
 def _prompt_logprob_rows(ordered: list[ScheduledRequest]

@@ -47,12 +47,12 @@ def apply_logits_processors(logits: torch.Tensor, requests: Sequence[Request]) -
     biased = [(row, p.logit_bias) for row, p in zip(rows, params, strict=True) if p.logit_bias]
     if biased:
         add_logit_bias(logits, [row for row, _ in biased], [b for _, b in biased])
-    penalised = [i for i, p in enumerate(params) if _has_penalty(p)]
+    penalised = [i for i, p in enumerate(params) if has_penalty(p)]
     if penalised:
         _penalise(logits, [rows[i] for i in penalised], [chosen[i] for i in penalised])
 
 
-def _has_penalty(params: SamplingParams) -> bool:
+def has_penalty(params: SamplingParams) -> bool:
     return bool(params.repetition_penalty != 1.0 or params.frequency_penalty
                 or params.presence_penalty)
 

@@ -17,8 +17,8 @@ lookup) is described by a one-hot q, which this covers. Should it happen anyway 
 ratio counts as infinite (accept). When p_i = q_i there is no rejection, so the empty
 residual is never sampled; if rounding empties it regardless, p_i is used.
 
-This module is the rule alone, tested on hand-made distributions; wiring it into the
-engine's step is the speculative decoding work (issue 8).
+This module is the rule alone, tested on hand-made distributions; the engine applies
+it in `engine/speculation.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ import torch
 def verify_greedy(target_logits: torch.Tensor, draft_tokens: list[int]) -> list[int]:
     """`target_logits` [k + 1, vocab]; returns the accepted drafts plus one token of the
     target's (a correction or the bonus): between 1 and k + 1 tokens."""
-    choices = target_logits.argmax(dim=-1).tolist()
+    return accept_greedy(target_logits.argmax(dim=-1).tolist(), draft_tokens)
+
+
+def accept_greedy(choices: list[int], draft_tokens: list[int]) -> list[int]:
+    """`choices` the target's greedy token at each of the k + 1 positions."""
     out = []
     for i, token in enumerate(draft_tokens):
         if choices[i] != token:

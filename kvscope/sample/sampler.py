@@ -39,19 +39,49 @@ class Sampler:
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
-        raw_logprobs = None
-        if any(_wants_logprob(r.sampling_params) for r in requests):
-            raw_logprobs = torch.log_softmax(logits, dim=-1)
-        self._mask_before_min_tokens(logits, requests)
-        apply_logits_processors(logits, requests)
+        raw_logprobs = self.raw_logprobs(logits, requests)
+        self.process(logits, requests)
         tokens = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.sampling_params.is_greedy]
         if random_rows:
             rows = torch.tensor(random_rows)
             tokens[rows] = self._sample_random(logits[rows], [requests[i] for i in random_rows])
         token_list = tokens.tolist()
-        logprobs, sampled = self._logprobs(raw_logprobs, token_list, requests)
+        logprobs, sampled = self.logprobs(raw_logprobs, token_list, requests)
         return SamplerOutput(token_list, logprobs, sampled)
+
+    def raw_logprobs(self, logits: torch.Tensor,
+                     requests: Sequence[Request]) -> torch.Tensor | None:
+        """log_softmax of the model's logits, where any row wants logprobs."""
+        if any(_wants_logprob(r.sampling_params) for r in requests):
+            return torch.log_softmax(logits, dim=-1)
+        return None
+
+    def process(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
+        """The min_tokens mask, then masks, bias and penalties, in place; the argmax
+        of a row is then its greedy token."""
+        self._mask_before_min_tokens(logits, requests)
+        apply_logits_processors(logits, requests)
+
+    def probabilities(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """The distribution random sampling draws from, for processed logits rows of
+        one request: temperature, then top-k, top-p and min-p."""
+        logits = logits / params.temperature
+        if not (params.top_k > 0 or params.top_p < 1 or params.min_p > 0):
+            return torch.softmax(logits, dim=-1)
+        sorted_probs, order = _filtered_sorted_probs(logits, [params] * logits.shape[0])
+        probs = torch.zeros_like(sorted_probs).scatter_(1, order, sorted_probs)
+        return probs / probs.sum(dim=-1, keepdim=True)
+
+    def generator_for(self, request: Request) -> torch.Generator:
+        """The request's own generator when it has a seed, else the engine's."""
+        seed = request.sampling_params.seed
+        if seed is None:
+            return self.generator
+        gen = self._generators.get(request.request_id)
+        if gen is None:
+            gen = self._generators[request.request_id] = torch.Generator().manual_seed(seed)
+        return gen
 
     def _mask_before_min_tokens(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
         for row, request in enumerate(requests):
@@ -84,16 +114,11 @@ class Sampler:
     def _exponential_noise(self, shape: torch.Size, requests: list[Request]) -> torch.Tensor:
         noise = torch.empty(shape).exponential_(generator=self.generator)
         for row, request in enumerate(requests):
-            seed = request.sampling_params.seed
-            if seed is None:
-                continue
-            gen = self._generators.get(request.request_id)
-            if gen is None:
-                gen = self._generators[request.request_id] = torch.Generator().manual_seed(seed)
-            noise[row].exponential_(generator=gen)
+            if request.sampling_params.seed is not None:
+                noise[row].exponential_(generator=self.generator_for(request))
         return noise
 
-    def _logprobs(self, raw: torch.Tensor | None, tokens: list[int],
+    def logprobs(self, raw: torch.Tensor | None, tokens: list[int],
                   requests: Sequence[Request]
                   ) -> tuple[list[dict[int, Logprob] | None], list[float | None]]:
         result: list[dict[int, Logprob] | None] = [None] * len(tokens)
@@ -126,6 +151,17 @@ def _wants_logprob(params: SamplingParams) -> bool:
 
 def _sample_filtered(logits: torch.Tensor, noise: torch.Tensor, params: list) -> torch.Tensor:
     """Top-k, then top-p, then min-p, in descending order of probability."""
+    probs, order = _filtered_sorted_probs(logits, params)
+    # noise is indexed by token id; reorder it into sorted order so a request's draw
+    # does not depend on which path sampled it
+    choice = (probs / noise.gather(1, order)).argmax(dim=-1)
+    return order.gather(1, choice[:, None]).squeeze(1)
+
+
+def _filtered_sorted_probs(logits: torch.Tensor, params: list
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's probabilities in descending order after top-k, top-p and min-p (not
+    renormalised), and the token order they are in."""
     vocab = logits.shape[-1]
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     top_k = torch.tensor([p.top_k or vocab for p in params])
@@ -137,10 +173,7 @@ def _sample_filtered(logits: torch.Tensor, noise: torch.Tensor, params: list) ->
     probs = probs.masked_fill(mass_before > top_p[:, None], 0.0)
     min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype)
     probs = probs.masked_fill(probs < min_p[:, None] * probs[:, :1], 0.0)
-    # noise is indexed by token id; reorder it into sorted order so a request's draw
-    # does not depend on which path sampled it
-    choice = (probs / noise.gather(1, order)).argmax(dim=-1)
-    return order.gather(1, choice[:, None]).squeeze(1)
+    return probs, order
 
 
 def prompt_logprobs(logits: torch.Tensor, targets: list[int],

@@ -39,17 +39,35 @@ class ScheduledRequest:
 
     request: Request
     start: int
-    num_tokens: int
+    num_tokens: int  # known tokens plus draft tokens, all computed by this step
     block_ids: list[int]
+    num_draft_slots: int = 0  # KV slots reserved for draft tokens (speculative decoding)
+    draft_token_ids: list[int] = field(default_factory=list)  # proposed; verified this step
+
+    @property
+    def num_known_tokens(self) -> int:
+        return self.num_tokens - len(self.draft_token_ids)
 
     @property
     def samples(self) -> bool:
         """True when this chunk reaches the last known token, so the step samples."""
-        return self.start + self.num_tokens == self.request.num_tokens
+        return self.start + self.num_known_tokens == self.request.num_tokens
 
     @property
     def is_decode(self) -> bool:
-        return self.num_tokens == 1 and self.start > 0
+        """One known token after cached context (and maybe drafts): every row of the
+        chunk is a single query against the cache."""
+        return self.num_known_tokens == 1 and self.start > 0
+
+    @property
+    def num_sample_rows(self) -> int:
+        """Rows with logits: the last known token's and one per draft token."""
+        return 1 + len(self.draft_token_ids) if self.samples else 0
+
+    def set_drafts(self, tokens: list[int]) -> None:
+        assert len(tokens) <= self.num_draft_slots and not self.draft_token_ids
+        self.draft_token_ids = list(tokens)
+        self.num_tokens += len(tokens)
 
 
 @dataclass(slots=True)
@@ -93,6 +111,8 @@ class Scheduler:
         self.num_swap_outs = 0
         self.num_swap_ins = 0
         self.num_swap_fallbacks = 0  # swap preemptions done by recompute: swap space full
+        # speculative decoding: how many draft slots to reserve for a decoding request
+        self.lookahead: Callable[[Request], int] = lambda request: 0
 
     # -- queue management ---------------------------------------------------------
 
@@ -164,15 +184,26 @@ class Scheduler:
             if n == 0:  # all computed: a beam waiting for its group to pick its token
                 index += 1
                 continue
+            drafts = self._draft_slots(request, n, budget)
             while not self.kv.allocate_slots(request, n):
                 victim = self.running[-1]
                 self._preempt(victim, out)
                 if victim is request:
                     return budget
-            out.scheduled.append(self._scheduled(request, n))
-            budget -= n
+            out.scheduled.append(self._scheduled(request, n, drafts))
+            budget -= n + drafts
             index += 1
         return budget
+
+    def _draft_slots(self, request: Request, n: int, budget: int) -> int:
+        """Reserve KV slots for draft tokens after a decode's one token, if the pool
+        has them free (drafts never cause a preemption)."""
+        if n != 1 or request.num_computed_tokens != request.num_tokens - 1:
+            return 0
+        drafts = min(self.lookahead(request), budget - 1)
+        if drafts > 0 and self.kv.allocate_slots(request, 1 + drafts):
+            return drafts
+        return 0
 
     def _schedule_swapped(self, out: SchedulerOutput, budget: int) -> int:
         while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -250,10 +281,10 @@ class Scheduler:
                 return
             self._preempt(self.running[-1], out)
 
-    def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
+    def _scheduled(self, request: Request, n: int, draft_slots: int = 0) -> ScheduledRequest:
         self.kv.cache_full_blocks(request, request.num_computed_tokens + n)
         return ScheduledRequest(request, request.num_computed_tokens, n,
-                                self.kv.block_ids(request.request_id))
+                                self.kv.block_ids(request.request_id), draft_slots)
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
         """Take the victim out of the running batch: swap its K/V out when the mode and
@@ -285,7 +316,8 @@ class Scheduler:
     def update_after_step(self, out: SchedulerOutput) -> None:
         """Advance every scheduled request by the tokens the step computed."""
         for item in out.scheduled:
-            item.request.num_computed_tokens += item.num_tokens
+            # draft tokens count once verified (the engine adds the accepted ones)
+            item.request.num_computed_tokens += item.num_known_tokens
 
 
 def _fcfs_key(request: Request) -> tuple[int]:

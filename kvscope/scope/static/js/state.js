@@ -18,7 +18,7 @@ export function emptyState() {
     order: [],           // request ids in order of arrival
     steps: [],           // one record per finished step: batch and timings
     counters: {queriedTokens: 0, hitTokens: 0, preemptions: 0, swapOuts: 0, swapIns: 0,
-               evictions: 0, copiesOnWrite: 0},
+               evictions: 0, copiesOnWrite: 0, draftTokens: 0, acceptedTokens: 0},
     lastLookup: null,    // the latest prefix_cache_lookup event
     beamSearches: {},    // group request id -> its beam_step records, in order
     events: 0,           // how many events were folded
@@ -35,7 +35,7 @@ function newRequest(id) {
   return {id, status: 'waiting', promptTokenIds: [], prompt: null, maxTokens: null,
           priority: 0, outputTokenIds: [], text: '', logprobs: [], numComputed: 0,
           cachedTokens: 0, preemptions: 0, arrivedStep: 0, finishedStep: null,
-          finishReason: null};
+          finishReason: null, draftTokens: 0, acceptedTokens: 0, verifications: []};
 }
 
 function request(state, id) {
@@ -99,7 +99,12 @@ const HANDLERS = {
     state.steps.push(step);
     for (const chunk of e.batch) {
       const req = state.requests[chunk.request_id];
-      if (req) req.numComputed = chunk.start + chunk.num_tokens;
+      if (!req) continue;
+      // of a chunk's draft tokens, only the accepted ones count as computed
+      const drafts = chunk.num_draft_tokens ?? 0;
+      const last = req.verifications.at(-1);
+      const accepted = drafts && last?.step === e.step ? last.numAccepted : 0;
+      req.numComputed = chunk.start + chunk.num_tokens - drafts + accepted;
     }
   },
   blocks_allocated(state, e) {
@@ -119,6 +124,19 @@ const HANDLERS = {
       block(state, id).ref += 1;
       table.push(id);
     }
+  },
+  blocks_trimmed(state, e) {
+    for (const id of e.block_ids) block(state, id).ref -= 1;
+    state.tables[e.request_id].splice(-e.block_ids.length);
+  },
+  drafts_verified(state, e) {
+    const req = request(state, e.request_id);
+    req.draftTokens += e.draft_token_ids.length;
+    req.acceptedTokens += e.num_accepted;
+    req.verifications.push({step: e.step, draftTokenIds: e.draft_token_ids,
+                            numAccepted: e.num_accepted, tokenIds: e.token_ids});
+    state.counters.draftTokens += e.draft_token_ids.length;
+    state.counters.acceptedTokens += e.num_accepted;
   },
   blocks_freed(state, e) {
     for (const id of e.block_ids) block(state, id).ref -= 1;
