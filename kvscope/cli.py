@@ -6,6 +6,7 @@ into a Perfetto / Chrome trace, `kvscope bench serve` benchmarks a server."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -45,6 +46,20 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                         help="bytes of swap space for --preemption-mode swap (default 256 MiB)")
     parser.add_argument("--scheduling-policy", dest="policy", choices=["fcfs", "priority"],
                         default="fcfs")
+    parser.add_argument("--speculative-config", type=_json_object, default=None,
+                        help='speculative decoding as JSON, e.g. \'{"method": "ngram", '
+                             '"num_speculative_tokens": 4}\' (methods: ngram, draft_model '
+                             'with "model", self_draft with "draft_layers")')
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -55,6 +70,8 @@ def engine_options(args: argparse.Namespace) -> dict:
         "model": args.model, "enable_prefix_caching": args.enable_prefix_caching,
         "preemption_mode": args.preemption_mode, "policy": args.policy,
     }
+    if args.speculative_config is not None:
+        options["speculative_config"] = args.speculative_config
     if args.swap_space is not None:
         options["swap_space"] = args.swap_space
     if args.kv_cache_memory is not None:

@@ -20,14 +20,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_serve_starts_answers_and_stops_cleanly(stop_signal):
+SPECULATIVE = '{"method": "ngram", "num_speculative_tokens": 3}'
+
+
+@pytest.mark.parametrize("stop_signal, extra", [
+    (signal.SIGTERM, []), (signal.SIGINT, ["--speculative-config", SPECULATIVE])],
+    ids=["sigterm", "sigint-speculative"])
+def test_serve_starts_answers_and_stops_cleanly(stop_signal, extra):
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "kvscope.cli", "serve", "--port", str(port),
          "--kv-cache-memory", str(32 << 20), "--max-model-len", "512",
-         "--served-model-name", "tiny"],
+         "--served-model-name", "tiny", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     log = []
     try:
@@ -45,6 +50,15 @@ def test_serve_starts_answers_and_stops_cleanly(stop_signal):
                               json={"model": "tiny", "prompt": "Hi", "max_tokens": 3})
         assert response.status_code == 200
         assert response.json()["usage"]["completion_tokens"] >= 1
+        if extra:  # a prompt that repeats itself: the n-gram proposer drafts
+            response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60, json={
+                "model": "tiny", "prompt": "one two three four, one two three four, one two",
+                "max_tokens": 16, "temperature": 0})
+            assert response.status_code == 200
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            drafted = [line for line in metrics.splitlines()
+                       if line.startswith("kvscope:spec_decode_num_draft_tokens_total")]
+            assert drafted and float(drafted[0].split()[-1]) > 0, metrics
         process.send_signal(stop_signal)
         rest, _ = process.communicate(timeout=30)
     finally:
@@ -52,3 +66,11 @@ def test_serve_starts_answers_and_stops_cleanly(stop_signal):
             process.kill()
     assert process.returncode == 0, "".join(log) + rest
     assert "kvscope stopped" in rest
+
+
+def test_serve_refuses_a_bad_speculative_config():
+    process = subprocess.run(
+        [sys.executable, "-m", "kvscope.cli", "serve", "--speculative-config", "{method: ngram}"],
+        capture_output=True, text=True, timeout=60)
+    assert process.returncode == 2
+    assert "--speculative-config: not valid JSON" in process.stderr

@@ -142,6 +142,16 @@ class LLMEngine:
                                   self.kv.block_size, self.max_model_len, self.sampler,
                                   self.config.seed)
 
+    def _propose(self, sched: SchedulerOutput) -> None:
+        """Fill the reserved draft slots; blocks reserved for drafts the proposer did
+        not come up with go back before the forward pass."""
+        assert self.speculator is not None
+        self.speculator.propose(sched)
+        for item in sched.scheduled:
+            if len(item.draft_token_ids) < item.num_draft_slots:
+                self.kv.trim(item.request, item.start + item.num_tokens)
+                item.block_ids = self.kv.block_ids(item.request.request_id)
+
     def _lookahead(self, request: Request) -> int:
         """Draft slots for a decoding request: none for sequences of a group or a beam
         search (they share blocks and pick tokens together)."""
@@ -298,7 +308,7 @@ class LLMEngine:
             self.speculator.begin_step(len(self.scheduler.running))
         sched = self.scheduler.schedule()
         if self.speculator is not None:
-            self.speculator.propose(sched)
+            self._propose(sched)
         t1 = time.perf_counter()
         if sched.is_empty:
             self.events.step = self.scheduler.num_steps

@@ -214,14 +214,17 @@ class KVCacheManager:
                                              block_ids=[b.block_id for b in blocks],
                                              evicted=evicted))
 
-    def trim(self, request: Request) -> None:
-        """Give back the blocks past the request's computed tokens: the slots of draft
-        tokens that verification rejected (speculative decoding). Their stale K/V is
-        never read: attention stops at the computed tokens and new tokens overwrite it."""
+    def trim(self, request: Request, num_tokens: int | None = None) -> None:
+        """Give back the blocks past the request's first `num_tokens` (default: its
+        computed tokens): the slots of draft tokens that were rejected or never
+        proposed (speculative decoding). Stale K/V left in kept blocks is never read:
+        attention stops at the computed tokens and new tokens overwrite it."""
         table = self._tables.get(request.request_id)
         if table is None:
             return
-        keep = blocks_needed(request.num_computed_tokens, self.block_size)
+        if num_tokens is None:
+            num_tokens = request.num_computed_tokens
+        keep = blocks_needed(num_tokens, self.block_size)
         if keep >= len(table):
             return
         dropped = table[keep:]

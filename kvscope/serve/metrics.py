@@ -53,8 +53,16 @@ class ServerMetrics:
                               _TPOT_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "arrival to last token",
                              _E2E_BUCKETS)
+        self.spec_drafts = counter("spec_decode_num_drafts",
+                                   "speculative decoding: request-steps that verified drafts")
+        self.spec_draft_tokens = counter("spec_decode_num_draft_tokens",
+                                         "speculative decoding: draft tokens verified")
+        self.spec_accepted = counter("spec_decode_num_accepted_tokens",
+                                     "speculative decoding: draft tokens accepted")
         self.model_name = model_name
-        self._seen = {"num_preemptions": 0, "prefix_cache_queries": 0, "prefix_cache_hits": 0}
+        self._seen = {"num_preemptions": 0, "prefix_cache_queries": 0, "prefix_cache_hits": 0,
+                      "num_generated_tokens": 0, "spec_num_rounds": 0,
+                      "spec_num_draft_tokens": 0, "spec_num_accepted_tokens": 0}
 
     def on_step(self, stats: dict, outputs: list[RequestOutput]) -> None:
         """A step listener for AsyncEngine (runs in the engine thread)."""
@@ -65,7 +73,10 @@ class ServerMetrics:
         queried = self._seen["prefix_cache_queries"]
         self.prefix_hit_rate.labels(self.model_name).set(
             self._seen["prefix_cache_hits"] / queried if queried else 0.0)
-        self.generation_tokens.labels(self.model_name).inc(len(outputs))
+        self._advance(self.generation_tokens, "num_generated_tokens", stats)
+        self._advance(self.spec_drafts, "spec_num_rounds", stats)
+        self._advance(self.spec_draft_tokens, "spec_num_draft_tokens", stats)
+        self._advance(self.spec_accepted, "spec_num_accepted_tokens", stats)
         for output in outputs:
             self._record_request(output)
 
