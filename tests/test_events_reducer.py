@@ -45,7 +45,8 @@ def engine_state(engine: LLMEngine) -> dict[str, Any]:
             "refcounts": [b.ref_cnt for b in kv.pool.blocks],
             "cached": [b.block_hash is not None for b in kv.pool.blocks],
             "free": kv.num_free_blocks,
-            "swapped": kv.swapped_slots()}
+            "swapped": kv.swapped_slots(),
+            "computed": {r.request_id: r.num_computed_tokens for r in engine.scheduler.running}}
 
 
 def fold_with_node(events: list[dict[str, Any]], tmp_path: Path) -> list[dict[str, Any]]:
@@ -191,3 +192,26 @@ def test_fold_matches_engine_with_parallel_sampling_and_beam_search(make_llm, tm
     assert any(e["kind"] == "request_finished" and e["reason"] == "pruned"
                for e in watcher.events)
     assert folded[-1]["free"] == engine.num_blocks
+
+
+def test_fold_matches_engine_with_speculative_decoding(make_llm, tmp_path):
+    """Draft slots reserved, rejected ones trimmed, accepted drafts counted as computed."""
+    llm, watcher = watched_llm(make_llm, kv_cache_memory=block_bytes(make_llm) * 10,
+                               max_model_len=128, enable_prefix_caching=True,
+                               speculative_config={"method": "self_draft",
+                                                   "num_speculative_tokens": 4,
+                                                   "draft_layers": 4})
+    prompts = [SHARED + f"Question {i}: who built the first one?" for i in range(3)]
+    llm.generate(prompts + PROMPTS[:1], SamplingParams(temperature=0, max_tokens=20,
+                                                      ignore_eos=True))
+    folded = assert_fold_matches(watcher, tmp_path)
+    kinds = {e["kind"] for e in watcher.events}
+    assert {"drafts_verified", "blocks_trimmed", "preempted"} <= kinds
+    step_ends = [i for i, e in enumerate(watcher.events) if e["kind"] == "step_end"]
+    for index in step_ends:
+        for request_id, computed in watcher.states[index]["computed"].items():
+            assert folded[index]["computed"][request_id] == computed, (index, request_id)
+    verified = [e for e in watcher.events if e["kind"] == "drafts_verified"]
+    assert sum(e["num_accepted"] for e in verified) == \
+        llm.engine.get_stats()["spec_num_accepted_tokens"]
+    assert folded[-1]["free"] == llm.engine.num_blocks

@@ -25,15 +25,16 @@ ChatMessages = list[dict[str, str]]
 class LLM:
     def __init__(self, model: str | None = None, *, sink: EventSink | None = None,
                  loaded: LoadedModel | None = None, load_progress: bool = False,
-                 **engine_options: Any) -> None:
+                 draft_loaded: LoadedModel | None = None, **engine_options: Any) -> None:
         """`loaded` reuses a model already in memory (to compare engine settings
-        without reloading weights); its dtype must match the `dtype` option.
+        without reloading weights); its dtype must match the `dtype` option;
+        `draft_loaded` does the same for a speculative draft model.
         `load_progress` shows a progress bar while the weights load."""
         self.config = EngineConfig.from_kwargs(model=model, **engine_options)
         if loaded is not None and loaded.dtype != self.config.dtype:
             raise ValueError(f"loaded model is {loaded.dtype}, but dtype is {self.config.dtype}")
         self.engine = LLMEngine(self.config, sink=sink, loaded=loaded,
-                                load_progress=load_progress)
+                                load_progress=load_progress, draft_loaded=draft_loaded)
 
     @property
     def tokenizer(self) -> Any:

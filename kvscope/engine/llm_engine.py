@@ -83,7 +83,9 @@ class StepTimings:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, sink: EventSink | None = None,
-                 loaded: LoadedModel | None = None, load_progress: bool = False) -> None:
+                 loaded: LoadedModel | None = None, load_progress: bool = False,
+                 draft_loaded: LoadedModel | None = None) -> None:
+        """`loaded` / `draft_loaded` reuse a target / draft model already in memory."""
         self.config = config
         self.events = Emitter(sink)
         self.loaded = loaded or load_model(config.model, config.dtype, load_progress)
@@ -109,7 +111,7 @@ class LLMEngine:
                                   lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
         self.speculator: Speculator | None = None
         if config.speculative is not None:
-            self.speculator = Speculator(config.speculative, self._make_proposer(),
+            self.speculator = Speculator(config.speculative, self._make_proposer(draft_loaded),
                                          self.sampler, self.max_model_len)
             self.scheduler.lookahead = self._lookahead
         self._tracked: dict[str, TrackedRequest] = {}
@@ -124,7 +126,7 @@ class LLMEngine:
 
     # -- speculative decoding -----------------------------------------------------
 
-    def _make_proposer(self) -> Proposer:
+    def _make_proposer(self, draft_loaded: LoadedModel | None) -> Proposer:
         spec = self.config.speculative
         assert spec is not None
         if spec.method == "ngram":
@@ -137,7 +139,7 @@ class LLMEngine:
                                   f"{num_layers} layers; got {draft_layers}")
             return SelfDraftProposer(self.runner, draft_layers, self.sampler, self.config.seed)
         assert spec.model is not None
-        draft = load_model(spec.model, self.config.dtype)
+        draft = draft_loaded or load_model(spec.model, self.config.dtype)
         return DraftModelProposer(draft, self.loaded.arch.vocab_size, spec.draft_kv_cache_memory,
                                   self.kv.block_size, self.max_model_len, self.sampler,
                                   self.config.seed)

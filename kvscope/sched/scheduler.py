@@ -164,7 +164,9 @@ class Scheduler:
         if len(out.preempted) == preempted_before:  # no admission when running could not grow
             if not out.swap_out:  # a slot freed this step may not be read back this step
                 budget = self._schedule_swapped(out, budget)
-            self._schedule_waiting(out, budget)
+            budget = self._schedule_waiting(out, budget)
+        if not out.preempted:  # memory is short this step: no room for guesses
+            self._reserve_draft_slots(out, budget)
         out.block_copies = self.kv.take_copies()
         return out
 
@@ -184,26 +186,30 @@ class Scheduler:
             if n == 0:  # all computed: a beam waiting for its group to pick its token
                 index += 1
                 continue
-            drafts = self._draft_slots(request, n, budget)
             while not self.kv.allocate_slots(request, n):
                 victim = self.running[-1]
                 self._preempt(victim, out)
                 if victim is request:
                     return budget
-            out.scheduled.append(self._scheduled(request, n, drafts))
-            budget -= n + drafts
+            out.scheduled.append(self._scheduled(request, n))
+            budget -= n
             index += 1
         return budget
 
-    def _draft_slots(self, request: Request, n: int, budget: int) -> int:
-        """Reserve KV slots for draft tokens after a decode's one token, if the pool
-        has them free (drafts never cause a preemption)."""
-        if n != 1 or request.num_computed_tokens != request.num_tokens - 1:
-            return 0
-        drafts = min(self.lookahead(request), budget - 1)
-        if drafts > 0 and self.kv.allocate_slots(request, 1 + drafts):
-            return drafts
-        return 0
+    def _reserve_draft_slots(self, out: SchedulerOutput, budget: int) -> None:
+        """Speculative decoding: give decodes KV slots for draft tokens from what the
+        step leaves over, tokens and blocks (drafts never delay or preempt anyone)."""
+        for item in out.scheduled:
+            if budget <= 0:
+                return
+            request = item.request
+            if not item.is_decode or request.num_computed_tokens != request.num_tokens - 1:
+                continue
+            drafts = min(self.lookahead(request), budget)
+            if drafts > 0 and self.kv.allocate_slots(request, 1 + drafts):
+                item.num_draft_slots = drafts
+                item.block_ids = self.kv.block_ids(request.request_id)
+                budget -= drafts
 
     def _schedule_swapped(self, out: SchedulerOutput, budget: int) -> int:
         while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -221,7 +227,7 @@ class Scheduler:
             budget -= n
         return budget
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
         while self.waiting and budget > 0:
             if len(self.running) < self.config.max_num_seqs and \
                     self._admit(self.waiting[0], out, budget):
@@ -234,6 +240,7 @@ class Scheduler:
             if not idle:
                 break
             self._preempt(idle[-1], out)
+        return budget
 
     def _admit(self, request: Request, out: SchedulerOutput, budget: int) -> bool:
         """Start a waiting request from its cached prefix, if the pool has room."""
@@ -281,10 +288,10 @@ class Scheduler:
                 return
             self._preempt(self.running[-1], out)
 
-    def _scheduled(self, request: Request, n: int, draft_slots: int = 0) -> ScheduledRequest:
+    def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
         self.kv.cache_full_blocks(request, request.num_computed_tokens + n)
         return ScheduledRequest(request, request.num_computed_tokens, n,
-                                self.kv.block_ids(request.request_id), draft_slots)
+                                self.kv.block_ids(request.request_id))
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
         """Take the victim out of the running batch: swap its K/V out when the mode and

@@ -19,6 +19,7 @@ for (const event of events) {
     free: poolSummary(state).freeCount,
     swapped: state.swapped,
     statuses: Object.fromEntries(state.order.map((id) => [id, state.requests[id].status])),
+    computed: Object.fromEntries(state.order.map((id) => [id, state.requests[id].numComputed])),
   }));
 }
 process.stdout.write(lines.join('\n') + '\n');
