@@ -299,8 +299,9 @@ class TokenEmitted(Event):
 @dataclass(slots=True, kw_only=True)
 class DraftsVerified(Event):
     """Speculative decoding: the target checked a request's draft tokens in this step's
-    pass, accepted the first `num_accepted`, and emits `token_ids` (those plus its own
-    correction or bonus token; token_emitted events follow for each)."""
+    pass, accepted the first `num_accepted`, and gives `token_ids` (those plus its own
+    correction or bonus token). token_emitted events follow for each, up to the first
+    that ends the request (the rest are dropped)."""
 
     kind: ClassVar[str] = "drafts_verified"
     request_id: str

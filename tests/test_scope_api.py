@@ -77,6 +77,70 @@ def test_lab_run_rejects_bad_input_with_an_openai_error(server, body, param_text
     assert httpx.get(server.url + "/health").status_code == 200
 
 
+REPEATING = "one two three four five, one two three four five, one two three four five,"
+
+
+def test_lab_run_with_speculation_returns_verified_drafts(server):
+    r = lab(server, prompts=[REPEATING], max_tokens=12, block_size=4, num_blocks=32,
+            enable_prefix_caching=False, compare_plain=True,
+            speculative_config={"method": "ngram", "num_speculative_tokens": 3,
+                                "prompt_lookup_max": 3})
+    assert r.status_code == 200, r.text
+    run = r.json()
+    events = run["events"]
+    verified = [e for e in events if e["kind"] == "drafts_verified"]
+    assert verified and all(e["method"] == "ngram" and e["request_id"] == "0" for e in verified)
+    chunks = {e["step"]: e["batch"][0] for e in events if e["kind"] == "step_end"}
+    for e in verified:
+        n = e["num_accepted"]
+        assert 1 <= len(e["draft_token_ids"]) <= 3
+        assert e["token_ids"][:n] == e["draft_token_ids"][:n] and len(e["token_ids"]) == n + 1
+        chunk = chunks[e["step"]]
+        assert chunk["phase"] == "verify"
+        assert chunk["num_draft_tokens"] == len(e["draft_token_ids"])
+        # the token_emitted events of the verified tokens follow it
+        at = events.index(e)
+        emitted = [x["token_id"] for x in events[at + 1:at + 1 + len(e["token_ids"])]]
+        assert emitted == e["token_ids"]
+    assert sum(e["num_accepted"] for e in verified) > 0
+    # every token a verification saw has its text; the plain run gave the same tokens
+    seen = {t for e in verified for t in e["draft_token_ids"] + e["token_ids"]}
+    assert seen <= {int(t) for t in run["token_texts"]}
+    tokens = run["outputs"][0]["token_ids"]
+    assert run["plain"]["outputs"][0]["token_ids"] == tokens and run["plain"]["identical"] == [True]
+    assert len(tokens) == 12
+    assert run["final"]["num_free_blocks"] == 32
+
+
+@pytest.mark.parametrize("body, param_text", [
+    ({"speculative_config": {"method": "draft_model", "num_speculative_tokens": 2}},
+     "speculative_config.method"),
+    ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 0}},
+     "speculative_config.num_speculative_tokens"),
+    ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 9}},
+     "speculative_config.num_speculative_tokens"),
+    ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2, "draft_layers": 4}},
+     "draft_layers applies to method 'self_draft' only"),
+    ({"speculative_config": {"method": "self_draft", "num_speculative_tokens": 2,
+                             "prompt_lookup_max": 2}},
+     "prompt_lookup_max applies to method 'ngram' only"),
+    ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2, "bogus": 1}},
+     "speculative_config.bogus"),
+    ({"speculative_config": {"method": "self_draft", "num_speculative_tokens": 2,
+                             "draft_layers": 30}},
+     "draft_layers must be below the model's 30 layers"),
+    ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2}, "n": 2},
+     "does not combine with n > 1"),
+    ({"compare_plain": True}, "compare_plain"),
+])
+def test_lab_run_rejects_bad_speculative_options(server, body, param_text):
+    r = lab(server, prompts=[REPEATING], max_tokens=4, **body)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert param_text in error["message"]
+
+
 def test_kv_sizes_from_the_loaded_config(server):
     sizes = httpx.get(server.url + "/scope/api/kv-sizes").json()
     loaded = sizes["loaded"]

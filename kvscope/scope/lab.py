@@ -4,6 +4,11 @@ A lesson page asks for a run (a few prompts, a tiny pool, small blocks) and draw
 what the engine did from the events it returns. The engine is private to the run, so
 a lesson never disturbs the requests the server is serving; it shares only the
 read-only weights. Runs are serialised by a lock: each takes seconds on a CPU.
+
+With `speculative_config` the run drafts and verifies tokens; the response then also
+carries the text of every token a verification saw (rejected drafts included), and with
+`compare_plain` the same prompts run once more on an engine without speculation, so the
+page can show whether the token ids came out the same.
 """
 
 from __future__ import annotations
@@ -23,6 +28,34 @@ MAX_PROMPT_TOKENS = 256
 MAX_STEPS = 2000  # far above what the limits below allow; a guard against a bug
 
 _lock = threading.Lock()
+
+
+class LabSpeculativeConfig(BaseModel):
+    """Speculative decoding for a lesson run: the proposers that need no second model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["ngram", "self_draft"]
+    num_speculative_tokens: int = Field(4, ge=1, le=8)
+    prompt_lookup_max: int | None = Field(None, ge=1, le=8)  # ngram (default 3)
+    draft_layers: int | None = Field(None, ge=1, le=256)  # self_draft (default: half)
+
+    @model_validator(mode="after")
+    def _options_of_the_method(self) -> LabSpeculativeConfig:
+        if self.method == "ngram" and self.draft_layers is not None:
+            raise ValueError("draft_layers applies to method 'self_draft' only")
+        if self.method == "self_draft" and self.prompt_lookup_max is not None:
+            raise ValueError("prompt_lookup_max applies to method 'ngram' only")
+        return self
+
+    def engine_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"method": self.method,
+                                   "num_speculative_tokens": self.num_speculative_tokens}
+        if self.method == "ngram":
+            options["prompt_lookup_max"] = self.prompt_lookup_max or 3
+        elif self.draft_layers is not None:
+            options["draft_layers"] = self.draft_layers
+        return options
 
 
 class LabRunRequest(BaseModel):
@@ -47,6 +80,8 @@ class LabRunRequest(BaseModel):
     seed: int = 0
     beam_width: int | None = Field(None, ge=1, le=8)  # beam search instead of sampling
     length_penalty: float = Field(1.0, ge=-4.0, le=4.0)
+    speculative_config: LabSpeculativeConfig | None = None
+    compare_plain: bool = False  # also run without speculation and compare the token ids
 
     @model_validator(mode="after")
     def _per_prompt_lists(self) -> LabRunRequest:
@@ -61,11 +96,21 @@ class LabRunRequest(BaseModel):
             raise ValueError("prompts must not be empty")
         if self.best_of is not None and self.best_of < self.n:
             raise ValueError(f"best_of must be >= n ({self.n})")
+        if self.speculative_config is not None and (
+                self.n > 1 or self.best_of is not None or self.beam_width is not None):
+            raise ValueError("speculative_config works on single sequences: it does not "
+                             "combine with n > 1, best_of or beam_width")
+        if self.compare_plain and self.speculative_config is None:
+            raise ValueError("compare_plain compares a speculative run with a plain one: "
+                             "it needs speculative_config")
         return self
 
 
-def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink) -> LLMEngine:
-    """An engine whose pool holds exactly `num_blocks` blocks of `block_size` tokens."""
+def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink | None,
+                     speculative: bool = True) -> LLMEngine:
+    """An engine whose pool holds exactly `num_blocks` blocks of `block_size` tokens
+    (with the run's speculative decoding unless `speculative` is False)."""
+    spec = req.speculative_config if speculative else None
     bytes_per_block = loaded.arch.kv_bytes_per_token(loaded.dtype.itemsize) * req.block_size
     max_len = min(req.num_blocks * req.block_size, loaded.arch.max_position_embeddings, 2048)
     config = EngineConfig.from_kwargs(
@@ -74,7 +119,8 @@ def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink) ->
         enable_prefix_caching=req.enable_prefix_caching,
         preemption_mode=req.preemption_mode, swap_space=req.swap_blocks * bytes_per_block,
         policy=req.policy, max_num_seqs=req.max_num_seqs,
-        max_num_batched_tokens=req.max_num_batched_tokens)
+        max_num_batched_tokens=req.max_num_batched_tokens,
+        speculative_config=spec.engine_options() if spec is not None else None)
     return LLMEngine(config, sink=sink, loaded=loaded)
 
 
@@ -88,30 +134,69 @@ def run_lab(loaded: LoadedModel, req: LabRunRequest) -> dict[str, Any]:
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
         _check_prompt_lengths(engine, req.prompts)
-        params = SamplingParams(n=req.n, best_of=req.best_of, temperature=req.temperature,
-                                seed=req.seed, max_tokens=req.max_tokens,
-                                ignore_eos=req.ignore_eos)
-        arrivals = req.arrive_at_step or [0] * len(req.prompts)
-        pending = sorted(range(len(req.prompts)), key=lambda i: (arrivals[i], i))
-        outputs: dict[str, Any] = {}
-        while pending or engine.has_unfinished_requests():
-            idle = not engine.has_unfinished_requests()
-            while pending and (idle or arrivals[pending[0]] <= engine.scheduler.num_steps):
-                _add(engine, req, pending.pop(0), params)
-                idle = False
-            for out in engine.step():
-                if out.finished:
-                    outputs[out.request_id] = out
-            if engine.scheduler.num_steps > MAX_STEPS:
-                raise RuntimeError("the lab run did not finish")
-        return {
-            "events": sink.dicts(),
+        outputs = _drive(engine, req)
+        events = sink.dicts()
+        result: dict[str, Any] = {
+            "events": events,
             "outputs": [_output(outputs[str(i)]) for i in range(len(req.prompts))],
             "num_steps": engine.scheduler.num_steps,
             "final": {"tables": engine.kv.all_block_ids(),
                       "refcounts": [b.ref_cnt for b in engine.kv.pool.blocks],
                       "num_free_blocks": engine.kv.num_free_blocks},
         }
+        if req.speculative_config is not None:
+            result["token_texts"] = _token_texts(engine, events)
+        if req.compare_plain:
+            result["plain"] = _plain_run(loaded, req, result["outputs"])
+        return result
+
+
+def _drive(engine: LLMEngine, req: LabRunRequest) -> dict[str, Any]:
+    """Add the prompts at their arrival steps and step until all are done; the final
+    output of each request, by request id."""
+    params = SamplingParams(n=req.n, best_of=req.best_of, temperature=req.temperature,
+                            seed=req.seed, max_tokens=req.max_tokens, ignore_eos=req.ignore_eos)
+    arrivals = req.arrive_at_step or [0] * len(req.prompts)
+    pending = sorted(range(len(req.prompts)), key=lambda i: (arrivals[i], i))
+    outputs: dict[str, Any] = {}
+    while pending or engine.has_unfinished_requests():
+        idle = not engine.has_unfinished_requests()
+        while pending and (idle or arrivals[pending[0]] <= engine.scheduler.num_steps):
+            _add(engine, req, pending.pop(0), params)
+            idle = False
+        for out in engine.step():
+            if out.finished:
+                outputs[out.request_id] = out
+        if engine.scheduler.num_steps > MAX_STEPS:
+            raise RuntimeError("the lab run did not finish")
+    return outputs
+
+
+def _token_texts(engine: LLMEngine, events: list[dict[str, Any]]) -> dict[str, str]:
+    """The text of each token a verification saw (drafts, accepted or not, and the
+    target's own tokens) and of each token emitted, one token at a time, special
+    tokens spelled out."""
+    ids: set[int] = set()
+    for e in events:
+        if e["kind"] == "drafts_verified":
+            ids.update(e["draft_token_ids"])
+            ids.update(e["token_ids"])
+        elif e["kind"] == "token_emitted":
+            ids.add(e["token_id"])
+    return {str(t): engine.tokenizer.decode([t], skip_special_tokens=False) for t in sorted(ids)}
+
+
+def _plain_run(loaded: LoadedModel, req: LabRunRequest,
+               speculative: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same workload on an engine without speculative decoding (no events kept):
+    its outputs, and for each prompt whether its token ids equal the speculative run's."""
+    engine = build_lab_engine(loaded, req, None, speculative=False)
+    outputs = _drive(engine, req)
+    plain = [_output(outputs[str(i)]) for i in range(len(req.prompts))]
+    return {"outputs": [{"request_id": o["request_id"], "text": o["text"],
+                         "token_ids": o["token_ids"]} for o in plain],
+            "identical": [p["token_ids"] == s["token_ids"]
+                          for p, s in zip(plain, speculative, strict=True)]}
 
 
 def _add(engine: LLMEngine, req: LabRunRequest, index: int, params: SamplingParams) -> None:

@@ -6,6 +6,8 @@ run to replay, and the lesson endpoints that run a small real engine.
     GET  /scope/api/replay        the recorded run (`kvscope scope --replay FILE`), as JSONL
     GET  /scope/api/kv-sizes      KV bytes per token: the loaded model and well-known ones
     POST /scope/api/lab/run       a lesson's workload on a fresh small engine: its events
+                                  (with speculative_config: token texts, and with
+                                  compare_plain the same run without speculation)
     POST /scope/api/lab/attention one query's block-wise attention, with real Q, K, V
 """
 

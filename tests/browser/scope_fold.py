@@ -1,8 +1,8 @@
 """Just enough of the engine's bookkeeping, rebuilt in Python from a run's events, to
 say what a scope page must print at a given position: block tables, refcounts, cached
-blocks, statuses, computed tokens and counters, forked sequences, copies on write and
-beam-search steps. Independent of the page's own JavaScript reducer, so a wrong page
-fails the browser tests."""
+blocks, statuses, computed tokens and counters, forked sequences, copies on write,
+beam-search steps and verified drafts. Independent of the page's own JavaScript
+reducer, so a wrong page fails the browser tests."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class Req:
     finished_step: int | None = None
     token_ids: list[int] = field(default_factory=list)
     parent: str | None = None  # the sequence it was forked from
+    verifications: list[dict[str, Any]] = field(default_factory=list)  # drafts_verified events
 
 
 @dataclass
@@ -93,7 +94,13 @@ def apply(f: Folded, e: dict[str, Any]) -> None:
         f.steps.append(e)
         for chunk in e["batch"]:
             if chunk["request_id"] in f.reqs:
-                f.reqs[chunk["request_id"]].computed = chunk["start"] + chunk["num_tokens"]
+                r = f.reqs[chunk["request_id"]]
+                r.computed = chunk["start"] + chunk["num_tokens"]
+                drafts = chunk.get("num_draft_tokens", 0)
+                if drafts:  # of the drafts, only the accepted ones count as computed
+                    last = r.verifications[-1]
+                    assert last["step"] == e["step"]
+                    r.computed -= drafts - last["num_accepted"]
     elif kind == "blocks_allocated":
         for b in e["evicted"]:
             f.hashes[b] = None
@@ -104,6 +111,12 @@ def apply(f: Folded, e: dict[str, Any]) -> None:
         for b in e["block_ids"]:
             f.refs[b] += 1
             f.tables.setdefault(rid, []).append(b)
+    elif kind == "blocks_trimmed":
+        for b in e["block_ids"]:
+            f.refs[b] -= 1
+        del f.tables[rid][-len(e["block_ids"]):]
+    elif kind == "drafts_verified":
+        f.req(rid).verifications.append(e)
     elif kind == "blocks_freed":
         for b in e["block_ids"]:
             f.refs[b] -= 1

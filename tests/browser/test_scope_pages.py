@@ -15,7 +15,8 @@ from tests.browser.scope_fold import fold, ids, is_lab_run, js_pct, screenshot, 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
 LESSONS = ["kv-cache", "paged-attention", "attention-math", "fragmentation",
-           "prefix-caching", "preemption", "parallel-sampling", "beam-search"]
+           "prefix-caching", "preemption", "parallel-sampling", "beam-search",
+           "speculative-decoding"]
 
 
 def slider(page):
@@ -468,7 +469,8 @@ def test_narrow_screen_has_no_horizontal_scroll(open_page, path):
     else:
         expect(page.locator("#readout")).to_contain_text("step ")
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
-    if path in ("/lessons/preemption.html", "/lessons/beam-search.html"):
+    if path in ("/lessons/preemption.html", "/lessons/beam-search.html",
+                "/lessons/speculative-decoding.html"):
         screenshot(page, f"{path.split('/')[-1].removesuffix('.html')}-375px")
 
 

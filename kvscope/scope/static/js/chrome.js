@@ -21,6 +21,8 @@ export const LESSONS = [
    blurb: 'Several completions of one prompt sharing its blocks by refcount, with copy-on-write.'},
   {page: 'beam-search', title: 'Beam search',
    blurb: 'A tree of beams sharing blocks; pruning a beam frees its blocks at once.'},
+  {page: 'speculative-decoding', title: 'Speculative decoding',
+   blurb: 'A cheap proposer drafts k tokens, the target checks them all in one pass, and the KV slots of rejected drafts go back.'},
 ];
 
 // Lessons waiting for an engine feature (the home page lists them; none right now).
