@@ -56,6 +56,20 @@ def _time_us(fn: Callable[[int], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+def _kernels_under_test(kernels, x: torch.Tensor, weights: list[torch.Tensor],
+                        packed: list[torch.Tensor]) -> tuple[Callable[[int], object], ...]:
+    """small_gemm and oneDNN on x; call i reads weight copy i (mod the number of copies)."""
+
+    def small(i: int) -> object:
+        return kernels.small_gemm(x, weights[i % len(weights)], None)
+
+    def onednn(i: int) -> object:
+        return torch.ops.mkldnn._linear_pointwise(x, packed[i % len(packed)], None, "none", [],
+                                                  "")
+
+    return small, onednn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7)
@@ -93,14 +107,7 @@ def main() -> None:
                 x = torch.randn(m, k, generator=gen).bfloat16()
                 assert torch.equal(kernels.small_gemm(x, w0, None)[m - 1],
                                    kernels.small_gemm(x[m - 1:], w0, None)[0])
-
-                def small(i: int) -> object:
-                    return kernels.small_gemm(x, weights[i % copies], None)
-
-                def onednn(i: int) -> object:
-                    return torch.ops.mkldnn._linear_pointwise(x, packed[i % copies], None,
-                                                              "none", [], "")
-
+                small, onednn = _kernels_under_test(kernels, x, weights, packed)
                 # calls per timed batch: enough for --target-ms, and every copy once
                 probe = min(_time_us(small, copies), _time_us(onednn, copies))
                 calls = max(copies, int(args.target_ms * 1e3 / max(probe, 1.0)))

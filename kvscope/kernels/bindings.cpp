@@ -25,7 +25,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm in float32, rounded like the reference");
   m.def("add_rms_norm", &add_rms_norm, "residual += x, then RMSNorm of the residual");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up over a fused gate/up projection");
-  m.def("small_gemm", &small_gemm, "x @ weight.T (+ bias) for 1-4 bf16 rows");
+  m.def("small_gemm", &small_gemm, "x @ weight.T (+ bias) in bf16; each row the same whatever the row count");
   m.def("small_gemm_supported", &small_gemm_supported, "built with AVX512-BF16");
   m.def("rope_inplace", &rope_inplace, "rotary embedding of q and k heads, in place");
 }

@@ -1,117 +1,159 @@
 // y = x · Wᵀ (+ bias) in bfloat16 with AVX512-BF16 dot products, for any number of rows.
 //
-// Row-invariant: every output element is one dot product accumulated in the same order
-// whatever the number of rows (16-lane partial sums over k in steps of 32, then the
-// fixed tree of _mm512_reduce_add_ps, then the bias, then one rounding to bf16), so a
-// row gets the same bits alone or in a batch; speculative verification of 1 + k tokens
-// then matches plain decoding token for token. For a few rows a linear layer is a pass
-// over its weights (memory bound): each thread streams 8 weight rows at a time and feeds
-// them to every input row, in tiles of up to 3 rows so the tile's accumulators stay in
-// registers, while the 8 weight rows stay in L1/L2 for the next tile.
+// Row-invariant: each output element is one dot product summed in a fixed order (16 lanes
+// over k in steps of 32, the tree of _mm512_reduce_add_ps, the bias, one bf16 rounding),
+// whatever the number of rows, so a row gets the same bits alone or in a batch and
+// speculative verification of 1 + k tokens matches plain decoding token for token.
+// For a few rows a linear layer is a pass over its weights: threads take groups of 8
+// weight rows (one contiguous block), prefetch a later block into L2 (the library GEMM
+// and the hardware prefetcher alone reach half of this machine's bandwidth on 1 KiB
+// rows), and run every input row over the block in register tiles while it sits in
+// L1/L2. With many rows the tiles keep the vector units busy; the tile shape never
+// changes an element's order of summation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include "simd.h"
 
 #if defined(__AVX512BF16__)
 namespace {
 
-constexpr int64_t kColumnGrain = 64;
-constexpr int kColumnsAtOnce = 8;
-constexpr int kRowTile = 3;
+constexpr int64_t kColumnGrain = 64;  // columns per parallel task, at least
+constexpr int kGroup = 8;             // weight rows (output columns) per block
+constexpr int kTileColumns = 4;       // columns of a full tile, rows 4 or 6 (see below)
+constexpr int64_t kPrefetchBytes = 48 << 10;  // how far ahead the prefetched block lies
+constexpr int64_t kLongRows = 4096;  // K from which 6-row tiles beat 4-row ones (L2-bound)
 
 // Sixteen horizontal sums at once: lane i is _mm512_reduce_add_ps(v[i]) to the bit. The
-// adds are the ones of that tree (upper 256 + lower 256, upper 128 + lower 128, lanes
-// {2,3} + {0,1}, lane 1 + lane 0), done vertically on transposed halves; float addition
-// is commutative, so only which pairs get added matters.
+// adds are those of its tree (upper 256 + lower 256, upper 128 + lower 128, lanes {2,3}
+// + {0,1}, lane 1 + lane 0) done vertically on shuffled halves; float addition commutes,
+// so only which pairs are added matters.
 inline __m512 reduce16(const __m512* v) {
   // the tree leaves the sum of slot s in lane 4 * (s % 4) + s / 4, so feed it transposed
   __m512 in[16];
   for (int s = 0; s < 16; ++s) in[s] = v[4 * (s % 4) + s / 4];
   __m512 u[8];
   for (int p = 0; p < 8; ++p) {
-    const __m512 lo = _mm512_shuffle_f32x4(in[2 * p], in[2 * p + 1], 0x44);  // a.0 a.1 b.0 b.1
-    const __m512 hi = _mm512_shuffle_f32x4(in[2 * p], in[2 * p + 1], 0xEE);  // a.2 a.3 b.2 b.3
+    const __m512 lo = _mm512_shuffle_f32x4(in[2 * p], in[2 * p + 1], 0x44);  // a0 a1 b0 b1
+    const __m512 hi = _mm512_shuffle_f32x4(in[2 * p], in[2 * p + 1], 0xEE);  // a2 a3 b2 b3
     u[p] = _mm512_add_ps(hi, lo);
   }
   __m512 s[4];
   for (int q = 0; q < 4; ++q) {
-    const __m512 lo = _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0x88);  // chunks 0 2 0 2
-    const __m512 hi = _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0xDD);  // chunks 1 3 1 3
+    const __m512 lo = _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0x88);  // 128s 0 2 0 2
+    const __m512 hi = _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0xDD);  // 128s 1 3 1 3
     s[q] = _mm512_add_ps(hi, lo);
   }
   __m512 t[2];
   for (int q = 0; q < 2; ++q) {
-    const __m512 lo = _mm512_castpd_ps(
-        _mm512_unpacklo_pd(_mm512_castps_pd(s[2 * q]), _mm512_castps_pd(s[2 * q + 1])));
-    const __m512 hi = _mm512_castpd_ps(
-        _mm512_unpackhi_pd(_mm512_castps_pd(s[2 * q]), _mm512_castps_pd(s[2 * q + 1])));
-    t[q] = _mm512_add_ps(lo, hi);  // lanes {0,1} + {2,3} of each 128
+    const __m512d a = _mm512_castps_pd(s[2 * q]), b = _mm512_castps_pd(s[2 * q + 1]);
+    t[q] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),   // lanes {0,1}
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));  // + lanes {2,3}
   }
-  const __m512 even = _mm512_shuffle_ps(t[0], t[1], 0x88);  // lanes 0 2 0 2 per 128
-  const __m512 odd = _mm512_shuffle_ps(t[0], t[1], 0xDD);   // lanes 1 3 1 3 per 128
+  const __m512 even = _mm512_shuffle_ps(t[0], t[1], 0x88);  // lanes 0 2 0 2 of each 128
+  const __m512 odd = _mm512_shuffle_ps(t[0], t[1], 0xDD);   // lanes 1 3 1 3 of each 128
   return _mm512_add_ps(even, odd);
 }
 
-// Rows [0, R) of x against weight rows [n0, n0 + 8): acc, reduce, bias, round, store.
-template <int R>
-inline void tile(const c10::BFloat16* x, const c10::BFloat16* w, bool has_bias, __m512 bias2,
-                 c10::BFloat16* y, int64_t n_out, int64_t k_in) {
-  __m512 acc[R][kColumnsAtOnce];
+// Lines of a later weight block still to prefetch, spread over the current block's tiles.
+struct Prefetch {
+  const char* next;
+  const char* end;
+  int per_step;  // lines per k step of a tile
+};
+
+// y[r, j] for rows r < R of x and weight rows j < C of w: accumulate, reduce, add the
+// bias, round, store. x, w and y point at the tile's first row / weight row / element.
+template <int C, int R>
+inline void tile(const c10::BFloat16* x, const c10::BFloat16* w, const c10::BFloat16* bias,
+                 c10::BFloat16* y, int64_t n_out, int64_t k_in, Prefetch& pf) {
+  __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < kColumnsAtOnce; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int j = 0; j < C; ++j) acc[r][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < k_in; k += 32) {
     __m512bh xs[R];
     for (int r = 0; r < R; ++r)
       xs[r] = (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(x + r * k_in + k));
-    for (int j = 0; j < kColumnsAtOnce; ++j) {
+    for (int j = 0; j < C; ++j) {
       const __m512bh wv =
           (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(w + j * k_in + k));
       for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], xs[r], wv);
     }
+    for (int p = 0; p < pf.per_step && pf.next < pf.end; ++p, pf.next += 64)
+      _mm_prefetch(pf.next, _MM_HINT_T1);
   }
-  // two rows per reduction: lanes 0-7 the first row's 8 columns, lanes 8-15 the second's
-  for (int r = 0; r < R; r += 2) {
+  // sixteen sums at a time: lane l of the chunk at e0 is element e0 + l = row * C + column
+  constexpr int kSums = R * C;
+  __m512 bias16 = _mm512_setzero_ps();
+  if (bias != nullptr) {
+    alignas(64) float b[16];
+    for (int l = 0; l < 16; ++l) b[l] = float(bias[l % C]);
+    bias16 = _mm512_load_ps(b);
+  }
+  for (int e0 = 0; e0 < kSums; e0 += 16) {
     __m512 v[16];
-    for (int j = 0; j < kColumnsAtOnce; ++j) {
-      v[j] = acc[r][j];
-      v[8 + j] = r + 1 < R ? acc[r + 1][j] : _mm512_setzero_ps();
-    }
+    for (int l = 0; l < 16; ++l)
+      v[l] = e0 + l < kSums ? acc[(e0 + l) / C][(e0 + l) % C] : _mm512_setzero_ps();
     __m512 sum = reduce16(v);
-    if (has_bias) sum = _mm512_add_ps(sum, bias2);
-    const __m512i bits = kvscope_simd::bf16_bits(sum);
-    const __m256i packed = _mm512_cvtepi32_epi16(bits);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + r * n_out),
-                     _mm256_castsi256_si128(packed));
-    if (r + 1 < R)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + (r + 1) * n_out),
-                       _mm256_extracti128_si256(packed, 1));
+    if (bias != nullptr) sum = _mm512_add_ps(sum, bias16);
+    alignas(32) c10::BFloat16 out[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out),
+                       _mm512_cvtepi32_epi16(kvscope_simd::bf16_bits(sum)));
+    for (int e = e0; e < e0 + 16 && e < kSums; e += C)
+      std::memcpy(y + (e / C) * n_out, out + (e - e0), C * sizeof(c10::BFloat16));
   }
 }
 
+// The last rows % ROWS rows of a block: all 8 columns at once up to 3 rows (1 to 3 rows
+// are the memory-bound decode case: 8 weight streams in flight), else two 4-column tiles.
+template <int R>
+inline void tail_tile(const c10::BFloat16* x, const c10::BFloat16* w, const c10::BFloat16* bias,
+                      c10::BFloat16* y, int64_t n_out, int64_t k_in, Prefetch& pf) {
+  if constexpr (R <= 3) {
+    tile<kGroup, R>(x, w, bias, y, n_out, k_in, pf);
+  } else {
+    for (int c = 0; c < kGroup; c += kTileColumns)
+      tile<kTileColumns, R>(x, w + c * k_in, bias ? bias + c : nullptr, y + c, n_out, k_in, pf);
+  }
+}
+
+// Full tiles of 4 columns x ROWS rows: 4 x 4 (16 accumulators, one reduce16) while a
+// block's 8 weight rows fit L1; 4 x 6 for long rows, where loads come from L2 and
+// 10 per 24 dot products beat 8 per 16.
+template <int ROWS>
 void small_gemm_bf16(const c10::BFloat16* x, const c10::BFloat16* w, const c10::BFloat16* bias,
                      c10::BFloat16* y, int64_t rows, int64_t n_out, int64_t k_in) {
-  at::parallel_for(0, n_out / kColumnsAtOnce, kColumnGrain / kColumnsAtOnce,
-                   [&](int64_t begin, int64_t end) {
+  const int64_t rest = rows % ROWS;
+  const int64_t tiles =
+      rows / ROWS * (kGroup / kTileColumns) + (rest == 0 ? 0 : rest <= 3 ? 1 : 2);
+  const int per_step = static_cast<int>((kGroup + tiles - 1) / tiles);  // covers a block
+  const int64_t block_bytes = std::max<int64_t>(1, kGroup * k_in * 2);
+  const int64_t blocks_ahead = std::max<int64_t>(1, kPrefetchBytes / block_bytes);
+  const auto* w_end = reinterpret_cast<const char*>(w + n_out * k_in);
+  at::parallel_for(0, n_out / kGroup, kColumnGrain / kGroup, [&](int64_t begin, int64_t end) {
     for (int64_t group = begin; group < end; ++group) {
-      const int64_t n0 = group * kColumnsAtOnce;
+      const int64_t n0 = group * kGroup;
       const c10::BFloat16* wg = w + n0 * k_in;
+      const c10::BFloat16* bg = bias != nullptr ? bias + n0 : nullptr;
       c10::BFloat16* yg = y + n0;
-      // bias[n0 .. n0 + 8) in lanes 0-7 and again in 8-15, as float (exact)
-      __m512 bias2 = _mm512_setzero_ps();
-      if (bias != nullptr) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bias + n0));
-        const __m256 b8 =
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-        bias2 = _mm512_insertf32x8(_mm512_castps256_ps512(b8), b8, 1);
-      }
-      const bool has_bias = bias != nullptr;
+      const auto* ahead = reinterpret_cast<const char*>(wg) + blocks_ahead * block_bytes;
+      Prefetch pf{ahead, std::min(ahead + block_bytes, w_end), per_step};
       int64_t r = 0;
-      for (; r + kRowTile <= rows; r += kRowTile)
-        tile<kRowTile>(x + r * k_in, wg, has_bias, bias2, yg + r * n_out, n_out, k_in);
-      switch (rows - r) {
-        case 1: tile<1>(x + r * k_in, wg, has_bias, bias2, yg + r * n_out, n_out, k_in); break;
-        case 2: tile<2>(x + r * k_in, wg, has_bias, bias2, yg + r * n_out, n_out, k_in); break;
+      for (; r + ROWS <= rows; r += ROWS)
+        for (int c = 0; c < kGroup; c += kTileColumns)
+          tile<kTileColumns, ROWS>(x + r * k_in, wg + c * k_in, bg != nullptr ? bg + c : nullptr,
+                                   yg + r * n_out + c, n_out, k_in, pf);
+      const c10::BFloat16* xr = x + r * k_in;
+      c10::BFloat16* yr = yg + r * n_out;
+      switch (rest) {
+        case 1: tail_tile<1>(xr, wg, bg, yr, n_out, k_in, pf); break;
+        case 2: tail_tile<2>(xr, wg, bg, yr, n_out, k_in, pf); break;
+        case 3: tail_tile<3>(xr, wg, bg, yr, n_out, k_in, pf); break;
+        case 4: if constexpr (ROWS > 4) tail_tile<4>(xr, wg, bg, yr, n_out, k_in, pf); break;
+        case 5: if constexpr (ROWS > 5) tail_tile<5>(xr, wg, bg, yr, n_out, k_in, pf); break;
         default: break;
       }
     }
@@ -129,20 +171,30 @@ bool small_gemm_supported() {
 #endif
 }
 
-// x [rows, K] bf16, weight [N, K] bf16, K % 32 == 0, N % 8 == 0 → [rows, N]
+// x [rows, K] bf16, weight [N, K] bf16, bias [N] bf16 or none, K % 32 == 0, N % 8 == 0
+// → [rows, N]; row i of the result does not depend on the other rows or on `rows`
 at::Tensor small_gemm(at::Tensor x, at::Tensor weight, c10::optional<at::Tensor> bias) {
   TORCH_CHECK(small_gemm_supported(), "small_gemm needs a CPU with AVX512-BF16");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16,
               "small_gemm is for bfloat16");
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
+              "small_gemm needs x [rows, K] and weight [N, K]");
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "small_gemm needs contiguous inputs");
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = weight.size(0);
   TORCH_CHECK(k_in % 32 == 0 && n_out % 8 == 0, "small_gemm shape out of range");
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() &&
+                    bias->numel() == n_out,
+                "small_gemm needs a contiguous bf16 bias of N elements");
   auto y = at::empty({rows, n_out}, x.options());
 #if defined(__AVX512BF16__)
-  if (rows == 0) return y;
+  if (rows == 0 || n_out == 0) return y;
   const c10::BFloat16* b = bias.has_value() ? bias->data_ptr<c10::BFloat16>() : nullptr;
-  small_gemm_bf16(x.data_ptr<c10::BFloat16>(), weight.data_ptr<c10::BFloat16>(), b,
-                  y.data_ptr<c10::BFloat16>(), rows, n_out, k_in);
+  const auto* xp = x.data_ptr<c10::BFloat16>();
+  const auto* wp = weight.data_ptr<c10::BFloat16>();
+  auto* yp = y.data_ptr<c10::BFloat16>();
+  if (k_in >= kLongRows) small_gemm_bf16<6>(xp, wp, b, yp, rows, n_out, k_in);
+  else small_gemm_bf16<4>(xp, wp, b, yp, rows, n_out, k_in);
 #endif
   return y;
 }

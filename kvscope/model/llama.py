@@ -36,7 +36,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, meta: AttentionMetadata,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens = x.shape[0]
-        qkv = self.qkv_proj(x)
+        qkv = self.qkv_proj(x, meta.num_decodes)
         rope_qk_inplace(qkv, meta.cos, meta.sin, self.num_heads + self.num_kv_heads,
                         self.head_dim)
         q, k, v = qkv.split(self.split, dim=-1)
@@ -46,7 +46,7 @@ class Attention(nn.Module):
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta)
-        return self.o_proj(out.view(tokens, -1))
+        return self.o_proj(out.view(tokens, -1), meta.num_decodes)
 
 
 class MLP(nn.Module):
@@ -55,8 +55,9 @@ class MLP(nn.Module):
         self.gate_up_proj = Linear(arch.hidden_size, 2 * arch.intermediate_size)
         self.down_proj = Linear(arch.intermediate_size, arch.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, num_decode_rows: int = 0) -> torch.Tensor:
+        hidden = silu_and_mul(self.gate_up_proj(x, num_decode_rows))
+        return self.down_proj(hidden, num_decode_rows)
 
 
 class DecoderLayer(nn.Module):
@@ -78,7 +79,7 @@ class DecoderLayer(nn.Module):
             hidden = self.input_layernorm(x, residual)
         hidden = self.self_attn(hidden, meta, kv_cache)
         hidden = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        return self.mlp(hidden, meta.num_decodes), residual
 
 
 class LlamaModel(nn.Module):
@@ -104,9 +105,9 @@ class LlamaModel(nn.Module):
             x, residual = layer(x, residual, meta, kv_cache)
         return self.norm(x, residual)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor, num_decode_rows: int = 0) -> torch.Tensor:
         assert self.lm_head is not None
-        return self.lm_head(hidden).float()
+        return self.lm_head(hidden, num_decode_rows).float()
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
         """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up."""

@@ -61,7 +61,8 @@ class ModelRunner:
         input_ids, meta, sample_rows, sampled = self._prepare(ordered)
         with torch.inference_mode():
             hidden = self.model(input_ids, meta, self.kv_caches)
-            logits = self.model.compute_logits(hidden[sample_rows])
+            # decode rows come first and all sample
+            logits = self.model.compute_logits(hidden[sample_rows], meta.num_decodes)
             prompt_logits = [PromptLogits(item.request, item.start,
                                           self.model.compute_logits(hidden[begin:end]))
                              for item, begin, end in _prompt_logprob_rows(ordered)]
@@ -83,7 +84,7 @@ class ModelRunner:
         with torch.inference_mode():
             hidden = self.model(torch.tensor(token_ids, dtype=torch.long), meta,
                                 self.kv_caches, num_layers)
-            return self.model.compute_logits(hidden)
+            return self.model.compute_logits(hidden, meta.num_decodes)
 
     def apply_swaps(self, out: SchedulerOutput) -> None:
         """Copy swapped-out blocks to their slots, then swapped-in slots to their new

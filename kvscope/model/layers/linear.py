@@ -1,10 +1,20 @@
 """Linear layers that pick their kernel by batch size.
 
-With one to four rows (small-batch decode) a bf16 linear is bound by reading its
-weights, and the C++ `small_gemm` streams them about twice as fast as the library
-GEMM. From five rows on, oneDNN's GEMM wins; in bf16 it runs on a copy of the weight
-pre-packed once into its blocked layout, which saves the re-layout it would otherwise
-do on every call (15-25% at 64 rows). The packed copy costs the weight's size again.
+With few rows (decode) a bf16 linear is bound by reading its weights, and the C++
+`small_gemm` streams them faster than the library GEMM; with many rows (prefill)
+oneDNN's GEMM runs on a copy of the weight pre-packed once into its blocked layout,
+which saves the re-layout it would otherwise do on every call (15-25% at 64 rows). The
+packed copy costs the weight's size again.
+
+Row invariance: `small_gemm` gives a row the same bits whatever the number of rows in
+the call, and so does oneDNN among calls of 5+ rows, but the two round differently now
+and then, which flips a greedy token once in a while. So every call of up to
+ROW_INVARIANT_MAX_ROWS rows takes `small_gemm`, and in larger calls (steps that prefill)
+the leading decode rows still do (`num_decode_rows`): a decode row, and a speculative
+verification row, which is computed as a decode row, gets the same bits whatever else
+is in the step. Greedy output with speculative decoding then equals plain greedy output
+in bf16 too. On the 2-core bench machine small_gemm is as fast as oneDNN or faster up to
+about 16-32 rows and at most ~10% slower at 64 (benchmarks/row_invariant_linear.py).
 """
 
 from __future__ import annotations
@@ -15,13 +25,27 @@ from torch import nn
 
 from kvscope.kernels.build import cpu_kernels
 
-SMALL_GEMM_MAX_ROWS = 4
+# calls of up to this many rows use small_gemm (where it fits), larger ones oneDNN
+ROW_INVARIANT_MAX_ROWS = 64
 _PACK_BATCH_HINT = 64  # rows oneDNN should expect; any row count works with the result
 
 
+def set_row_invariant(max_rows: int) -> int:
+    """Send bf16 calls of up to `max_rows` rows to `small_gemm` (and larger ones, but for
+    their decode rows, to oneDNN); returns the previous bound."""
+    global ROW_INVARIANT_MAX_ROWS
+    if max_rows < 0:
+        raise ValueError(f"max_rows must be >= 0, got {max_rows}")
+    previous, ROW_INVARIANT_MAX_ROWS = ROW_INVARIANT_MAX_ROWS, max_rows
+    return previous
+
+
 def _small_gemm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.dtype == torch.bfloat16 and x.dim() == 2 and x.shape[0] <= SMALL_GEMM_MAX_ROWS
-            and x.is_contiguous() and weight.shape[1] % 32 == 0 and weight.shape[0] % 8 == 0)
+    kernels = cpu_kernels()
+    return (kernels is not None and kernels.small_gemm_supported()
+            and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.dim() == 2
+            and x.is_contiguous() and weight.is_contiguous()
+            and weight.shape[1] % 32 == 0 and weight.shape[0] % 8 == 0)
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
@@ -35,10 +59,24 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           packed: torch.Tensor | None = None) -> torch.Tensor:
-    kernels = cpu_kernels()
-    if kernels is not None and kernels.small_gemm_supported() and _small_gemm_fits(x, weight):
-        return kernels.small_gemm(x, weight, bias)
+           packed: torch.Tensor | None = None, num_decode_rows: int = 0) -> torch.Tensor:
+    """x Wᵀ + b; the first `num_decode_rows` rows of x are decode rows (see above)."""
+    if not _small_gemm_fits(x, weight):
+        return _library_linear(x, weight, bias, packed)
+    small_gemm = cpu_kernels().small_gemm
+    rows = x.shape[0]
+    if rows <= ROW_INVARIANT_MAX_ROWS or num_decode_rows >= rows:
+        return small_gemm(x, weight, bias)
+    if not num_decode_rows:
+        return _library_linear(x, weight, bias, packed)
+    out = torch.empty(rows, weight.shape[0], dtype=x.dtype)
+    out[:num_decode_rows] = small_gemm(x[:num_decode_rows], weight, bias)
+    out[num_decode_rows:] = _library_linear(x[num_decode_rows:], weight, bias, packed)
+    return out
+
+
+def _library_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    packed: torch.Tensor | None) -> torch.Tensor:
     if packed is not None and x.dim() == 2:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -64,5 +102,5 @@ class Linear(nn.Module):
     def pack(self) -> None:
         self.packed = pack_weight(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.packed)
+    def forward(self, x: torch.Tensor, num_decode_rows: int = 0) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.packed, num_decode_rows)

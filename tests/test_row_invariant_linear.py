@@ -1,0 +1,53 @@
+"""small_gemm is row-invariant: a row's output has the same bits whatever the number of
+rows in the call (speculative verification relies on it), at the bundled model's shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kvscope.kernels.build import cpu_kernels
+from kvscope.model.layers import linear as linear_mod
+
+kernels = cpu_kernels()
+pytestmark = pytest.mark.skipif(kernels is None or not kernels.small_gemm_supported(),
+                                reason="needs the C++ kernels built with AVX512-BF16")
+
+ROWS = [1, 2, 3, 4, 5, 7, 8, 13, 16, 33, 64]
+# SmolLM2-135M: (out, in) of qkv, o_proj, gate_up, down, lm_head
+SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]
+
+
+@pytest.mark.parametrize(("n_out", "k_in"), SHAPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_rows_do_not_depend_on_the_batch(n_out: int, k_in: int, with_bias: bool):
+    gen = torch.Generator().manual_seed(n_out + k_in)
+    x = torch.randn(max(ROWS), k_in, generator=gen).bfloat16()
+    weight = (torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5).bfloat16()
+    bias = torch.randn(n_out, generator=gen).bfloat16() if with_bias else None
+    alone = torch.cat([kernels.small_gemm(x[i:i + 1], weight, bias) for i in range(len(x))])
+    for m in ROWS:
+        assert torch.equal(kernels.small_gemm(x[:m], weight, bias), alone[:m]), m
+    # a batch whose rows start mid-way through x (other neighbours, other tile positions)
+    assert torch.equal(kernels.small_gemm(x[3:40].contiguous(), weight, bias), alone[3:40])
+    expected = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    torch.testing.assert_close(alone.float(), expected, atol=2e-2, rtol=1e-2)
+
+
+def test_row_invariant_bound_routes_calls_to_small_gemm(monkeypatch: pytest.MonkeyPatch):
+    gen = torch.Generator().manual_seed(0)
+    weight = (torch.randn(960, 576, generator=gen) * 576 ** -0.5).bfloat16()
+    packed = linear_mod.pack_weight(weight)
+    x = torch.randn(16, 576, generator=gen).bfloat16()
+    alone = kernels.small_gemm(x[:1], weight, None)
+    monkeypatch.setattr(linear_mod, "ROW_INVARIANT_MAX_ROWS", 4)  # restored afterwards
+    assert linear_mod.set_row_invariant(64) == 4
+    for m in (1, 5, 16):
+        assert torch.equal(linear_mod.linear(x[:m], weight, None, packed)[:1], alone)
+    linear_mod.set_row_invariant(4)
+    out = linear_mod.linear(x, weight, None, packed)  # 16 rows: oneDNN (or F.linear)
+    torch.testing.assert_close(out.float(), F.linear(x.float(), weight.float()),
+                               atol=2e-2, rtol=1e-2)
+    with pytest.raises(ValueError):
+        linear_mod.set_row_invariant(-1)
