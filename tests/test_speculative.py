@@ -170,3 +170,50 @@ def test_ngram_lookup_takes_the_latest_longest_match():
     assert propose_ngram([1, 2, 3, 4], 3, 1, 3) == []
     assert propose_ngram([5, 6, 5], 4, 1, 2) == [6, 5]
     assert propose_ngram([4, 4, 4, 4], 2, 2, 2) == [4]
+
+
+@pytest.mark.parametrize("config", [NGRAM, SELF_DRAFT], ids=["ngram", "self_draft"])
+def test_greedy_output_is_unchanged_in_bf16(loaded_bf16, config):
+    """Verification rows are computed as decode rows (same attention kernel, linears
+    whose rows do not depend on the row count), so bf16 agrees bit for bit too."""
+    from kvscope import LLM
+
+    plain = LLM(dtype="bfloat16", loaded=loaded_bf16, max_model_len=1024,
+                kv_cache_memory=64 << 20)
+    spec = LLM(dtype="bfloat16", loaded=loaded_bf16, max_model_len=1024,
+               kv_cache_memory=64 << 20, speculative_config=config)
+    params = SamplingParams(temperature=0.0, max_tokens=64)
+    for batch in ([PROMPTS[0]], PROMPTS):  # alone, then all at once
+        assert token_ids(spec.generate(batch, params)) == token_ids(plain.generate(batch, params))
+    assert spec.engine.get_stats()["spec_num_accepted_tokens"] > 0
+
+
+QWEN_PAIR = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+
+
+def test_qwen_draft_model_keeps_greedy_output_in_bf16():
+    """The real pair: Qwen2.5-Coder-0.5B drafting for 1.5B (skipped without its packages)."""
+    import torch
+
+    from kvscope import LLM
+    from kvscope.model.loader import load_model
+    from kvscope.model.packaged import missing_packages
+
+    missing = [p for name in QWEN_PAIR for p in missing_packages(name)]
+    if missing:
+        pytest.skip(f"the Qwen pair needs {len(missing)} packages, e.g. {missing[0]}")
+    target = load_model(QWEN_PAIR[0], torch.bfloat16)
+    draft = load_model(QWEN_PAIR[1], torch.bfloat16)
+    plain = LLM(dtype="bfloat16", loaded=target, max_model_len=1024)
+    spec = LLM(dtype="bfloat16", loaded=target, draft_loaded=draft, max_model_len=1024,
+               speculative_config={"method": "draft_model", "model": QWEN_PAIR[1],
+                                   "num_speculative_tokens": 4})
+    prompts = [plain.apply_chat_template([{"role": "user", "content": text}]) for text in (
+        "Write a Python function `is_prime(n)`.", "Why is the sea salty?")]
+    params = SamplingParams(temperature=0.0, max_tokens=40)
+    assert token_ids(spec.generate(prompts, params)) == token_ids(plain.generate(prompts, params))
+    stats = spec.engine.get_stats()
+    assert stats["spec_acceptance_rate"] > 0.3
+    assert spec.engine.kv.pool.num_used_blocks == 0
+    draft_kv = spec.engine.speculator.proposer.kv
+    assert draft_kv.num_free_blocks == draft_kv.pool.num_blocks
