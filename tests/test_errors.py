@@ -158,8 +158,8 @@ def test_bad_dtype(loaded_fp32):
 def test_unknown_model_path(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelNotFoundError, match=re.escape(
-            f"model {str(missing)!r} is neither a Hugging Face model directory nor a .gguf "
-            "file")):
+            f"model {str(missing)!r} is neither a Hugging Face model directory, a .gguf "
+            "file nor a packaged model (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)")):
         LLM(model=str(missing), dtype="float32")
     with pytest.raises(ModelNotFoundError, match=re.escape(
             f"model directory {str(tmp_path)!r} has no config.json")):

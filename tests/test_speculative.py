@@ -78,10 +78,12 @@ def test_chunked_prefill_and_prefix_cache_with_speculation(make_llm, plain, conf
     assert_all_blocks_back(llm)
 
 
-@pytest.mark.parametrize("mode", ["recompute", "swap"])
-def test_forced_preemption_with_speculation(make_llm, loaded_fp32, plain, mode):
+@pytest.mark.parametrize("config, mode", [(NGRAM, "recompute"), (NGRAM, "swap"),
+                                          (SELF_DRAFT, "recompute")],
+                         ids=["ngram-recompute", "ngram-swap", "self_draft-recompute"])
+def test_forced_preemption_with_speculation(make_llm, loaded_fp32, plain, config, mode):
     bytes_per_block = loaded_fp32.arch.kv_bytes_per_token(4) * 16
-    llm = make_llm(speculative_config=NGRAM, block_size=16, max_model_len=128,
+    llm = make_llm(speculative_config=config, block_size=16, max_model_len=128,
                    kv_cache_memory=14 * bytes_per_block, preemption_mode=mode)
     outputs = llm.generate(PROMPTS, GREEDY)
     assert llm.engine.get_stats()["num_preemptions"] > 0
