@@ -40,7 +40,6 @@ class Verified:
     target's own token; with their logprobs where asked for."""
 
     token_ids: list[int]
-    num_accepted: int
     logprobs: list[dict[int, Logprob] | None]
     sampled_logprobs: list[float | None]
 
@@ -104,7 +103,7 @@ class Speculator:
         self.stats.record(len(drafts), used - 1, used)
         request.num_draft_tokens += len(drafts)
         request.num_accepted_tokens += used - 1
-        return Verified(tokens, used - 1, logprobs, sampled)
+        return Verified(tokens, logprobs, sampled)
 
     def forget(self, request_id: str) -> None:
         self._drafts.pop(request_id, None)

@@ -203,7 +203,7 @@ class Scheduler:
             if budget <= 0:
                 return
             request = item.request
-            if not item.is_decode or request.num_computed_tokens != request.num_tokens - 1:
+            if not item.is_decode:  # the lookahead checks the rest
                 continue
             drafts = min(self.lookahead(request), budget)
             if drafts > 0 and self.kv.allocate_slots(request, 1 + drafts):
