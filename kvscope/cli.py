@@ -117,11 +117,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from kvscope.scope.lab_limits import LabLimits
     from kvscope.serve.server import serve
 
+    if args.no_scope and getattr(args, "replay", None) is not None:
+        raise ValueError("--replay plays a run in the scope; it does not go with --no-scope")
+    lab = LabLimits(queue=args.scope_lab_queue, max_tokens=args.scope_lab_max_tokens,
+                    timeout_s=args.scope_lab_timeout)
     serve(engine_options(args), args.host, args.port, args.api_key, args.served_model_name,
           args.max_waiting_requests, args.max_body_bytes, record=args.record,
-          replay=getattr(args, "replay", None))
+          replay=getattr(args, "replay", None), public_metrics=args.allow_unauthenticated_metrics,
+          scope=not args.no_scope, lab_limits=lab)
     return 0
 
 
@@ -149,16 +155,44 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     trace.set_defaults(func=cmd_trace)
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more; got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more; got {value}")
+    return value
+
+
 def _server_args(serve: argparse.ArgumentParser) -> None:
     from kvscope.engine.async_engine import DEFAULT_MAX_WAITING_REQUESTS
+    from kvscope.scope.lab_limits import LabLimits
     from kvscope.serve.app import DEFAULT_MAX_BODY_BYTES
 
     _engine_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=os.environ.get("KVSCOPE_API_KEY"),
-                       help="require 'Authorization: Bearer KEY' on /v1 routes "
+                       help="require 'Authorization: Bearer KEY' on every route but /health, "
+                            "the scope's API included; its pages ask for the key "
                             "(default: $KVSCOPE_API_KEY, else no key)")
+    serve.add_argument("--allow-unauthenticated-metrics", action="store_true",
+                       help="with --api-key, let /metrics answer without the key "
+                            "(for scrapers that cannot send it)")
+    serve.add_argument("--no-scope", action="store_true",
+                       help="serve no scope routes at all (no pages, no lesson runs, no "
+                            "live events)")
+    serve.add_argument("--scope-lab-queue", type=_non_negative, default=LabLimits.queue,
+                       help="lesson runs that may wait behind the running one; more get 429")
+    serve.add_argument("--scope-lab-max-tokens", type=_positive, default=LabLimits.max_tokens,
+                       help="tokens one lesson run may compute before it is stopped")
+    serve.add_argument("--scope-lab-timeout", type=float, default=LabLimits.timeout_s,
+                       help="seconds one lesson run may take before it is stopped")
     serve.add_argument("--served-model-name", default=None,
                        help="the model name clients send (default: from the model file)")
     serve.add_argument("--max-waiting-requests", type=int,

@@ -55,8 +55,9 @@ def test_empty_token_list_prompt(llm: LLM):
 
 def test_token_ids_outside_the_vocabulary(llm: LLM):
     vocab = llm.engine.loaded.arch.vocab_size
-    message = re.escape(f"prompt token ids must be integers in [0, {vocab})")
-    for bad in ([1, vocab], [-1, 5], [1, 2.0]):
+    for bad, index, value in (([1, vocab], 1, vocab), ([-1, 5], 0, -1), ([1, 2.0], 1, 2.0)):
+        message = re.escape(f"prompt token {index} is {value!r}: token ids must be integers "
+                            f"in [0, {vocab})")
         with pytest.raises(RequestError, match=message):
             llm.engine.add_request("bad", bad, GREEDY)
     assert_idle(llm)
@@ -209,7 +210,7 @@ def test_bad_requests_do_not_disturb_running_ones(llm: LLM):
         engine.add_request("c", "", GREEDY)
     with pytest.raises(RequestError, match="max_model_len is 1024"):
         engine.add_request("d", list(range(100, 1200)), GREEDY)
-    with pytest.raises(RequestError, match="prompt token ids must be integers"):
+    with pytest.raises(RequestError, match="prompt token 0 is 1000000000: token ids"):
         engine.add_request("e", [10**9], GREEDY)
     assert run_to_end(llm) == expected
     assert_idle(llm)

@@ -108,6 +108,8 @@ class RequestStream:
 
 # called in the engine thread after every step with (engine stats, outputs of the step)
 StepListener = Callable[[dict[str, Any], list[RequestOutput]], None]
+# called in the engine thread with the id of each unfinished request an abort ended
+AbortListener = Callable[[str], None]
 
 
 class AsyncEngine:
@@ -116,6 +118,7 @@ class AsyncEngine:
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests
         self.step_listeners: list[StepListener] = []
+        self.abort_listeners: list[AbortListener] = []
         self._commands: queue.SimpleQueue[_Add | _Call | str | None] = queue.SimpleQueue()
         self._wake = threading.Event()
         # weak: a stream nobody reads any more is collected, and its __del__ aborts
@@ -134,6 +137,14 @@ class AsyncEngine:
     @property
     def is_alive(self) -> bool:
         return self._thread.is_alive() and self._error is None
+
+    @property
+    def is_busy(self) -> bool:
+        """Requests are running, waiting, or on their way in (as of the latest step)."""
+        with self._stats_lock:
+            stats = self._stats
+            return bool(stats["num_running"] or stats["num_waiting"] or
+                        stats.get("num_swapped") or self._num_pending_adds)
 
     def stats(self) -> dict[str, Any]:
         """The engine's get_stats() as of the end of its latest step."""
@@ -237,7 +248,9 @@ class AsyncEngine:
             if command is None:
                 self._stopping = True
             elif isinstance(command, str):
-                self.engine.abort_request(command)
+                for request_id in self.engine.abort_request(command):
+                    for listener in self.abort_listeners:
+                        listener(request_id)
             elif isinstance(command, _Call):
                 _run_call(command, self.engine)
             else:

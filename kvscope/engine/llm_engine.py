@@ -174,8 +174,10 @@ class LLMEngine:
         if not ids:
             raise RequestError("prompt must not be empty (got no token ids)")
         vocab = self.loaded.arch.vocab_size
-        if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
-            raise RequestError(f"prompt token ids must be integers in [0, {vocab})")
+        for i, t in enumerate(ids):
+            if not isinstance(t, int) or not 0 <= t < vocab:
+                raise RequestError(f"prompt token {i} is {t!r}: token ids must be integers "
+                                   f"in [0, {vocab})")
         return None, ids
 
     def add_request(self, request_id: str | None, prompt: str | Sequence[int],
@@ -265,17 +267,35 @@ class LLMEngine:
             if value is not None and value > MAX_LOGPROBS:
                 raise RequestError(f"{name} must be <= {MAX_LOGPROBS}; got {value}", param=name)
 
-    def abort_request(self, request_ids: str | Sequence[str]) -> None:
+    def abort_request(self, request_ids: str | Sequence[str]) -> list[str]:
+        """Abort these requests (unknown or finished ids are ignored); returns the ids
+        that were still unfinished and are now aborted."""
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        aborted = []
         for request_id in ids:
             if self.beams.abort(request_id):
+                aborted.append(request_id)
                 continue
-            tracked = self._tracked.get(request_id)
+            tracked = self._tracked.get(request_id) or self._unfinished_member_of(request_id)
             if tracked is None:
                 continue
             members = tracked.group.members if tracked.group else [tracked]
             for member in members:
                 self._abort_one(member.request)
+            aborted.append(request_id)
+        return aborted
+
+    def _unfinished_member_of(self, request_id: str) -> TrackedRequest | None:
+        """A running sequence of the group `request_id` (its first sequence may have
+        finished before the others)."""
+        return next((t for t in self._tracked.values()
+                     if t.group is not None and t.group.root.request_id == request_id), None)
+
+    def unfinished_request_ids(self) -> list[str]:
+        """The ids `add_request` and `add_beam_request` gave that have not finished."""
+        roots = {t.group.root.request_id if t.group else request_id: None
+                 for request_id, t in self._tracked.items()}
+        return [*roots, *self.beams.groups]
 
     def _abort_one(self, request: Request) -> None:
         self._tracked.pop(request.request_id, None)

@@ -1,9 +1,9 @@
 """Lesson runs: a small, fresh engine on the server's loaded weights, every event kept.
 
 A lesson page asks for a run (a few prompts, a tiny pool, small blocks) and draws
-what the engine did from the events it returns. The engine is private to the run, so
-a lesson never disturbs the requests the server is serving; it shares only the
-read-only weights. Runs are serialised by a lock: each takes seconds on a CPU.
+what the engine did from the events it returns. The engine is private to the run and
+shares only the read-only weights; a `LabBudget` (lab_limits.py) caps the tokens and
+time a run may take and makes it wait while the serving engine has work.
 
 With `speculative_config` the run drafts and verifies tokens; the response then also
 carries the text of every token a verification saw (rejected drafts included), and with
@@ -13,27 +13,24 @@ page can show whether the token ids came out the same.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kvscope.config import ConfigError, EngineConfig
 from kvscope.engine.llm_engine import LLMEngine, RequestError
 from kvscope.events import ListSink
 from kvscope.model.loader import LoadedModel
 from kvscope.sampling_params import BeamSearchParams, SamplingParams
+from kvscope.scope.lab_limits import LabBudget, LabLimits
+from kvscope.serve.protocol import StrictModel
 
 MAX_PROMPT_TOKENS = 256
 MAX_STEPS = 2000  # far above what the limits below allow; a guard against a bug
 
-_lock = threading.Lock()
 
-
-class LabSpeculativeConfig(BaseModel):
+class LabSpeculativeConfig(StrictModel):
     """Speculative decoding for a lesson run: the proposers that need no second model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: Literal["ngram", "self_draft"]
     num_speculative_tokens: int = Field(4, ge=1, le=8)
@@ -58,9 +55,7 @@ class LabSpeculativeConfig(BaseModel):
         return options
 
 
-class LabRunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class LabRunRequest(StrictModel):
     prompts: list[str] = Field(min_length=1, max_length=8)
     max_tokens: int = Field(16, ge=1, le=64)
     block_size: int = Field(16, ge=1, le=64)
@@ -124,36 +119,38 @@ def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink | N
     return LLMEngine(config, sink=sink, loaded=loaded)
 
 
-def run_lab(loaded: LoadedModel, req: LabRunRequest) -> dict[str, Any]:
+def run_lab(loaded: LoadedModel, req: LabRunRequest,
+            budget: LabBudget | None = None) -> dict[str, Any]:
     """Run the lesson's workload to the end; raises ValueError for input the engine
-    refuses (the route answers 400)."""
-    with _lock:
-        sink = ListSink()
-        try:
-            engine = build_lab_engine(loaded, req, sink)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from exc
-        _check_prompt_lengths(engine, req.prompts)
-        outputs = _drive(engine, req)
-        events = sink.dicts()
-        result: dict[str, Any] = {
-            "events": events,
-            "outputs": [_output(outputs[str(i)]) for i in range(len(req.prompts))],
-            "num_steps": engine.scheduler.num_steps,
-            "final": {"tables": engine.kv.all_block_ids(),
-                      "refcounts": [b.ref_cnt for b in engine.kv.pool.blocks],
-                      "num_free_blocks": engine.kv.num_free_blocks},
-        }
-        if req.speculative_config is not None:
-            result["token_texts"] = _token_texts(engine, events)
-        if req.compare_plain:
-            result["plain"] = _plain_run(loaded, req, result["outputs"])
-        return result
+    refuses (the route answers 400) and LabStopped when the budget runs out."""
+    budget = budget or LabBudget(LabLimits())
+    sink = ListSink()
+    try:
+        engine = build_lab_engine(loaded, req, sink)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    _check_prompt_lengths(engine, req.prompts)
+    outputs = _drive(engine, req, budget)
+    events = sink.dicts()
+    result: dict[str, Any] = {
+        "events": events,
+        "outputs": [_output(outputs[str(i)]) for i in range(len(req.prompts))],
+        "num_steps": engine.scheduler.num_steps,
+        "final": {"tables": engine.kv.all_block_ids(),
+                  "refcounts": [b.ref_cnt for b in engine.kv.pool.blocks],
+                  "num_free_blocks": engine.kv.num_free_blocks},
+    }
+    if req.speculative_config is not None:
+        result["token_texts"] = _token_texts(engine, events)
+    if req.compare_plain:
+        budget.engine_done(engine)
+        result["plain"] = _plain_run(loaded, req, result["outputs"], budget)
+    return result
 
 
-def _drive(engine: LLMEngine, req: LabRunRequest) -> dict[str, Any]:
-    """Add the prompts at their arrival steps and step until all are done; the final
-    output of each request, by request id."""
+def _drive(engine: LLMEngine, req: LabRunRequest, budget: LabBudget) -> dict[str, Any]:
+    """Add the prompts at their arrival steps and step until all are done (or the
+    budget stops the run); the final output of each request, by request id."""
     params = SamplingParams(n=req.n, best_of=req.best_of, temperature=req.temperature,
                             seed=req.seed, max_tokens=req.max_tokens, ignore_eos=req.ignore_eos)
     arrivals = req.arrive_at_step or [0] * len(req.prompts)
@@ -164,6 +161,7 @@ def _drive(engine: LLMEngine, req: LabRunRequest) -> dict[str, Any]:
         while pending and (idle or arrivals[pending[0]] <= engine.scheduler.num_steps):
             _add(engine, req, pending.pop(0), params)
             idle = False
+        budget.before_step(engine)
         for out in engine.step():
             if out.finished:
                 outputs[out.request_id] = out
@@ -186,12 +184,12 @@ def _token_texts(engine: LLMEngine, events: list[dict[str, Any]]) -> dict[str, s
     return {str(t): engine.tokenizer.decode([t], skip_special_tokens=False) for t in sorted(ids)}
 
 
-def _plain_run(loaded: LoadedModel, req: LabRunRequest,
-               speculative: list[dict[str, Any]]) -> dict[str, Any]:
+def _plain_run(loaded: LoadedModel, req: LabRunRequest, speculative: list[dict[str, Any]],
+               budget: LabBudget) -> dict[str, Any]:
     """The same workload on an engine without speculative decoding (no events kept):
     its outputs, and for each prompt whether its token ids equal the speculative run's."""
     engine = build_lab_engine(loaded, req, None, speculative=False)
-    outputs = _drive(engine, req)
+    outputs = _drive(engine, req, budget)
     plain = [_output(outputs[str(i)]) for i in range(len(req.prompts))]
     return {"outputs": [{"request_id": o["request_id"], "text": o["text"],
                          "token_ids": o["token_ids"]} for o in plain],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Mount, Router
 from starlette.types import Scope
@@ -31,8 +31,10 @@ from starlette.types import Scope
 from kvscope.engine.async_engine import AsyncEngine
 from kvscope.scope.kv_sizes import kv_sizes
 from kvscope.scope.lab import LabRunRequest, run_lab
+from kvscope.scope.lab_limits import LabBudget, LabGate, LabLimits, LabStopped
 from kvscope.scope.live import Listener, LiveEvents
 from kvscope.serve.errors import APIError
+from kvscope.serve.protocol import StrictModel
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 KEEPALIVE_S = 15.0
@@ -44,11 +46,10 @@ class ScopeState:
     model_name: str
     live: LiveEvents | None
     replay: Path | None
+    lab_gate: LabGate
 
 
-class AttentionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class AttentionRequest(StrictModel):
     prompt: str = Field(min_length=1)
     layer: int = 0
     head: int = 0
@@ -57,10 +58,12 @@ class AttentionRequest(BaseModel):
 
 
 def install_scope(app: FastAPI, engine: AsyncEngine, model_name: str,
-                  live: LiveEvents | None = None, replay: Path | None = None) -> None:
+                  live: LiveEvents | None = None, replay: Path | None = None,
+                  lab_limits: LabLimits | None = None) -> None:
     """Add the scope's API routes and serve its pages at `/` (call after every other
     route: the static mount answers whatever path is left)."""
-    app.state.scope = ScopeState(engine, model_name, live, replay)
+    app.state.scope = ScopeState(engine, model_name, live, replay,
+                                 LabGate(lab_limits or LabLimits()))
     router = APIRouter(prefix="/scope/api")
     router.add_api_route("/info", _info, methods=["GET"])
     router.add_api_route("/live", _live, methods=["GET"])
@@ -116,22 +119,35 @@ async def _replay(request: Request) -> FileResponse:
 
 
 async def _lab_run(body: LabRunRequest, request: Request) -> dict[str, Any]:
-    loaded = _state(request).engine.engine.loaded
-    try:
-        return await run_in_threadpool(run_lab, loaded, body)
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from exc
+    state = _state(request)
+    async with state.lab_gate.enter():
+        budget = LabBudget(state.lab_gate.limits, lambda: state.engine.is_busy)
+        return await _in_lab_thread(state, run_lab, state.engine.engine.loaded, body, budget)
 
 
 async def _lab_attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     from kvscope.scope.attention_math import block_attention_math
 
-    loaded = _state(request).engine.engine.loaded
+    state = _state(request)
+    async with state.lab_gate.enter():
+        return await _in_lab_thread(state, block_attention_math, state.engine.engine.loaded,
+                                    body.prompt, body.layer, body.head, body.block_size,
+                                    body.position)
+
+
+async def _in_lab_thread(state: ScopeState, fn: Callable[..., dict[str, Any]],
+                         *args: Any) -> dict[str, Any]:
+    """Run a lesson's work off the event loop; its refusals become 4xx answers."""
     try:
-        return await run_in_threadpool(block_attention_math, loaded, body.prompt, body.layer,
-                                       body.head, body.block_size, body.position)
+        return await run_in_threadpool(fn, *args)
     except ValueError as exc:
         raise APIError(400, str(exc)) from exc
+    except LabStopped as exc:
+        if exc.reason == "timeout":
+            retry = str(state.lab_gate.limits.retry_after_s)
+            raise APIError(503, str(exc), code="lab_timeout",
+                           headers={"Retry-After": retry}) from exc
+        raise APIError(400, str(exc), code="lab_token_cap") from exc
 
 
 async def _live(request: Request) -> StreamingResponse:

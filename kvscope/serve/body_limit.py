@@ -8,11 +8,10 @@ after it the client's own messages (e.g. a disconnect) pass through.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from kvscope.serve.errors import error_body
+from kvscope.serve.errors import error_response
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -32,7 +31,7 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -43,21 +42,19 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(error_body(
+    async def _refuse(self, scope: MutableMapping[str, Any], receive: Receive,
+                      send: Send) -> None:
+        response = error_response(
             413, f"request body is larger than the limit of {self.max_body_bytes} bytes",
-            code="request_too_large")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+            code="request_too_large")
+        await response(scope, receive, send)
 
 
 def _content_length(scope: MutableMapping[str, Any]) -> int | None:

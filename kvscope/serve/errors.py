@@ -20,17 +20,19 @@ logger = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error",
           404: "not_found_error", 405: "invalid_request_error",
-          413: "invalid_request_error", 503: "server_overloaded", 500: "internal_error"}
+          413: "invalid_request_error", 429: "rate_limit_error", 503: "server_overloaded",
+          500: "internal_error"}
 
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 def error_body(status: int, message: str, param: str | None = None,
@@ -40,8 +42,10 @@ def error_body(status: int, message: str, param: str | None = None,
 
 
 def error_response(status: int, message: str, param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param, code), status_code=status)
+                   code: str | None = None, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status,
+                        headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -54,7 +58,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.message, exc.param, exc.code)
+    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
 
 async def _option_error(_: Request, exc: Exception) -> JSONResponse:
@@ -73,15 +77,27 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
     if first.get("type") == "json_invalid":
-        message = "the request body is not valid JSON"
+        return error_response(400, _json_error_message(first, exc.body), None, "json_invalid")
     elif first.get("type") == "extra_forbidden":
         message = f"unrecognized request argument supplied: {param}"
     else:
-        message = f"{param}: {first.get('msg', 'invalid value')}" if param else \
-            str(first.get("msg", "invalid request body"))
+        why = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        message = f"{param}: {why}" if param else why
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
     return error_response(400, message, param, first.get("type"))
+
+
+def _json_error_message(error: dict[str, Any], document: Any) -> str:
+    """Where the JSON broke, as a line and column (the parser reports a character
+    offset into the body)."""
+    why = error.get("ctx", {}).get("error", "invalid JSON")
+    position = error.get("loc", (None, None))[-1]
+    if not isinstance(document, str) or not isinstance(position, int):
+        return f"the request body is not valid JSON: {why}"
+    line = document.count("\n", 0, position) + 1
+    column = position - (document.rfind("\n", 0, position) + 1) + 1
+    return f"the request body is not valid JSON: {why} at line {line}, column {column}"
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -80,6 +80,11 @@ class ServerMetrics:
         for output in outputs:
             self._record_request(output)
 
+    def on_abort(self, request_id: str) -> None:
+        """An abort listener for AsyncEngine: an unfinished request was aborted (its
+        client left), so it ends under finished_reason="abort"."""
+        self.finished.labels(self.model_name, "abort").inc()
+
     def set_gauges(self, stats: dict) -> None:
         name = self.model_name
         self.running.labels(name).set(stats["num_running"])

@@ -10,6 +10,7 @@ aborts its requests, and the engine frees their blocks on its next step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from kvscope.serve.responses import (
     ChoiceCursor,
     chat_logprobs,
     completion_logprobs,
+    joined_logprobs,
     now,
     prompt_logprobs_json,
     sse,
@@ -60,31 +62,60 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     body.check_supported()
     prompts = [state.prompt_ids(p, "prompt") for p in body.prompts()]
     call = Call("completion", f"cmpl-{uuid.uuid4().hex}", model, prompts)
+    # max_tokens=0 (with echo) scores the prompt: the engine generates one token,
+    # which the answer leaves out
     stream = await _start(state, call, body,
                           lambda ids: body.sampling_params(
-                              state.max_tokens_for(len(ids), body.max_tokens, "prompt"),
+                              max(1, state.max_tokens_for(len(ids), body.max_tokens,
+                                                          "prompt")),
                               body.logprobs))
     echo = [state.detokenize(p) if body.echo else "" for p in prompts]
     if body.stream:
         chunks = _completion_chunks(state, call, body, stream, echo)
         return StreamingResponse(_sse_stream(chunks, stream), media_type="text/event-stream")
     outputs = await _collect(stream, request)
+    if body.max_tokens == 0:
+        outputs = {key: _without_generated(output) for key, output in outputs.items()}
     prompt_logprobs = _prompt_logprobs(call, outputs, body.n)
     choices = []
     for index, (prompt_index, completion) in enumerate(_by_choice(call, outputs, body.n)):
-        logprobs = None
-        if body.logprobs is not None:
-            logprobs = completion_logprobs(state.token_text, completion.token_ids,
-                                           completion.logprobs or [], 0)
         choices.append({"index": index, "text": echo[prompt_index] + completion.text,
-                        "logprobs": logprobs, "finish_reason": completion.finish_reason,
+                        "logprobs": _choice_logprobs(state, call, body, prompt_index,
+                                                     completion, prompt_logprobs, echo),
+                        "finish_reason": completion.finish_reason,
                         "stop_reason": completion.stop_reason})
         if body.prompt_logprobs is not None:
             choices[-1]["prompt_logprobs"] = prompt_logprobs_json(
                 state.token_text, prompt_logprobs[prompt_index])
     return JSONResponse({"id": call.id, "object": "text_completion", "created": call.created,
-                         "model": model, "choices": choices,
+                         "model": model, "system_fingerprint": state.system_fingerprint,
+                         "choices": choices,
                          "usage": usage(call.num_prompt_tokens, _generated(outputs))})
+
+
+def _choice_logprobs(state: ServerState, call: Call, body: CompletionRequest, prompt_index: int,
+                     completion: CompletionOutput, prompt_logprobs: dict[int, Any],
+                     echo: list[str]) -> dict[str, Any] | None:
+    """The legacy logprobs of one choice: with echo, the prompt's tokens (null for
+    the first) and then the completion's."""
+    if body.logprobs is None:
+        return None
+    generated = completion_logprobs(state.token_text, completion.token_ids,
+                                    completion.logprobs or [], len(echo[prompt_index]))
+    if not body.scores_prompt:
+        return generated
+    prompt = completion_logprobs(state.token_text, call.prompts[prompt_index],
+                                 prompt_logprobs[prompt_index], 0, body.logprobs)
+    return joined_logprobs(prompt, generated)
+
+
+def _without_generated(output: RequestOutput) -> RequestOutput:
+    """An output as if nothing had been generated (max_tokens=0: the prompt only)."""
+    completions = [dataclasses.replace(c, text="", token_ids=[], logprobs=[] if c.logprobs
+                                       is not None else None, finish_reason="length",
+                                       stop_reason=None)
+                   for c in output.outputs]
+    return dataclasses.replace(output, outputs=completions)
 
 
 @router.post("/chat/completions")
@@ -117,7 +148,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         extra["prompt_logprobs"] = prompt_logprobs_json(
             state.token_text, _prompt_logprobs(call, outputs, body.n)[0])
     return JSONResponse({"id": call.id, "object": "chat.completion", "created": call.created,
-                         "model": model, "choices": choices,
+                         "model": model, "system_fingerprint": state.system_fingerprint,
+                         "choices": choices,
                          "usage": usage(call.num_prompt_tokens, _generated(outputs)), **extra})
 
 
@@ -205,7 +237,8 @@ async def _completion_chunks(state: ServerState, call: Call, body: CompletionReq
 
     def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": call.id, "object": "text_completion", "created": call.created,
-                "model": call.model, "choices": choices}
+                "model": call.model, "system_fingerprint": state.system_fingerprint,
+                "choices": choices}
 
     async for output in stream:
         for index, completion in _choices(call, output):
@@ -240,7 +273,8 @@ async def _chat_chunks(state: ServerState, call: Call, body: ChatCompletionReque
 
     def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": call.id, "object": "chat.completion.chunk", "created": call.created,
-                "model": call.model, "choices": choices}
+                "model": call.model, "system_fingerprint": state.system_fingerprint,
+                "choices": choices}
 
     for index in range(body.n):  # the role comes first, as OpenAI sends it
         cursors[index] = ChoiceCursor()

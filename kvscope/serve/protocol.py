@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from kvscope.engine.llm_engine import MAX_LOGPROBS
 from kvscope.sampling_params import SamplingParams
@@ -33,15 +42,45 @@ class OptionError(ValueError):
         self.code = code
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A request body: unknown fields, NaN and infinities are refused, and every text
+    in it must be valid Unicode (JSON can carry a lone UTF-16 surrogate such as
+    "\\ud800", which no tokenizer can encode)."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        check_unicode(value)
+        return value
 
-class StreamOptions(_Strict):
+
+def check_unicode(value: Any) -> None:
+    """Raise ValueError if any string in `value` (nested lists and dicts, keys
+    included) holds a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"contains a lone UTF-16 surrogate "
+                             f"(U+{ord(value[exc.start]):04X}) at character {exc.start}, "
+                             "which is not valid Unicode text") from None
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_unicode(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(key)
+            check_unicode(item)
+
+
+
+class StreamOptions(StrictModel):
     include_usage: StrictBool = False
 
 
-class _SamplingFields(_Strict):
+class _SamplingFields(StrictModel):
     """What completions and chat completions share."""
 
     model: str | None = None
@@ -102,7 +141,12 @@ class _SamplingFields(_Strict):
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty, logit_bias=self.token_bias(),
             allowed_token_ids=self.allowed_token_ids, bad_words=self.bad_words,
-            prompt_logprobs=self.prompt_logprobs)
+            prompt_logprobs=self.engine_prompt_logprobs)
+
+    @property
+    def engine_prompt_logprobs(self) -> int | None:
+        """How many top alternatives the engine must report per prompt token."""
+        return self.prompt_logprobs
 
     @property
     def include_usage(self) -> bool:
@@ -111,7 +155,7 @@ class _SamplingFields(_Strict):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
-    max_tokens: Count | None = 16
+    max_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = 16  # 0: only with echo
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     echo: StrictBool = False
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
@@ -124,9 +168,33 @@ class CompletionRequest(_SamplingFields):
         if self.best_of is not None and self.best_of != self.n:
             raise OptionError("best_of", "best_of other than n is not "
                                          "implemented yet")
-        if self.echo and self.logprobs is not None:
-            raise OptionError("echo", "echo with logprobs needs prompt "
-                                         "logprobs, which are not implemented yet")
+        if self.max_tokens == 0 and not self.echo:
+            raise OptionError("max_tokens", "must be at least 1 (0 only with echo=true, "
+                                            "to score the prompt)", "invalid_value")
+        if self.stream and self.echo and (self.logprobs is not None or self.max_tokens == 0):
+            raise OptionError("echo", "echo with logprobs or max_tokens=0 is not available "
+                                      "with stream=true; send stream=false to score a prompt")
+
+    @property
+    def scores_prompt(self) -> bool:
+        """echo with logprobs: the prompt's tokens come back with their logprobs."""
+        return self.echo and self.logprobs is not None
+
+    @property
+    def engine_prompt_logprobs(self) -> int | None:
+        """How many top alternatives the engine must report per prompt token."""
+        if not self.scores_prompt:
+            return self.prompt_logprobs
+        return max(self.logprobs or 0, self.prompt_logprobs or 0)
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _plain_prompt_errors(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        check_unicode(value)  # its own message, not the one about shapes
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(_prompt_problem(value)) from None
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt field as a list of prompts (text or token ids)."""
@@ -140,15 +208,37 @@ class CompletionRequest(_SamplingFields):
         return list(prompt)  # type: ignore[arg-type]
 
 
-class TextPart(_Strict):
+def _prompt_problem(value: Any) -> str:
+    """What is wrong with a prompt field, in words: the entry out of range, or the
+    shapes a prompt may have."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            entries = item if isinstance(item, list) else [item]
+            for j, token in enumerate(entries):
+                where = f"entry [{i}][{j}]" if isinstance(item, list) else f"entry [{i}]"
+                if isinstance(token, int) and not isinstance(token, bool) and \
+                        not 0 <= token < 2**31:
+                    return f"{where} is {token}: a token id must be an integer from 0 up"
+    return ("must be a string, a list of strings, a list of token ids, or a list of lists "
+            "of token ids")
+
+
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Strict):
+class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None:
+            raise ValueError(f"a {self.role} message needs content (this server takes no "
+                             "tool calls)")
+        return self
 
     def as_template_message(self) -> dict[str, Any]:
         content = self.content
@@ -177,13 +267,13 @@ class ChatCompletionRequest(_SamplingFields):
         return self.top_logprobs or 0
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(StrictModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: StrictBool = True
 
 
-class DetokenizeRequest(_Strict):
+class DetokenizeRequest(StrictModel):
     model: str | None = None
     tokens: list[TokenId]

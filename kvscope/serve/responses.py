@@ -57,20 +57,34 @@ class TokenText:
 
 
 def completion_logprobs(token_text: TokenText, token_ids: list[int],
-                        logprobs: list[dict[int, Logprob]], first_offset: int) -> dict[str, Any]:
-    """The legacy completions `logprobs` object for a run of tokens."""
+                        logprobs: list[dict[int, Logprob] | None], first_offset: int,
+                        num_top: int | None = None) -> dict[str, Any]:
+    """The legacy completions `logprobs` object for a run of tokens. An entry of None
+    (the first prompt token: nothing predicts it) gives null logprobs; `num_top` keeps
+    only that many alternatives of each token (besides the token itself)."""
     tokens, token_logprobs, top, offsets = [], [], [], []
     offset = first_offset
     for token_id, alternatives in zip(token_ids, logprobs, strict=True):
         text = token_text(token_id)
         tokens.append(text)
-        chosen = alternatives.get(token_id)
-        token_logprobs.append(chosen.logprob if chosen else None)
-        top.append({token_text(t): lp.logprob for t, lp in _by_rank(alternatives)})
         offsets.append(offset)
         offset += len(text)
+        if alternatives is None:
+            token_logprobs.append(None)
+            top.append(None)
+            continue
+        chosen = alternatives.get(token_id)
+        token_logprobs.append(chosen.logprob if chosen else None)
+        top.append({token_text(t): lp.logprob for t, lp in _by_rank(alternatives)
+                    if num_top is None or lp.rank <= num_top or t == token_id})
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top,
             "text_offset": offsets}
+
+
+def joined_logprobs(first: dict[str, list[Any]], then: dict[str, list[Any]]) -> dict[str, Any]:
+    """Two legacy `logprobs` objects one after the other (an echoed prompt's, then the
+    completion's)."""
+    return {key: first[key] + then[key] for key in first}
 
 
 def chat_logprobs(token_text: TokenText, token_ids: list[int],

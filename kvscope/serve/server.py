@@ -15,6 +15,7 @@ from kvscope.config import EngineConfig
 from kvscope.engine.async_engine import AsyncEngine
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.events import EventSink, FanOutSink, JsonlRecorder
+from kvscope.scope.lab_limits import LabLimits
 from kvscope.scope.live import LiveEvents
 from kvscope.serve.app import build_app
 
@@ -32,6 +33,7 @@ class _Server(uvicorn.Server):
     it is down, killing the process before the engine thread is stopped)."""
 
     model_name = ""
+    scope = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -43,21 +45,27 @@ class _Server(uvicorn.Server):
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             logger.info("kvscope is ready: serving %s at http://%s:%d/v1 (metrics at /metrics)",
                         self.model_name, host, port)
-            logger.info("the scope (live monitor and lessons) is at http://%s:%d/", host, port)
+            if self.scope:
+                logger.info("the scope (live monitor and lessons) is at http://%s:%d/",
+                            host, port)
 
 
 def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | None,
           served_model_name: str | None, max_waiting_requests: int,
-          max_body_bytes: int, record: Path | None = None, replay: Path | None = None) -> None:
+          max_body_bytes: int, record: Path | None = None, replay: Path | None = None,
+          public_metrics: bool = False, scope: bool = True,
+          lab_limits: LabLimits | None = None) -> None:
     """Serve the API and the scope. `record` writes every engine event to a JSONL file;
-    `replay` is a recorded run the scope's monitor plays."""
+    `replay` is a recorded run the scope's monitor plays; `scope=False` serves the API
+    alone (see build_app for the rest)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = EngineConfig.from_kwargs(**engine_options)
     if replay is not None and not replay.is_file():
         raise SystemExit(f"kvscope: no recording at {replay}")
-    live = LiveEvents()
+    live = LiveEvents() if scope else None
     recorder = JsonlRecorder(record) if record is not None else None
-    sink: EventSink = live if recorder is None else FanOutSink([live, recorder])
+    sinks: list[EventSink] = [s for s in (live, recorder) if s is not None]
+    sink: EventSink | None = FanOutSink(sinks) if len(sinks) > 1 else next(iter(sinks), None)
     logger.info("loading %s", config.model or "the bundled SmolLM2-135M-Instruct")
     engine = LLMEngine(config, sink=sink, load_progress=True)
     name = served_model_name or default_model_name(engine.loaded.path)
@@ -65,10 +73,12 @@ def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | N
                 engine.loaded.path.name, engine.loaded.arch.architecture, config.dtype,
                 engine.num_blocks, config.cache.block_size, engine.max_model_len)
     async_engine = AsyncEngine(engine, max_waiting_requests)
-    app = build_app(async_engine, name, api_key, max_body_bytes, live=live, replay=replay)
+    app = build_app(async_engine, name, api_key, max_body_bytes, live=live, replay=replay,
+                    public_metrics=public_metrics, scope=scope, lab_limits=lab_limits)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info",
                                     timeout_graceful_shutdown=5))
     server.model_name = name
+    server.scope = scope
     try:
         server.run()  # returns after SIGINT/SIGTERM, once connections are closed
     finally:

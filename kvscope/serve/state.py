@@ -3,12 +3,15 @@ the checks that turn bad input into a 4xx before anything reaches the engine."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 from fastapi import Request
 
+from kvscope import __version__
 from kvscope.engine.async_engine import (
     AsyncEngine,
     EngineDeadError,
@@ -22,7 +25,7 @@ from kvscope.sampling_params import SamplingParams, SamplingParamsError
 from kvscope.serve.errors import APIError
 from kvscope.serve.metrics import ServerMetrics
 from kvscope.serve.protocol import ChatMessage
-from kvscope.serve.responses import TokenText
+from kvscope.serve.responses import TokenText, now
 
 
 @dataclass
@@ -30,11 +33,15 @@ class ServerState:
     engine: AsyncEngine
     model_name: str
     metrics: ServerMetrics
-    api_key: str | None = None
     token_text: TokenText = field(init=False)
+    created: int = field(default_factory=now)  # when this server started (for /v1/models)
+    system_fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.token_text = TokenText(self.tokenizer)
+        loaded = self.engine.engine.loaded
+        served = f"kvscope {__version__} {loaded.path.name} {loaded.dtype} {self.model_name}"
+        self.system_fingerprint = "fp_" + hashlib.sha256(served.encode()).hexdigest()[:10]
 
     @property
     def tokenizer(self) -> Any:
@@ -55,14 +62,24 @@ class ServerState:
             return self.engine.engine.tokenize(prompt)[1]
         except RequestError as exc:
             raise APIError(400, str(exc), param) from exc
+        except Exception as exc:  # text the tokenizer cannot take
+            raise _untokenizable(param) from exc
+
+    def encode(self, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        except Exception as exc:
+            raise _untokenizable(param) from exc
 
     def chat_prompt_ids(self, messages: list[ChatMessage]) -> list[int]:
         try:
             ids = apply_chat_template(self.tokenizer,
                                       [m.as_template_message() for m in messages])
-        except Exception as exc:  # the template rejects the conversation
-            raise APIError(400, f"the chat template failed on these messages: {exc}",
+        except jinja2.TemplateError as exc:  # the template itself refuses the conversation
+            raise APIError(400, f"the model's chat template refuses these messages: {exc}",
                            "messages") from exc
+        except Exception as exc:
+            raise _untokenizable("messages") from exc
         return self.prompt_ids(ids, "messages")
 
     def max_tokens_for(self, prompt_len: int, requested: int | None, param: str) -> int:
@@ -101,6 +118,11 @@ class ServerState:
             raise APIError(503, str(exc), code="engine_unavailable") from exc
         except RequestError as exc:
             raise APIError(400, str(exc), exc.param) from exc
+
+
+def _untokenizable(param: str) -> APIError:
+    return APIError(400, f"{param}: the tokenizer cannot encode this text", param,
+                    "invalid_text")
 
 
 def server_state(request: Request) -> ServerState:
