@@ -14,6 +14,7 @@ from kvscope.config import EngineConfig
 from kvscope.engine.async_engine import AsyncEngine
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.model.loader import LoadedModel
+from kvscope.scope.lab_limits import LabLimits
 from kvscope.scope.live import LiveEvents
 from kvscope.serve.app import build_app
 
@@ -26,19 +27,23 @@ class RunningServer:
         self.engine = engine
         self.live = live
         self.server = server
+        self.app = server.config.app
         self.url = f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
 def running_server(loaded: LoadedModel, api_key: str | None = None,
                    max_waiting_requests: int = 256, max_body_bytes: int = 1 << 20,
+                   public_metrics: bool = False, scope: bool = True,
+                   lab_limits: LabLimits | None = None,
                    **engine_options) -> Iterator[RunningServer]:
     engine_options.setdefault("kv_cache_memory", 64 * 1024 * 1024)
     engine_options.setdefault("max_model_len", 1024)
     config = EngineConfig.from_kwargs(dtype=loaded.dtype, **engine_options)
     live = LiveEvents()
     engine = AsyncEngine(LLMEngine(config, sink=live, loaded=loaded), max_waiting_requests)
-    app = build_app(engine, MODEL_NAME, api_key, max_body_bytes, live=live)
+    app = build_app(engine, MODEL_NAME, api_key, max_body_bytes, live=live if scope else None,
+                    public_metrics=public_metrics, scope=scope, lab_limits=lab_limits)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)

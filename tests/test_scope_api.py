@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from kvscope import SamplingParams
 from kvscope.events import JsonlRecorder, read_jsonl
 from kvscope.perfetto import export_chrome_trace, to_chrome_trace
+from kvscope.scope.lab import LabRunRequest, run_lab
+from kvscope.scope.lab_limits import LabBudget, LabLimits, LabStopped
 from tests.server_harness import MODEL_NAME, running_server
 
 PROMPTS = ["The tallest mountain on Earth is", "A paged KV cache stores"]
@@ -223,3 +226,68 @@ def test_recording_replays_and_exports_one_slice_per_step(make_llm, loaded_fp32,
         r = httpx.get(plain.url + "/scope/api/replay")
         assert r.status_code == 200
         assert [json.loads(line) for line in r.text.splitlines()] == events
+
+
+# -- bounded lesson runs ------------------------------------------------------------------
+
+
+def test_a_run_past_its_token_cap_is_stopped_and_frees_every_block(loaded_fp32):
+    request = LabRunRequest(prompts=PROMPTS * 2, max_tokens=32, block_size=4, num_blocks=64)
+    with pytest.raises(LabStopped) as stopped:
+        run_lab(loaded_fp32, request, LabBudget(LabLimits(max_tokens=60)))
+    assert stopped.value.reason == "token_cap"
+    assert "at most 60" in str(stopped.value)
+    assert stopped.value.num_blocks == 64
+    assert stopped.value.num_free_blocks == 64
+
+
+def test_a_run_past_its_time_is_stopped_and_frees_every_block(loaded_fp32):
+    """The serving engine never idles here, so the run waits before its first step
+    until its time is up."""
+    request = LabRunRequest(prompts=PROMPTS, max_tokens=8, block_size=4, num_blocks=32)
+    budget = LabBudget(LabLimits(timeout_s=0.3), serving_busy=lambda: True)
+    started = time.monotonic()
+    with pytest.raises(LabStopped) as stopped:
+        run_lab(loaded_fp32, request, budget)
+    assert 0.3 <= time.monotonic() - started < 5
+    assert stopped.value.reason == "timeout"
+    assert stopped.value.num_free_blocks == stopped.value.num_blocks == 32
+
+
+def test_a_third_concurrent_lab_run_gets_429_and_runs_yield_to_serving(loaded_fp32):
+    """One lesson runs, one waits (queue of 1), the third is refused at once. While a
+    real request streams, the running lesson waits before each step; when it ends,
+    both lessons finish."""
+    limits = LabLimits(queue=1, max_tokens=300, timeout_s=120, retry_after_s=7)
+    with running_server(loaded_fp32, lab_limits=limits) as srv:
+        gate = srv.app.state.scope.lab_gate
+        body = {"prompts": PROMPTS, "max_tokens": 4, "block_size": 4, "num_blocks": 32}
+        serving = httpx.stream("POST", srv.url + "/v1/completions", timeout=60, json={
+            "model": MODEL_NAME, "prompt": PROMPTS[0], "max_tokens": 400, "ignore_eos": True,
+            "stream": True})
+        response = serving.__enter__()
+        lines = response.iter_lines()
+        next(line for line in lines if line)  # the serving engine is busy now
+        results: list[int] = []
+        runs = [threading.Thread(target=lambda: results.append(lab(srv, **body).status_code))
+                for _ in range(2)]
+        for run in runs:
+            run.start()
+        for _ in range(400):
+            if gate.admitted == 2:
+                break
+            time.sleep(0.01)
+        assert gate.admitted == 2
+        refused = lab(srv, **body)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "7"
+        assert refused.json()["error"]["code"] == "lab_busy"
+        assert results == []  # both wait for the stream to end
+        serving.__exit__(None, None, None)
+        for run in runs:
+            run.join(120)
+        assert results == [200, 200]
+        too_big = lab(srv, prompts=PROMPTS * 4, max_tokens=64, block_size=4, num_blocks=128)
+        assert too_big.status_code == 400
+        assert too_big.json()["error"]["code"] == "lab_token_cap"
+        assert gate.admitted == 0

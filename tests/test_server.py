@@ -16,6 +16,7 @@ from server_harness import MODEL_NAME, running_server
 from kvscope import LLM, SamplingParams
 
 KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 PROMPTS = [f"Question {i}: what is {i} plus {i + 1}? Answer:" for i in range(32)]
 
 
@@ -43,7 +44,7 @@ def wait_idle(server, timeout: float = 20.0) -> dict:
     """Poll /stats until no request runs or waits; returns the stats."""
     deadline = time.monotonic() + timeout
     while True:
-        stats = httpx.get(server.url + "/stats").json()
+        stats = httpx.get(server.url + "/stats", headers=AUTH).json()
         if stats["num_running"] == 0 and stats["num_waiting"] == 0:
             return stats
         assert time.monotonic() < deadline, f"the engine is still busy: {stats}"
@@ -242,7 +243,7 @@ def test_disconnect_mid_stream_frees_everything(server):
         lines = response.iter_lines()
         received = [line for line, _ in zip(lines, range(6), strict=False) if line]
         assert received[0].startswith("data: ")
-        busy = httpx.get(server.url + "/stats").json()
+        busy = httpx.get(server.url + "/stats", headers=AUTH).json()
         assert busy["num_running"] == 1 and busy["num_used_blocks"] > 0
     stats = wait_idle(server)
     assert stats["num_used_blocks"] == 0
@@ -261,7 +262,7 @@ def test_disconnect_without_streaming_aborts(server):
 
 def test_metrics_parse_and_move(client, server):
     def samples() -> dict[str, float]:
-        text = httpx.get(server.url + "/metrics").text
+        text = httpx.get(server.url + "/metrics", headers=AUTH).text
         values = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -281,7 +282,8 @@ def test_metrics_parse_and_move(client, server):
         "kvscope:e2e_request_latency_seconds_count", 0) == 1
     assert after["kvscope:time_to_first_token_seconds_count"] - before.get(
         "kvscope:time_to_first_token_seconds_count", 0) == 1
-    prompt_len = httpx.post(server.url + "/tokenize", json={"prompt": PROMPTS[7]}).json()["count"]
+    prompt_len = httpx.post(server.url + "/tokenize", json={"prompt": PROMPTS[7]},
+                            headers=AUTH).json()["count"]
     assert after["kvscope:prompt_tokens_total"] - before.get(
         "kvscope:prompt_tokens_total", 0) == prompt_len
     assert after["kvscope:num_requests_running"] == 0
@@ -290,10 +292,12 @@ def test_metrics_parse_and_move(client, server):
 
 def test_small_routes(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
-    assert "version" in httpx.get(server.url + "/version").json()
-    tokens = httpx.post(server.url + "/tokenize", json={"prompt": "Hello world"}).json()
+    assert "version" in httpx.get(server.url + "/version", headers=AUTH).json()
+    tokens = httpx.post(server.url + "/tokenize", json={"prompt": "Hello world"},
+                        headers=AUTH).json()
     assert tokens["count"] == len(tokens["tokens"]) > 0
-    text = httpx.post(server.url + "/detokenize", json={"tokens": tokens["tokens"]}).json()
+    text = httpx.post(server.url + "/detokenize", json={"tokens": tokens["tokens"]},
+                      headers=AUTH).json()
     assert text["prompt"] == "Hello world"
     models = httpx.get(server.url + "/v1/models",
                        headers={"Authorization": f"Bearer {KEY}"}).json()
@@ -302,7 +306,7 @@ def test_small_routes(server):
 
 def test_prefix_cache_hits_show_in_metrics_and_salt_opts_out(client, server):
     def hits() -> float:
-        return httpx.get(server.url + "/stats").json()["prefix_cache_hits"]
+        return httpx.get(server.url + "/stats", headers=AUTH).json()["prefix_cache_hits"]
 
     long_prompt = " ".join(f"word{i}" for i in range(60))  # well over two blocks
     client.completions.create(model=MODEL_NAME, prompt=long_prompt, max_tokens=2)
@@ -314,7 +318,7 @@ def test_prefix_cache_hits_show_in_metrics_and_salt_opts_out(client, server):
     client.completions.create(model=MODEL_NAME, prompt=long_prompt, max_tokens=2,
                               extra_body={"cache_salt": "tenant-x"})
     assert hits() == salted
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
     rates = [s.value for f in text_string_to_metric_families(text) for s in f.samples
              if s.name == "kvscope:prefix_cache_hit_rate"]
     assert rates and 0 < rates[0] < 1
@@ -335,3 +339,34 @@ def test_a_stream_dropped_unread_aborts_its_requests(server):
     gc.collect()
     stats = wait_idle(server)
     assert stats["num_used_blocks"] == 0
+
+
+def finished_by_reason(server) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
+    return {s.labels["finished_reason"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "kvscope:request_success_total"}
+
+
+def test_every_accepted_request_is_counted_once_aborts_included(client, server):
+    """request_success_total, summed over its labels, grows by exactly the number of
+    requests the server accepted: finished ones under stop/length, clients that left
+    (mid-stream or before a plain response) under abort."""
+    wait_idle(server)
+    before = finished_by_reason(server)
+    for i in range(3):
+        client.completions.create(model=MODEL_NAME, prompt=PROMPTS[20 + i], max_tokens=3)
+    long = {"model": MODEL_NAME, "prompt": PROMPTS[24], "max_tokens": 500, "ignore_eos": True}
+    for _ in range(3):  # streams dropped after their first chunks
+        with httpx.stream("POST", server.url + "/v1/completions", headers=AUTH, timeout=30,
+                          json={**long, "stream": True}) as response:
+            assert response.status_code == 200
+            next(line for line in response.iter_lines() if line)
+    for _ in range(2):  # plain requests whose clients give up
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", json=long, headers=AUTH, timeout=0.5)
+    stats = wait_idle(server)
+    assert stats["num_used_blocks"] == 0
+    after = finished_by_reason(server)
+    grew = {reason: after[reason] - before.get(reason, 0) for reason in after}
+    assert grew.get("abort") == 5
+    assert sum(grew.values()) == 3 + 5

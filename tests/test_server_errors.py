@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from http.client import HTTPConnection
 
 import httpx
 import pytest
@@ -155,9 +156,70 @@ def test_malformed_bodies_are_400(http):
                                  "top_logprobs": 2}), 400, param="top_logprobs")
 
 
+def test_messages_that_say_what_is_wrong(http):
+    def post(path: str, content: bytes) -> httpx.Response:
+        return http.post(path, content=content, headers={"content-type": "application/json"})
+
+    error = assert_error(post("/v1/completions", b'{"prompt": "hi",\n  "max_tokens": }'), 400,
+                         code="json_invalid")
+    assert error["message"] == ("the request body is not valid JSON: Expecting value at "
+                                "line 2, column 17")
+    assert error["param"] is None
+    assert_error(http.post("/v1/completions", json={**GOOD, "prompt": [5, 7, -3]}), 400,
+                 param="prompt", message="entry [2] is -3")
+    assert_error(http.post("/v1/completions", json={**GOOD, "prompt": [[5], [9, -1]]}), 400,
+                 param="prompt", message="entry [1][1] is -1")
+    assert_error(http.post("/v1/completions", json={**GOOD, "prompt": [5, 99999999]}), 400,
+                 param="prompt", message="prompt token 1 is 99999999")
+    for message in ({"role": "user"}, {"role": "assistant", "content": None}):
+        assert_error(http.post("/v1/chat/completions", json={"messages": [message]}), 400,
+                     param="messages.0", message="needs content")
+
+
+def json_body(body: dict) -> bytes:
+    """JSON with every non-ASCII character escaped: the only way to send a lone
+    surrogate, which UTF-8 cannot carry."""
+    return json.dumps(body, ensure_ascii=True).encode()
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {**GOOD, "prompt": "\ud800abc"}, "prompt"),
+    ("/v1/completions", {**GOOD, "prompt": ["fine", "bad \udfff"]}, "prompt"),
+    ("/v1/completions", {**GOOD, "stop": ["\ud83d"]}, "stop"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800abc"}]},
+     "messages.0.content"),
+    ("/tokenize", {"prompt": "\ud800abc"}, "prompt"),
+    ("/detokenize", {"tokens": [1, 2], "model": "\ud800"}, "model"),
+])
+def test_lone_surrogates_are_400_and_the_connection_is_reused(server, path, body, param):
+    connection = HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]),
+                                            timeout=60)
+    try:
+        connection.request("POST", path, json_body(body),
+                           {**AUTH, "Content-Type": "application/json"})
+        response = connection.getresponse()
+        error = json.loads(response.read())["error"]
+        assert response.status == 400, error
+        assert error["param"] == param and "lone UTF-16 surrogate" in error["message"]
+        socket_before = connection.sock
+        assert socket_before is not None  # the server kept the connection open
+        connection.request("POST", "/v1/completions", json_body(GOOD),
+                           {**AUTH, "Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        json.loads(response.read())
+        assert connection.sock is socket_before
+    finally:
+        connection.close()
+
+
 def test_body_over_limit_is_413(http):
     response = http.post("/v1/completions", json={**GOOD, "prompt": "a" * (BODY_LIMIT + 10)})
-    assert_error(response, 413, code="request_too_large")
+    error = assert_error(response, 413, code="request_too_large")
+    # serialised exactly as every other error body
+    assert response.content == json.dumps({"error": error}, separators=(",", ":"),
+                                          ensure_ascii=False).encode()
+    assert response.headers["content-type"] == "application/json"
 
     def chunks():  # no Content-Length: the limit holds while reading
         yield b'{"prompt": "'
@@ -242,7 +304,7 @@ FUZZED = [(label, mode) for label in WITH_BODY
 def test_no_5xx_on_generated_requests(server, label, mode):
     """schemathesis generates requests from the app's own OpenAPI schema, valid ones and
     invalid ones; none may get a 5xx (or a bare 422)."""
-    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json", headers=AUTH)
     operations = {op.ok().label: op.ok() for op in schema.get_all_operations()}
     assert label in operations
 

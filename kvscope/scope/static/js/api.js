@@ -1,5 +1,8 @@
 // Talking to the server: JSON requests, the NDJSON replay, the live SSE stream, and
-// showing any failure as a message in the page (never only in the console).
+// showing any failure as a message in the page (never only in the console). With a
+// server API key, every call carries it (see auth.js).
+
+import {withKey, keyNeeded} from './auth.js';
 
 export const API = '/scope/api';
 
@@ -20,15 +23,24 @@ async function failure(response) {
   return new ApiError(message, response.status);
 }
 
-async function request(url, options) {
-  let response;
-  try {
-    response = await fetch(url, options);
-  } catch (err) {
-    throw new ApiError(`could not reach the server (${err.message})`);
+// fetch, with the API key when one is known. A 401 waits for the key form (one for
+// every call failing together) and sends the request again with the entered key.
+async function request(url, options = {}) {
+  for (;;) {
+    const {headers, key} = withKey(options.headers);
+    let response;
+    try {
+      response = await fetch(url, {...options, headers});
+    } catch (err) {
+      throw new ApiError(`could not reach the server (${err.message})`);
+    }
+    if (response.status === 401) {
+      await keyNeeded(key);
+      continue;
+    }
+    if (!response.ok) throw await failure(response);
+    return response;
   }
-  if (!response.ok) throw await failure(response);
-  return response;
 }
 
 export async function getJSON(url) {
@@ -52,29 +64,114 @@ export async function getNdjson(url) {
 
 // Follow a Server-Sent Events stream of events. onEvent gets each parsed event;
 // onStatus gets 'connecting' | 'open' | 'dropped' | 'reconnecting' | 'closed'. Returns a close().
+// Read with fetch rather than EventSource, which cannot send the Authorization header.
 export function followEvents(url, onEvent, onStatus = () => {}) {
-  onStatus('connecting');
-  const source = new EventSource(url);
-  source.onopen = () => onStatus('open');
-  source.onmessage = (message) => {
-    let event;
-    try {
-      event = JSON.parse(message.data);
-    } catch {
-      return;  // a keep-alive or a malformed line: nothing to fold
+  const controller = new AbortController();
+  const {signal} = controller;
+  const follow = async () => {
+    let status = 'connecting';
+    let failures = 0;  // in a row: the wait before the next try grows with them
+    while (!signal.aborted) {
+      onStatus(status);
+      try {
+        const response = await request(url, {headers: {Accept: 'text/event-stream'},
+                                              cache: 'no-store', signal});
+        onStatus('open');
+        failures = 0;
+        // true: the server ended the stream with 'dropped' because this page fell too
+        // far behind; reconnecting at once starts again from a fresh snapshot
+        status = await readEvents(response.body, onEvent) ? 'dropped' : 'reconnecting';
+      } catch (err) {
+        if (signal.aborted) return;
+        if (err.status) {  // an HTTP error, not a lost connection: retrying would not help
+          onStatus('closed');
+          return;
+        }
+        status = 'reconnecting';
+      }
+      if (status === 'reconnecting') {
+        failures += 1;
+        await pause(Math.min(500 * 2 ** failures, 8000), signal);
+      }
     }
-    onEvent(event);
   };
-  // The server ends the stream with a 'dropped' event when this page fell too far
-  // behind; the browser then reconnects and starts again from a fresh snapshot.
-  source.addEventListener('dropped', () => onStatus('dropped'));
-  source.onerror = () => {
-    onStatus(source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
-  };
+  follow();
   return () => {
-    source.close();
+    if (signal.aborted) return;
+    controller.abort();
     onStatus('closed');
   };
+}
+
+// Reads an SSE body to its end, calling onEvent with each `data:` JSON. Resolves true
+// when the server ended it with `event: dropped`.
+async function readEvents(body, onEvent) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  let block = [];
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) return false;
+    buffer += decoder.decode(value, {stream: true});
+    const lines = buffer.split('\n');
+    buffer = lines.pop();  // an unfinished line waits for the next chunk
+    for (const raw of lines) {
+      const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+      if (line !== '') {
+        block.push(line);
+        continue;
+      }
+      // a blank line ends one event
+      const event = sseEvent(block);
+      block = [];
+      if (event.type === 'dropped') {
+        reader.cancel().catch(() => {});
+        return true;
+      }
+      if (event.type === 'message' && event.data !== null) deliver(event.data, onEvent);
+    }
+  }
+}
+
+// The type and data of one event from its lines; comment lines (':', the server's
+// keep-alives) and fields other than `event` and `data` are skipped.
+function sseEvent(lines) {
+  let type = 'message';
+  const data = [];
+  for (const line of lines) {
+    if (line.startsWith(':')) continue;
+    const colon = line.indexOf(':');
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'event') type = value;
+    else if (field === 'data') data.push(value);
+  }
+  return {type, data: data.length ? data.join('\n') : null};
+}
+
+function deliver(data, onEvent) {
+  let event;
+  try {
+    event = JSON.parse(data);
+  } catch {
+    return;  // a malformed event: nothing to fold
+  }
+  onEvent(event);
+}
+
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done);
+    if (signal.aborted) done();
+  });
 }
 
 // Shows `err` in an element with role="alert" (created after `anchor` if needed).
