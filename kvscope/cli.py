@@ -123,7 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_scope and getattr(args, "replay", None) is not None:
         raise ValueError("--replay plays a run in the scope; it does not go with --no-scope")
     lab = LabLimits(queue=args.scope_lab_queue, max_tokens=args.scope_lab_max_tokens,
-                    timeout_s=args.scope_lab_timeout)
+                    timeout_s=args.scope_lab_timeout,
+                    yield_to_serving=args.scope_lab_yield)
     serve(engine_options(args), args.host, args.port, args.api_key, args.served_model_name,
           args.max_waiting_requests, args.max_body_bytes, record=args.record,
           replay=getattr(args, "replay", None), public_metrics=args.allow_unauthenticated_metrics,
@@ -193,6 +194,9 @@ def _server_args(serve: argparse.ArgumentParser) -> None:
                        help="tokens one lesson run may compute before it is stopped")
     serve.add_argument("--scope-lab-timeout", type=float, default=LabLimits.timeout_s,
                        help="seconds one lesson run may take before it is stopped")
+    serve.add_argument("--no-scope-lab-yield", dest="scope_lab_yield", action="store_false",
+                       help="let lesson runs step while the server has requests to serve "
+                            "(by default they wait, so real traffic goes first)")
     serve.add_argument("--served-model-name", default=None,
                        help="the model name clients send (default: from the model file)")
     serve.add_argument("--max-waiting-requests", type=int,

@@ -30,6 +30,7 @@ class LabLimits:
     max_tokens: int = 16384  # tokens one run may compute, over all its engines
     timeout_s: float = 30.0  # wall-clock limit of one run, waiting included
     retry_after_s: int = 5  # what a 429 tells the client to wait
+    yield_to_serving: bool = True  # wait between steps while the serving engine has work
 
 
 class LabStopped(Exception):

@@ -121,7 +121,9 @@ async def _replay(request: Request) -> FileResponse:
 async def _lab_run(body: LabRunRequest, request: Request) -> dict[str, Any]:
     state = _state(request)
     async with state.lab_gate.enter():
-        budget = LabBudget(state.lab_gate.limits, lambda: state.engine.is_busy)
+        limits = state.lab_gate.limits
+        busy = (lambda: state.engine.is_busy) if limits.yield_to_serving else (lambda: False)
+        budget = LabBudget(limits, busy)
         return await _in_lab_thread(state, run_lab, state.engine.engine.loaded, body, budget)
 
 
