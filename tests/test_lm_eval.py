@@ -176,7 +176,7 @@ def hf_loglikelihood(model: Any, context: list[int],
     token is the argmax at its position (lm-eval's is_greedy)."""
     logits = model(torch.tensor([context + continuation])).logits[0]
     positions = torch.arange(len(context) - 1, len(context) + len(continuation) - 1)
-    targets = torch.tensor(continuation)
+    targets = torch.tensor(continuation, dtype=torch.long)
     logprobs = torch.log_softmax(logits[positions].double(), dim=-1)
     total = logprobs[torch.arange(len(continuation)), targets].sum().item()
     return total, bool((logprobs.argmax(dim=-1) == targets).all())
@@ -243,6 +243,9 @@ def test_scored_token_ids_are_lm_evals_encoding(evaluation: Evaluation,
     scoring = [call for call in evaluation.calls if call.scores_prompt]
     assert len(expected) == 21
     assert sorted(call.prompt for call in scoring) == expected
+    naive = sorted(encode(context) + encode(continuation)
+                   for doc in evaluation.mc_pairs() for context, continuation in doc)
+    assert naive != expected, "the data should exercise lm-eval's moving of the space"
     for call in scoring:
         params = call.params
         assert (params.max_tokens, params.logprobs, params.prompt_logprobs) == (1, 1, 1)

@@ -28,7 +28,8 @@ SPECULATIVE = '{"method": "ngram", "num_speculative_tokens": 3}'
     ids=["sigterm", "sigint-speculative"])
 def test_serve_starts_answers_and_stops_cleanly(stop_signal, extra):
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVSCOPE_API_KEY": "cli-key"}
+    auth = {"Authorization": "Bearer cli-key"}
     process = subprocess.Popen(
         [sys.executable, "-m", "kvscope.cli", "serve", "--port", str(port),
          "--kv-cache-memory", str(32 << 20), "--max-model-len", "512",
@@ -46,16 +47,20 @@ def test_serve_starts_answers_and_stops_cleanly(stop_signal, extra):
         ready = log[-1]
         assert f"http://127.0.0.1:{port}/v1" in ready and "tiny" in ready
         assert any("Dequantizing GGUF" in line for line in log)  # the load progress bar
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60,
-                              json={"model": "tiny", "prompt": "Hi", "max_tokens": 3})
+        body = {"model": "tiny", "prompt": "Hi", "max_tokens": 3}
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{url}/v1/completions", timeout=60, json=body).status_code == 401
+        assert httpx.get(f"{url}/scope/api/info", timeout=10).status_code == 401
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        response = httpx.post(f"{url}/v1/completions", timeout=60, json=body, headers=auth)
         assert response.status_code == 200
         assert response.json()["usage"]["completion_tokens"] >= 1
         if extra:  # a prompt that repeats itself: the n-gram proposer drafts
-            response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60, json={
+            response = httpx.post(f"{url}/v1/completions", timeout=60, headers=auth, json={
                 "model": "tiny", "prompt": "one two three four, one two three four, one two",
                 "max_tokens": 16, "temperature": 0})
             assert response.status_code == 200
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            metrics = httpx.get(f"{url}/metrics", timeout=10, headers=auth).text
             drafted = [line for line in metrics.splitlines()
                        if line.startswith("kvscope:spec_decode_num_draft_tokens_total")]
             assert drafted and float(drafted[0].split()[-1]) > 0, metrics
