@@ -159,10 +159,12 @@ def test_calls_failing_together_share_one_form(open_keyed, keyed_server):
 def test_monitor_with_a_key_follows_the_serving_engine(open_keyed, keyed_server):
     page = open_keyed().page
     streams: list = []
-    page.on("request", lambda r: streams.append(r) if r.url.endswith("/scope/api/live") else None)
+    page.on("request",
+            lambda r: streams.append(r) if r.url.endswith("/scope/api/live") else None)
     page.goto("/monitor.html")
     expect(key_form(page)).to_be_visible()
-    expect(page.locator("#readout")).to_have_text("")
+    expect(page.locator("#conn")).to_have_text("Connecting…")
+    expect(page.locator("#readout")).to_have_text("Waiting for the first event…")
     enter_key(page, KEY)
     expect(page.locator("#conn")).to_have_attribute("data-state", "open")
     expect(page.locator("#conn")).to_have_text("Live: following the server's engine.")

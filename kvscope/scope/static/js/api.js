@@ -174,7 +174,7 @@ function pause(ms, signal) {
   });
 }
 
-// Shows `err` in an element with role="alert" (created after `anchor` if needed).
+// Shows `err` in `el`, an element with role="alert".
 export function showError(el, what, err) {
   const status = err?.status ? ` (HTTP ${err.status})` : '';
   el.textContent = `${what} failed${status}: ${err?.message ?? err}`;
