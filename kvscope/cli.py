@@ -46,6 +46,9 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                         help="bytes of swap space for --preemption-mode swap (default 256 MiB)")
     parser.add_argument("--scheduling-policy", dest="policy", choices=["fcfs", "priority"],
                         default="fcfs")
+    parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=1,
+                        help="shard the model over this many worker processes (torch."
+                             "distributed, gloo on CPU); 1: run it in this process")
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding as JSON, e.g. \'{"method": "ngram", '
                              '"num_speculative_tokens": 4}\' (methods: ngram, draft_model '
@@ -69,6 +72,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         "seed": args.seed, "long_prefill_token_threshold": args.long_prefill_token_threshold,
         "model": args.model, "enable_prefix_caching": args.enable_prefix_caching,
         "preemption_mode": args.preemption_mode, "policy": args.policy,
+        "tensor_parallel_size": args.tensor_parallel_size,
     }
     if args.speculative_config is not None:
         options["speculative_config"] = args.speculative_config
@@ -175,6 +179,7 @@ def _server_args(serve: argparse.ArgumentParser) -> None:
     from kvscope.scope.lab_limits import LabLimits
     from kvscope.serve.app import DEFAULT_MAX_BODY_BYTES
 
+    lab = LabLimits()  # its defaults (a slots dataclass keeps them on instances only)
     _engine_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -188,11 +193,11 @@ def _server_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-scope", action="store_true",
                        help="serve no scope routes at all (no pages, no lesson runs, no "
                             "live events)")
-    serve.add_argument("--scope-lab-queue", type=_non_negative, default=LabLimits.queue,
+    serve.add_argument("--scope-lab-queue", type=_non_negative, default=lab.queue,
                        help="lesson runs that may wait behind the running one; more get 429")
-    serve.add_argument("--scope-lab-max-tokens", type=_positive, default=LabLimits.max_tokens,
+    serve.add_argument("--scope-lab-max-tokens", type=_positive, default=lab.max_tokens,
                        help="tokens one lesson run may compute before it is stopped")
-    serve.add_argument("--scope-lab-timeout", type=float, default=LabLimits.timeout_s,
+    serve.add_argument("--scope-lab-timeout", type=float, default=lab.timeout_s,
                        help="seconds one lesson run may take before it is stopped")
     serve.add_argument("--no-scope-lab-yield", dest="scope_lab_yield", action="store_false",
                        help="let lesson runs step while the server has requests to serve "

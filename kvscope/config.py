@@ -142,13 +142,15 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig | None = None  # None: no speculative decoding
+    tensor_parallel_size: int = 1  # >1: the model is sharded over that many worker processes
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
         """Build from flat keyword arguments (vLLM style); unknown names fail loudly."""
         cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
         sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
-        own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config"}
+        own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config",
+                      "tensor_parallel_size"}
         unknown = set(kwargs) - cache_fields - sched_fields - own_fields
         if unknown:
             known = sorted(cache_fields | sched_fields | own_fields)
@@ -163,6 +165,7 @@ class EngineConfig:
             cache=cache,
             scheduler=sched,
             speculative=_speculative(kwargs.get("speculative_config")),
+            tensor_parallel_size=kwargs.get("tensor_parallel_size", 1),
         )
         config.validate()
         return config
@@ -176,6 +179,9 @@ class EngineConfig:
             raise ConfigError(f"max_model_len must be an integer >= 2; got {self.max_model_len!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer; got {self.seed!r}")
+        tp = self.tensor_parallel_size
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise ConfigError(f"tensor_parallel_size must be an integer >= 1; got {tp!r}")
 
 
 def _speculative(options: Any) -> SpeculativeConfig | None:

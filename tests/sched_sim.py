@@ -13,7 +13,7 @@ from kvscope.config import SchedulerConfig
 from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.request import Request, RequestStatus
 from kvscope.sampling_params import SamplingParams
-from kvscope.sched.scheduler import Scheduler, SchedulerOutput
+from kvscope.sched.scheduler import Schedule, Scheduler
 
 FAKE_TOKEN = 7
 
@@ -36,7 +36,7 @@ class Sim:
         self.sched.add_request(request)
         return request
 
-    def step(self) -> SchedulerOutput:
+    def step(self) -> Schedule:
         out = self.sched.schedule()
         self.samples = tuple(s.samples for s in out.scheduled)
         self.sched.update_after_step(out)
@@ -60,11 +60,11 @@ def make_sim(num_blocks: int, block_size: int, budget: int, max_num_seqs: int = 
     return Sim(Scheduler(config, kv, max_model_len), kv, max_model_len)
 
 
-def plan(out: SchedulerOutput) -> list[tuple[str, int, int]]:
+def plan(out: Schedule) -> list[tuple[str, int, int]]:
     return [(s.request.request_id, s.start, s.num_tokens) for s in out.scheduled]
 
 
-def tables(out: SchedulerOutput) -> dict[str, list[int]]:
+def tables(out: Schedule) -> dict[str, list[int]]:
     return {s.request.request_id: s.block_ids for s in out.scheduled}
 
 

@@ -25,6 +25,7 @@ from kvscope.model.llama import LlamaModel
 from kvscope.request import Request
 from kvscope.runner.model_runner import ModelRunner
 from kvscope.sampling_params import SamplingParams
+from kvscope.sched.output import ScheduledTokens
 from kvscope.sched.scheduler import ScheduledRequest
 
 HEADS, KV_HEADS, HEAD_DIM = 6, 2, 32  # 3 query heads share each KV head
@@ -259,14 +260,15 @@ def tiny_runner(block_size: int, dtype: torch.dtype) -> ModelRunner:
     return ModelRunner(LlamaModel(arch), NUM_BLOCKS, block_size, 512, dtype)
 
 
-def scheduled(pieces: list[Piece], tables: list[list[int]]) -> list[ScheduledRequest]:
-    """ScheduledRequests as the scheduler would hand them over; a prefill chunk that
+def scheduled(pieces: list[Piece], tables: list[list[int]]) -> list[ScheduledTokens]:
+    """The step's chunks as the scheduler hands them to the runner; a prefill chunk that
     stops short of the prompt's end belongs to a longer prompt (and does not sample)."""
     items = []
     for i, (piece, table) in enumerate(zip(pieces, tables, strict=True)):
         known = piece.context + (0 if piece.is_decode or i % 2 else 4)
         request = Request(f"r{i}", list(range(known)), SamplingParams(max_tokens=4))
-        items.append(ScheduledRequest(request, piece.start, piece.num_tokens, list(table)))
+        items.append(ScheduledRequest(request, piece.start, piece.num_tokens,
+                                      list(table)).tokens())
     return items
 
 
@@ -295,8 +297,7 @@ def test_runner_metadata_matches_dense_attention(dtype: torch.dtype,
     ends = torch.tensor([p.num_tokens for p in case.pieces]).cumsum(0) - 1
     want_rows = [int(e) for e, s in zip(ends, ordered, strict=True) if s.samples]
     assert sample_rows.tolist() == want_rows
-    assert [s.request.request_id for s in sampled] == [
-        s.request.request_id for s in ordered if s.samples]
+    assert [s.request_id for s in sampled] == [s.request_id for s in ordered if s.samples]
     assert meta.num_decodes == sum(p.is_decode for p in pieces)
 
     q, k, v = step_inputs(case)

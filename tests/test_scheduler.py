@@ -13,7 +13,7 @@ from sched_sim import FAKE_TOKEN, Sim, ids, make_sim, plan, tables
 
 from kvscope.kv.kv_manager import blocks_needed
 from kvscope.request import Request, RequestStatus
-from kvscope.sched.scheduler import SchedulerOutput
+from kvscope.sched.scheduler import Schedule
 
 # -- exact plans --------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ def check_state(sim: Sim, everyone: list[Request]) -> None:
             assert not kv.has_table(request.request_id)
 
 
-def check_plan(out: SchedulerOutput, sim: Sim, running_before: list[Request],
+def check_plan(out: Schedule, sim: Sim, running_before: list[Request],
                waiting_before: list[Request], computed_before: dict[str, int]) -> None:
     config = sim.sched.config
     scheduled = [s.request for s in out.scheduled]

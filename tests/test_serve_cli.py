@@ -79,3 +79,20 @@ def test_serve_refuses_a_bad_speculative_config():
         capture_output=True, text=True, timeout=60)
     assert process.returncode == 2
     assert "--speculative-config: not valid JSON" in process.stderr
+
+
+def test_server_options_and_their_defaults():
+    from kvscope.cli import build_parser
+    from kvscope.scope.lab_limits import LabLimits
+
+    args = build_parser().parse_args(["serve"])
+    defaults = LabLimits()
+    assert (args.scope_lab_queue, args.scope_lab_max_tokens, args.scope_lab_timeout) == (
+        defaults.queue, defaults.max_tokens, defaults.timeout_s) == (2, 16384, 30.0)
+    assert args.scope_lab_yield and not args.no_scope
+    assert not args.allow_unauthenticated_metrics and args.tensor_parallel_size == 1
+    args = build_parser().parse_args(
+        ["serve", "--scope-lab-queue", "0", "--no-scope-lab-yield", "--no-scope", "-tp", "2",
+         "--allow-unauthenticated-metrics"])
+    assert args.scope_lab_queue == 0 and not args.scope_lab_yield and args.no_scope
+    assert args.tensor_parallel_size == 2 and args.allow_unauthenticated_metrics

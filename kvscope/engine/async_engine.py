@@ -207,6 +207,7 @@ class AsyncEngine:
         self._stopping = True
         self._send(None)
         self._thread.join(timeout)
+        self.engine.shutdown()
 
     def _check_accepting(self, count: int) -> None:
         if self._error is not None or self._stopping:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from kvscope.config import ConfigError, EngineConfig
+from kvscope.distributed.partition import PartitionError, partition
 from kvscope.engine.beam_search import BeamSearches
 from kvscope.engine.detokenizer import IncrementalDetokenizer
 from kvscope.engine.sequence_group import SequenceGroup, TrackedRequest, fork_request
@@ -34,19 +35,24 @@ from kvscope.events import (
     StepEnd,
     TokenEmitted,
 )
+from kvscope.executor.base import Executor
+from kvscope.executor.multiproc import MultiprocExecutor, free_tcp_init_method
+from kvscope.executor.uniproc import UniprocExecutor
 from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
 from kvscope.model.loader import LoadedModel, load_model
 from kvscope.outputs import Logprob, RequestMetrics, RequestOutput
 from kvscope.request import Request, RequestStatus
-from kvscope.runner.model_runner import ModelRunner, PromptLogits, StepResult
+from kvscope.runner.model_runner import ModelRunner
 from kvscope.sample.sampler import Sampler, SamplerOutput, prompt_logprobs
 from kvscope.sampling_params import BeamSearchParams, SamplingParams
-from kvscope.sched.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
+from kvscope.sched.output import ModelRunnerOutput, PromptLogits
+from kvscope.sched.scheduler import Schedule, ScheduledRequest, Scheduler
 from kvscope.spec.draft_model import DraftModelProposer
 from kvscope.spec.ngram import NgramProposer
 from kvscope.spec.proposer import Proposer
 from kvscope.spec.self_draft import SelfDraftProposer
+from kvscope.worker.worker import WorkerSpec
 
 MAX_DEFAULT_MODEL_LEN = 8192
 MAX_LOGPROBS = 20  # most alternatives returned per token (vLLM's default cap)
@@ -103,8 +109,8 @@ class LLMEngine:
         self.kv = KVCacheManager(self.num_blocks, block_size, config.cache.enable_prefix_caching,
                                  num_swap_blocks, self.events)
         self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, self.events)
-        self.runner = ModelRunner(self.loaded.model, self.num_blocks, block_size,
-                                  self.max_model_len, config.dtype, num_swap_blocks)
+        self.runner: ModelRunner | None = None  # this process's runner (tp=1)
+        self.executor = self._make_executor(num_swap_blocks, load_progress)
         self.eos_token_ids = _eos_ids(arch.eos_token_ids, self.tokenizer)
         self.sampler = Sampler(config.seed, self.eos_token_ids)
         self.beams = BeamSearches(self.kv, self.scheduler, self.events, self.eos_token_ids,
@@ -124,6 +130,30 @@ class LLMEngine:
         if self.events.enabled:
             self.events.emit(self.describe())
 
+    def _make_executor(self, num_swap_blocks: int, progress: bool) -> Executor:
+        """The model runner here (tp=1), or tensor-parallel workers holding its shards."""
+        config = self.config
+        tp = config.tensor_parallel_size
+        if tp == 1:
+            self.runner = ModelRunner(self.loaded.model, self.num_blocks,
+                                      config.cache.block_size, self.max_model_len,
+                                      config.dtype, num_swap_blocks)
+            return UniprocExecutor(self.runner)
+        arch = self.loaded.arch
+        try:  # fail here, with the head counts, before any process starts
+            partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
+                      arch.vocab_size, tp)
+        except PartitionError as exc:
+            raise ConfigError(str(exc)) from exc
+        spec = WorkerSpec(str(self.loaded.path), config.dtype, self.num_blocks,
+                          config.cache.block_size, self.max_model_len, num_swap_blocks, tp,
+                          free_tcp_init_method(), threads=max(1, torch.get_num_threads() // tp))
+        return MultiprocExecutor(spec, progress)
+
+    def shutdown(self) -> None:
+        """Stop the executor's worker processes (tensor parallelism); idempotent."""
+        self.executor.shutdown()
+
     # -- speculative decoding -----------------------------------------------------
 
     def _make_proposer(self, draft_loaded: LoadedModel | None) -> Proposer:
@@ -137,14 +167,14 @@ class LLMEngine:
             if draft_layers >= num_layers:
                 raise ConfigError(f"speculative_config draft_layers must be below the model's "
                                   f"{num_layers} layers; got {draft_layers}")
-            return SelfDraftProposer(self.runner, draft_layers, self.sampler, self.config.seed)
+            return SelfDraftProposer(self.executor, draft_layers, self.sampler, self.config.seed)
         assert spec.model is not None
         draft = draft_loaded or load_model(spec.model, self.config.dtype)
         return DraftModelProposer(draft, self.loaded.arch.vocab_size, spec.draft_kv_cache_memory,
                                   self.kv.block_size, self.max_model_len, self.sampler,
                                   self.config.seed)
 
-    def _propose(self, sched: SchedulerOutput) -> None:
+    def _propose(self, sched: Schedule) -> None:
         """Fill the reserved draft slots; blocks reserved for drafts the proposer did
         not come up with go back before the forward pass."""
         assert self.speculator is not None
@@ -335,10 +365,10 @@ class LLMEngine:
         if sched.is_empty:
             self.events.step = self.scheduler.num_steps
             return []
-        result = self.runner.execute(sched)
+        result = self.executor.execute(sched.output())
         t2 = time.perf_counter()
         self._record_prompt_logprobs(result.prompt_logits)
-        logits, requests, verified = self._verify_drafts(result)
+        logits, requests, verified = self._verify_drafts(sched, result)
         logits, requests = self._take_beam_rows(logits, requests)
         logits, requests = self._fork_groups(logits, requests)
         sampled = self.sampler.sample(logits, requests) if requests else SamplerOutput([], [], [])
@@ -355,19 +385,21 @@ class LLMEngine:
         self.events.step = self.scheduler.num_steps  # what happens next belongs to the next step
         return outputs
 
-    def _verify_drafts(self, result: StepResult
+    def _verify_drafts(self, sched: Schedule, result: ModelRunnerOutput
                        ) -> tuple[torch.Tensor, list[Request], list[Emission]]:
         """Verify the chunks that carried draft tokens (several rows each); the rows of
         the rest, one per request, go on to be sampled."""
-        requests = [s.request for s in result.sampled]
-        if not any(s.draft_token_ids for s in result.sampled):
+        by_id = {s.request.request_id: s for s in sched.scheduled}
+        sampled = [by_id[request_id] for request_id in result.sampled]
+        requests = [s.request for s in sampled]
+        if not any(s.draft_token_ids for s in sampled):
             return result.logits, requests, []
         assert self.speculator is not None
         keep: list[int] = []
         kept: list[Request] = []
         verified: list[Emission] = []
         row = 0
-        for item in result.sampled:
+        for item in sampled:
             rows = item.num_sample_rows
             if item.draft_token_ids:
                 v = self.speculator.verify(item, result.logits[row:row + rows])
@@ -421,7 +453,7 @@ class LLMEngine:
             return logits, requests
         return logits[torch.tensor(rows)], expanded
 
-    def _update(self, sched: SchedulerOutput, emitted: list[Emission]) -> list[RequestOutput]:
+    def _update(self, sched: Schedule, emitted: list[Emission]) -> list[RequestOutput]:
         self.scheduler.update_after_step(sched)
         self.num_computed_tokens += sched.num_tokens
         now = time.monotonic()
@@ -514,10 +546,10 @@ class LLMEngine:
         """Extend each request's prompt logprobs with this step's chunk. Rows already
         recorded (the prompt computed again after a preemption) are skipped."""
         for chunk in chunks:
-            request = chunk.request
-            tracked = self._tracked.get(request.request_id)
+            tracked = self._tracked.get(chunk.request_id)
             if tracked is None or tracked.prompt_logprobs is None:
                 continue
+            request = tracked.request
             recorded = tracked.prompt_logprobs
             first = chunk.start + 1  # the prompt token that the chunk's first row predicts
             skip = len(recorded) - first
@@ -627,7 +659,7 @@ class LLMEngine:
             draft_token_ids=list(drafts), num_accepted=len(emission.token_ids) - 1,
             token_ids=list(emission.token_ids)))
 
-    def _emit_step(self, sched: SchedulerOutput) -> None:
+    def _emit_step(self, sched: Schedule) -> None:
         if not self.events.enabled:
             return
         t = self.last_timings

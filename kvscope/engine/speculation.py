@@ -28,7 +28,7 @@ from kvscope.request import Request
 from kvscope.sample.logits_processors import has_penalty
 from kvscope.sample.rejection import accept_greedy, one_hot_draft, verify_sampled
 from kvscope.sample.sampler import Sampler
-from kvscope.sched.scheduler import ScheduledRequest, SchedulerOutput
+from kvscope.sched.scheduler import Schedule, ScheduledRequest
 from kvscope.spec.config import SpeculativeConfig
 from kvscope.spec.metrics import SpecStats
 from kvscope.spec.proposer import Draft, Proposer
@@ -72,7 +72,7 @@ class Speculator:
             k = min(k, max_tokens - request.num_output_tokens - 1)
         return max(k, 0)
 
-    def propose(self, sched: SchedulerOutput) -> None:
+    def propose(self, sched: Schedule) -> None:
         items = [s for s in sched.scheduled if s.num_draft_slots]
         if not items:
             return

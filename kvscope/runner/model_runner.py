@@ -8,32 +8,17 @@ that ask for prompt_logprobs, for the rows of their prompt chunk).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from kvscope.attention.metadata import AttentionMetadata, PrefillChunk
 from kvscope.model.layers.rotary import rope_tables
 from kvscope.model.llama import LlamaModel
-from kvscope.request import Request
-from kvscope.sched.scheduler import ScheduledRequest, SchedulerOutput
-
-
-@dataclass(slots=True)
-class PromptLogits:
-    """Logits of one request's prompt rows in this step: row i is at position
-    start + i and predicts prompt token start + i + 1."""
-
-    request: Request
-    start: int
-    logits: torch.Tensor  # [rows, vocab] float32
-
-
-@dataclass(slots=True)
-class StepResult:
-    logits: torch.Tensor  # [rows, vocab] float32: `num_sample_rows` per sampled chunk
-    sampled: list[ScheduledRequest]  # in row order
-    prompt_logits: list[PromptLogits] = field(default_factory=list)
+from kvscope.sched.output import (
+    ModelRunnerOutput,
+    PromptLogits,
+    ScheduledTokens,
+    SchedulerOutput,
+)
 
 
 class ModelRunner:
@@ -55,7 +40,7 @@ class ModelRunner:
         # step (see AttentionMetadata.probe); None, the default, costs one check a layer
         self.probe: dict[int, torch.Tensor] | None = None
 
-    def execute(self, out: SchedulerOutput) -> StepResult:
+    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         self.apply_swaps(out)
         ordered = sorted(out.scheduled, key=lambda s: not s.is_decode)
         input_ids, meta, sample_rows, sampled = self._prepare(ordered)
@@ -63,10 +48,10 @@ class ModelRunner:
             hidden = self.model(input_ids, meta, self.kv_caches)
             # decode rows come first and all sample
             logits = self.model.compute_logits(hidden[sample_rows], meta.num_decodes)
-            prompt_logits = [PromptLogits(item.request, item.start,
+            prompt_logits = [PromptLogits(item.request_id, item.start,
                                           self.model.compute_logits(hidden[begin:end]))
                              for item, begin, end in _prompt_logprob_rows(ordered)]
-        return StepResult(logits, sampled, prompt_logits)
+        return ModelRunnerOutput(logits, [s.request_id for s in sampled], prompt_logits)
 
     def forward_decode_rows(self, token_ids: list[int], positions: list[int],
                             block_tables: list[list[int]], num_layers: int) -> torch.Tensor:
@@ -102,18 +87,17 @@ class ModelRunner:
             src, dst = (torch.tensor(c) for c in zip(*out.block_copies, strict=True))
             self.kv_pool.index_copy_(2, dst, self.kv_pool.index_select(2, src))
 
-    def _prepare(self, ordered: list[ScheduledRequest]
-                 ) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor, list[ScheduledRequest]]:
+    def _prepare(self, ordered: list[ScheduledTokens]
+                 ) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor, list[ScheduledTokens]]:
         bs = self.block_size
         token_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         sample_rows: list[int] = []
-        sampled: list[ScheduledRequest] = []
+        sampled: list[ScheduledTokens] = []
         for item in ordered:
             begin, n = item.start, item.num_tokens
-            token_ids.extend(item.request.all_token_ids[begin:begin + item.num_known_tokens])
-            token_ids.extend(item.draft_token_ids)
+            token_ids.extend(item.token_ids)
             pos = range(begin, begin + n)
             positions.extend(pos)
             table = item.block_ids
@@ -134,7 +118,7 @@ class ModelRunner:
         return (torch.tensor(token_ids, dtype=torch.long), meta,
                 torch.tensor(sample_rows, dtype=torch.long), sampled)
 
-    def _decode_metadata(self, meta: AttentionMetadata, decodes: list[ScheduledRequest]) -> None:
+    def _decode_metadata(self, meta: AttentionMetadata, decodes: list[ScheduledTokens]) -> None:
         """Each decode row attends to its own context. A chunk with drafts gives one
         row per token, each seeing one more position of the same table: verification
         then computes every row exactly as a plain decode step would, so greedy
@@ -152,7 +136,7 @@ class ModelRunner:
         set_decode_rows(meta, tables, context_lens)
 
     def _prefill_metadata(self, meta: AttentionMetadata,
-                          prefills: list[ScheduledRequest]) -> None:
+                          prefills: list[ScheduledTokens]) -> None:
         row = meta.num_decodes
         for item in prefills:
             n, start = item.num_tokens, item.start
@@ -174,16 +158,14 @@ def set_decode_rows(meta: AttentionMetadata, block_tables: list[list[int]],
     meta.decode_context_lens = torch.tensor(context_lens, dtype=torch.long)
 
 
-def _prompt_logprob_rows(ordered: list[ScheduledRequest]
-                         ) -> list[tuple[ScheduledRequest, int, int]]:
+def _prompt_logprob_rows(ordered: list[ScheduledTokens]
+                         ) -> list[tuple[ScheduledTokens, int, int]]:
     """(item, first row, end row) of the flat batch whose logits give prompt logprobs:
     the rows of prompt positions that are followed by another prompt token."""
     spans = []
     row = 0
     for item in ordered:
-        request = item.request
-        end = min(item.start + item.num_tokens, request.num_prompt_tokens - 1)
-        if request.sampling_params.prompt_logprobs is not None and end > item.start:
-            spans.append((item, row, row + end - item.start))
+        if item.num_prompt_logit_rows:
+            spans.append((item, row, row + item.num_prompt_logit_rows))
         row += item.num_tokens
     return spans

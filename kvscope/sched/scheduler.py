@@ -31,6 +31,7 @@ from kvscope.events import (
 )
 from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.request import Request, RequestStatus
+from kvscope.sched.output import ScheduledTokens, SchedulerOutput
 
 
 @dataclass(slots=True)
@@ -69,9 +70,24 @@ class ScheduledRequest:
         self.draft_token_ids = list(tokens)
         self.num_tokens += len(tokens)
 
+    def tokens(self) -> ScheduledTokens:
+        """This share of the step as plain data for the runner."""
+        request = self.request
+        known = request.all_token_ids[self.start:self.start + self.num_known_tokens]
+        prompt_rows = 0
+        if request.sampling_params.prompt_logprobs is not None:
+            prompt_rows = max(0, min(self.start + self.num_tokens,
+                                     request.num_prompt_tokens - 1) - self.start)
+        return ScheduledTokens(request.request_id, self.start, known + self.draft_token_ids,
+                               list(self.block_ids), len(self.draft_token_ids), self.samples,
+                               prompt_rows)
+
 
 @dataclass(slots=True)
-class SchedulerOutput:
+class Schedule:
+    """The scheduler's decisions for one step, with the requests themselves; the
+    runner gets `output()`, the same step as plain data."""
+
     step: int
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[str] = field(default_factory=list)
@@ -86,6 +102,10 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+    def output(self) -> SchedulerOutput:
+        return SchedulerOutput(self.step, [s.tokens() for s in self.scheduled],
+                               list(self.swap_out), list(self.swap_in), list(self.block_copies))
 
 
 class Scheduler:
@@ -153,8 +173,8 @@ class Scheduler:
 
     # -- one step -----------------------------------------------------------------
 
-    def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput(step=self.num_steps)
+    def schedule(self) -> Schedule:
+        out = Schedule(step=self.num_steps)
         self.num_steps += 1
         if self.config.policy == "priority":
             self._make_room_for_priority(out)
@@ -178,7 +198,7 @@ class Scheduler:
             n = min(n, threshold)
         return n
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, out: Schedule, budget: int) -> int:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
@@ -196,7 +216,7 @@ class Scheduler:
             index += 1
         return budget
 
-    def _reserve_draft_slots(self, out: SchedulerOutput, budget: int) -> None:
+    def _reserve_draft_slots(self, out: Schedule, budget: int) -> None:
         """Speculative decoding: give decodes KV slots for draft tokens from what the
         step leaves over, tokens and blocks (drafts never delay or preempt anyone)."""
         for item in out.scheduled:
@@ -211,7 +231,7 @@ class Scheduler:
                 item.block_ids = self.kv.block_ids(request.request_id)
                 budget -= drafts
 
-    def _schedule_swapped(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_swapped(self, out: Schedule, budget: int) -> int:
         while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.swapped[0]
             n = self._chunk_size(request, budget)
@@ -227,7 +247,7 @@ class Scheduler:
             budget -= n
         return budget
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_waiting(self, out: Schedule, budget: int) -> int:
         while self.waiting and budget > 0:
             if len(self.running) < self.config.max_num_seqs and \
                     self._admit(self.waiting[0], out, budget):
@@ -242,7 +262,7 @@ class Scheduler:
             self._preempt(idle[-1], out)
         return budget
 
-    def _admit(self, request: Request, out: SchedulerOutput, budget: int) -> bool:
+    def _admit(self, request: Request, out: Schedule, budget: int) -> bool:
         """Start a waiting request from its cached prefix, if the pool has room."""
         hits = self.kv.find_cached_prefix(request)
         hit_tokens = len(hits) * self.kv.block_size
@@ -260,7 +280,7 @@ class Scheduler:
         self._start_running(request, out, n, resumed=request.num_preemptions > 0)
         return True
 
-    def _start_running(self, request: Request, out: SchedulerOutput, n: int,
+    def _start_running(self, request: Request, out: Schedule, n: int,
                        resumed: bool) -> None:
         request.status = RequestStatus.RUNNING
         if request.first_scheduled_time is None:
@@ -272,7 +292,7 @@ class Scheduler:
                 num_computed_tokens=request.num_computed_tokens))
         out.scheduled.append(self._scheduled(request, n))
 
-    def _make_room_for_priority(self, out: SchedulerOutput) -> None:
+    def _make_room_for_priority(self, out: Schedule) -> None:
         """Preempt running requests that rank below the best waiting one, worst
         first, until that one's first chunk fits in the pool."""
         if not self.waiting:
@@ -293,7 +313,7 @@ class Scheduler:
         return ScheduledRequest(request, request.num_computed_tokens, n,
                                 self.kv.block_ids(request.request_id))
 
-    def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
+    def _preempt(self, victim: Request, out: Schedule) -> None:
         """Take the victim out of the running batch: swap its K/V out when the mode and
         the swap space allow, else drop them to be recomputed."""
         self.running.remove(victim)
@@ -320,7 +340,7 @@ class Scheduler:
             self.events.emit(Preempted(request_id=victim.request_id, mode="recompute",
                                        fallback=self.config.preemption_mode == "swap"))
 
-    def update_after_step(self, out: SchedulerOutput) -> None:
+    def update_after_step(self, out: Schedule) -> None:
         """Advance every scheduled request by the tokens the step computed."""
         for item in out.scheduled:
             # draft tokens count once verified (the engine adds the accepted ones)

@@ -22,7 +22,7 @@ from kvscope.model.loader import LoadedModel
 from kvscope.request import Request
 from kvscope.runner.model_runner import ModelRunner
 from kvscope.sample.sampler import Sampler
-from kvscope.sched.scheduler import ScheduledRequest, SchedulerOutput
+from kvscope.sched.scheduler import Schedule, ScheduledRequest
 from kvscope.spec.proposer import Draft, choose_draft_tokens, stack_probs
 
 
@@ -51,13 +51,14 @@ class DraftModelProposer:
         step = 0
         while active:
             chunks = [self._chunk(self.shadows[items[i].request.request_id]) for i in active]
-            result = self.runner.execute(SchedulerOutput(step=step, scheduled=chunks))
-            index = {id(c): i for c, i in zip(chunks, active, strict=True)}
-            rows = [index[id(c)] for c in result.sampled]
+            result = self.runner.execute(Schedule(step=step, scheduled=chunks).output())
+            index = {c.request.request_id: (i, c) for c, i in zip(chunks, active, strict=True)}
+            rows = [index[request_id][0] for request_id in result.sampled]
+            sampled = [index[request_id][1] for request_id in result.sampled]
             shadows = [self.shadows[items[i].request.request_id] for i in rows]
             chosen, q = choose_draft_tokens(self.sampler, result.logits,
                                             [items[i].request for i in rows], self.generator)
-            for i, shadow, chunk, token, row_q in zip(rows, shadows, result.sampled, chosen, q,
+            for i, shadow, chunk, token, row_q in zip(rows, shadows, sampled, chosen, q,
                                                       strict=True):
                 shadow.num_computed_tokens += chunk.num_tokens
                 shadow.append_output_token(token)

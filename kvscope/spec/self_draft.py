@@ -15,14 +15,14 @@ from collections.abc import Sequence
 
 import torch
 
-from kvscope.runner.model_runner import ModelRunner
+from kvscope.executor.base import Executor
 from kvscope.sample.sampler import Sampler
 from kvscope.sched.scheduler import ScheduledRequest
 from kvscope.spec.proposer import Draft, choose_draft_tokens, stack_probs
 
 
 class SelfDraftProposer:
-    def __init__(self, runner: ModelRunner, num_layers: int, sampler: Sampler,
+    def __init__(self, runner: Executor, num_layers: int, sampler: Sampler,
                  seed: int) -> None:
         self.runner = runner
         self.num_layers = num_layers

@@ -1,0 +1,1 @@
+"""Worker processes: one tensor-parallel rank each, holding a model shard and its KV pool."""

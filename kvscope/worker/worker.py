@@ -1,0 +1,139 @@
+"""One tensor-parallel rank, in its own process.
+
+Every rank joins one torch.distributed process group (gloo on CPU), loads the
+checkpoint, keeps only its shard (kvscope/distributed/parallel_layers.py) and builds a
+model runner whose KV pool holds only its KV heads, indexed by the driver's block ids.
+Rank 0 also talks to the engine over a pipe: it receives each command, broadcasts it
+to the other ranks (torch.distributed's broadcast_object_list), and sends back what
+its runner returned; the other ranks compute the same step and their layers meet in
+the all-reduces. A rank that fails stops its process; the engine then ends them all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+PARENT_POLL_S = 0.5
+AUTHKEY_ENV = "KVSCOPE_WORKER_AUTHKEY"  # how a worker learns the key to the engine's address
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What every rank needs to build its share of the engine."""
+
+    model_path: str
+    dtype: torch.dtype
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    num_swap_blocks: int
+    world_size: int
+    init_method: str
+    threads: int
+    timeout_s: float = 120.0  # a collective waiting longer than this fails the step
+
+
+def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
+    """A rank's whole life: join the group, load the shard, serve commands until
+    told to stop (rank 0 relays them from the engine through `conn`)."""
+    _die_with_parent()
+    torch.set_num_threads(spec.threads)
+    dist.init_process_group("gloo", init_method=spec.init_method, rank=rank,
+                            world_size=spec.world_size,
+                            timeout=datetime.timedelta(seconds=spec.timeout_s))
+    try:
+        runner, info = _build(rank, spec)
+        infos: list[Any] = [None] * spec.world_size
+        dist.all_gather_object(infos, info)
+        if conn is not None:
+            _send(conn, ("ready", infos))
+        _serve(rank, runner, conn)
+    except Exception:
+        if conn is not None:
+            _send(conn, ("error", traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
+    from kvscope.distributed.group import TPGroup
+    from kvscope.distributed.parallel_layers import shard_model
+    from kvscope.distributed.partition import partition
+    from kvscope.model.loader import load_model
+    from kvscope.runner.model_runner import ModelRunner
+
+    start = time.perf_counter()
+    loaded = load_model(spec.model_path, spec.dtype)
+    arch = loaded.arch
+    plan = partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
+                     arch.vocab_size, spec.world_size)
+    group = TPGroup(rank, spec.world_size, dist.group.WORLD)
+    model = shard_model(loaded.model, plan, rank, group)
+    del loaded
+    runner = ModelRunner(model, spec.num_blocks, spec.block_size, spec.max_model_len,
+                         spec.dtype, spec.num_swap_blocks)
+    runner.tp_group = group
+    shard = plan.shards[rank]
+    info = {"rank": rank, "pid": os.getpid(), "load_s": round(time.perf_counter() - start, 3),
+            "q_heads": [shard.q_heads.start, shard.q_heads.stop],
+            "kv_heads": [shard.kv_heads.start, shard.kv_heads.stop],
+            "intermediate": [shard.intermediate.start, shard.intermediate.stop],
+            "vocab": [shard.vocab.start, shard.vocab.stop], "split": plan.kind,
+            "kv_pool_shape": list(runner.kv_pool.shape)}
+    return runner, info
+
+
+def _serve(rank: int, runner: Any, conn: Connection | None) -> None:
+    while True:
+        box: list[Any] = [_receive(conn) if conn is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        command = box[0]
+        if command[0] == "stop":
+            return
+        result = _run(runner, command)
+        stats = runner.tp_group.take_stats()
+        if conn is not None:
+            _send(conn, ("ok", result, stats))
+
+
+def _run(runner: Any, command: tuple) -> Any:
+    kind, *args = command
+    with torch.inference_mode():
+        if kind == "execute":
+            return runner.execute(*args)
+        if kind == "decode_rows":
+            return runner.forward_decode_rows(*args)
+    raise ValueError(f"unknown worker command {kind!r}")
+
+
+def _send(conn: Connection, message: tuple) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _receive(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
+def _die_with_parent() -> None:
+    """End this process soon after the engine's process dies, however it dies (a
+    SIGKILL included): a thread watches for this process being handed to another parent."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kvscope-parent-watch", daemon=True).start()
