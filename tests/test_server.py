@@ -370,3 +370,42 @@ def test_every_accepted_request_is_counted_once_aborts_included(client, server):
     grew = {reason: after[reason] - before.get(reason, 0) for reason in after}
     assert grew.get("abort") == 5
     assert sum(grew.values()) == 3 + 5
+
+
+def test_models_created_time_and_system_fingerprint(client, server):
+    started = time.time()
+    models = httpx.get(server.url + "/v1/models", headers=AUTH).json()
+    created = models["data"][0]["created"]
+    assert 0 < started - created < 3600  # when this server started, not 0
+    completion = client.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2)
+    chat = client.chat.completions.create(model=MODEL_NAME, max_tokens=2,
+                                          messages=[{"role": "user", "content": "Hi"}])
+    fingerprint = completion.system_fingerprint
+    assert fingerprint.startswith("fp_") and len(fingerprint) == 13
+    assert chat.system_fingerprint == fingerprint
+    stream = client.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2, stream=True)
+    assert {chunk.system_fingerprint for chunk in stream} == {fingerprint}
+
+
+def test_echo_with_logprobs_scores_the_prompt(client, server, offline):
+    """echo + logprobs: the prompt's tokens with their logprobs (None for the first),
+    then the completion's; max_tokens=0 scores the prompt alone."""
+    prompt = PROMPTS[9]
+    ids = offline.tokenizer.encode(prompt)
+    scored = offline.generate(prompt, SamplingParams(temperature=0, max_tokens=1,
+                                                     prompt_logprobs=1, logprobs=1))[0]
+    response = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=1,
+                                         temperature=0, echo=True, logprobs=1)
+    logprobs = response.choices[0].logprobs
+    assert len(logprobs.tokens) == len(ids) + 1
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    expected = [entry[t].logprob for entry, t in zip(scored.prompt_logprobs[1:], ids[1:],
+                                                    strict=True)]
+    assert logprobs.token_logprobs[1:len(ids)] == pytest.approx(expected, abs=1e-5)
+    assert response.choices[0].text.startswith(prompt)
+    assert logprobs.text_offset[0] == 0
+    only = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=0, echo=True,
+                                     logprobs=0)
+    assert only.choices[0].text == prompt
+    assert only.usage.completion_tokens == 0
+    assert only.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-5)
