@@ -11,7 +11,10 @@ import sys
 import time
 
 import httpx
+import psutil
 import pytest
+
+from kvscope import SamplingParams
 
 
 def free_port() -> int:
@@ -24,9 +27,10 @@ SPECULATIVE = '{"method": "ngram", "num_speculative_tokens": 3}'
 
 
 @pytest.mark.parametrize("stop_signal, extra", [
-    (signal.SIGTERM, []), (signal.SIGINT, ["--speculative-config", SPECULATIVE])],
-    ids=["sigterm", "sigint-speculative"])
-def test_serve_starts_answers_and_stops_cleanly(stop_signal, extra):
+    (signal.SIGTERM, []), (signal.SIGINT, ["--speculative-config", SPECULATIVE]),
+    (signal.SIGTERM, ["--tensor-parallel-size", "2", "--dtype", "float32"])],
+    ids=["sigterm", "sigint-speculative", "sigterm-tp2"])
+def test_serve_starts_answers_and_stops_cleanly(stop_signal, extra, make_llm):
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVSCOPE_API_KEY": "cli-key"}
     auth = {"Authorization": "Bearer cli-key"}
@@ -55,7 +59,21 @@ def test_serve_starts_answers_and_stops_cleanly(stop_signal, extra):
         response = httpx.post(f"{url}/v1/completions", timeout=60, json=body, headers=auth)
         assert response.status_code == 200
         assert response.json()["usage"]["completion_tokens"] >= 1
-        if extra:  # a prompt that repeats itself: the n-gram proposer drafts
+        workers = psutil.Process(process.pid).children(recursive=True)
+        if "--tensor-parallel-size" in extra:  # two ranks, and the same text as one process
+            assert len(workers) == 2
+            greedy = {**body, "temperature": 0, "max_tokens": 12, "ignore_eos": True}
+            text = httpx.post(f"{url}/v1/completions", timeout=60, json=greedy,
+                              headers=auth).json()["choices"][0]["text"]
+            offline = make_llm(max_model_len=512).generate(
+                "Hi", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+            assert text == offline[0].outputs[0].text
+            workers[-1].kill()  # a rank dies: requests fail cleanly, /health says so
+            failed = httpx.post(f"{url}/v1/completions", timeout=60, json=greedy, headers=auth)
+            assert failed.status_code == 503, failed.text
+            assert failed.json()["error"]["code"] == "engine_unavailable"
+            assert httpx.get(f"{url}/health", timeout=10).status_code == 503
+        if "--speculative-config" in extra:  # a prompt that repeats itself: the n-gram drafts
             response = httpx.post(f"{url}/v1/completions", timeout=60, headers=auth, json={
                 "model": "tiny", "prompt": "one two three four, one two three four, one two",
                 "max_tokens": 16, "temperature": 0})
@@ -71,6 +89,7 @@ def test_serve_starts_answers_and_stops_cleanly(stop_signal, extra):
             process.kill()
     assert process.returncode == 0, "".join(log) + rest
     assert "kvscope stopped" in rest
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_serve_refuses_a_bad_speculative_config():

@@ -52,6 +52,7 @@ from kvscope.spec.draft_model import DraftModelProposer
 from kvscope.spec.ngram import NgramProposer
 from kvscope.spec.proposer import Proposer
 from kvscope.spec.self_draft import SelfDraftProposer
+from kvscope.worker.weights import write_weights
 from kvscope.worker.worker import WorkerSpec
 
 MAX_DEFAULT_MODEL_LEN = 8192
@@ -145,10 +146,16 @@ class LLMEngine:
                       arch.vocab_size, tp)
         except PartitionError as exc:
             raise ConfigError(str(exc)) from exc
-        spec = WorkerSpec(str(self.loaded.path), config.dtype, self.num_blocks,
-                          config.cache.block_size, self.max_model_len, num_swap_blocks, tp,
-                          free_tcp_init_method(), threads=max(1, torch.get_num_threads() // tp))
-        return MultiprocExecutor(spec, progress)
+        weights = write_weights(self.loaded.model)
+        try:
+            spec = WorkerSpec(str(self.loaded.path), config.dtype, self.num_blocks,
+                              config.cache.block_size, self.max_model_len, num_swap_blocks, tp,
+                              free_tcp_init_method(),
+                              threads=max(1, torch.get_num_threads() // tp),
+                              weights_file=str(weights), arch=arch)
+            return MultiprocExecutor(spec, progress)
+        finally:
+            weights.unlink()  # every worker holds its shard now (or none started)
 
     def shutdown(self) -> None:
         """Stop the executor's worker processes (tensor parallelism); idempotent."""

@@ -159,8 +159,11 @@ class MultiprocExecutor:
             status, *rest = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as exc:
             self._fail(f"rank 0 closed its pipe ({exc!r})")
-        if status == "error":
-            self._fail(f"a worker raised:\n{rest[0]}")
+        if status == "error":  # often a collective that lost a peer: name the dead one
+            logger.error("tensor-parallel rank 0 raised:\n%s", rest[0])
+            time.sleep(POLL_S)
+            self._check_workers()
+            self._fail(f"rank 0 raised {rest[0].strip().splitlines()[-1]}")
         if status == "ready":
             return rest[0]
         return rest[0], rest[1]

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from kvscope.engine.async_engine import RequestStream
+from kvscope.engine.async_engine import EngineDeadError, RequestStream
 from kvscope.outputs import CompletionOutput, PromptLogprobs, RequestOutput
 from kvscope.serve.errors import APIError
 from kvscope.serve.protocol import ChatCompletionRequest, CompletionRequest
@@ -185,7 +185,10 @@ async def _collect(stream: RequestStream, request: Request) -> dict[str, Request
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
             raise APIError(499, "the client closed the connection")
-        return work.result()
+        try:
+            return work.result()
+        except EngineDeadError as exc:  # the step loop (or a worker) failed mid-request
+            raise APIError(503, str(exc), code="engine_unavailable") from exc
     finally:
         gone.cancel()
         work.cancel()

@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,9 @@ class WorkerSpec:
     init_method: str
     threads: int
     timeout_s: float = 120.0  # a collective waiting longer than this fails the step
+    weights_file: str | None = None  # the engine's weights (worker/weights.py); None:
+    # read the checkpoint at model_path
+    arch: Any = None  # the model's ModelArch, with weights_file
 
 
 def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
@@ -73,15 +77,19 @@ def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
     from kvscope.distributed.partition import partition
     from kvscope.model.loader import load_model
     from kvscope.runner.model_runner import ModelRunner
+    from kvscope.worker.weights import read_weights
 
     start = time.perf_counter()
-    loaded = load_model(spec.model_path, spec.dtype)
-    arch = loaded.arch
+    if spec.weights_file is not None:
+        full = read_weights(Path(spec.weights_file), spec.arch)
+    else:
+        full = load_model(spec.model_path, spec.dtype).model
+    arch = full.arch
     plan = partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
                      arch.vocab_size, spec.world_size)
     group = TPGroup(rank, spec.world_size, dist.group.WORLD)
-    model = shard_model(loaded.model, plan, rank, group)
-    del loaded
+    model = shard_model(full, plan, rank, group)
+    del full
     runner = ModelRunner(model, spec.num_blocks, spec.block_size, spec.max_model_len,
                          spec.dtype, spec.num_swap_blocks)
     runner.tp_group = group
