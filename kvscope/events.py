@@ -79,6 +79,10 @@ class EngineStarted(Event):
     enable_prefix_caching: bool
     preemption_mode: str
     policy: str
+    tensor_parallel_size: int = 1
+    # with tensor parallelism, what each rank holds: its query/KV head, MLP neuron and
+    # vocabulary ranges [start, stop), its weight shapes and its KV pool's shape
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -153,6 +157,8 @@ class StepEnd(Event):
     num_waiting: int
     num_swapped: int
     fragmentation: dict[str, int] = field(default_factory=dict)
+    num_collectives: int = 0  # tensor parallelism: all-reduces and gathers rank 0 made
+    collective_ms: float = 0.0  # and the time it spent in them (part of forward_ms)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -11,6 +11,8 @@ rank's logits columns, gathered). Norms are replicated.
 from __future__ import annotations
 
 import dataclasses
+import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +25,34 @@ from kvscope.model.llama import LlamaModel
 
 
 class RowParallelLinear(Linear):
-    """A linear over this rank's input columns, summed over the ranks."""
+    """A linear over this rank's input columns, summed over the ranks. With `watch` set
+    (the scope's lesson) it keeps its last call's last row: this rank's input slice,
+    its partial sum, and the all-reduced sum, with the time of each part."""
 
-    def __init__(self, weight: torch.Tensor, group: TPGroup) -> None:
+    WATCHED_DIMS = 8  # the leading output dimensions kept
+
+    def __init__(self, weight: torch.Tensor, group: TPGroup, name: str = "") -> None:
         super().__init__(weight.shape[1], weight.shape[0])
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.group = group
+        self.name = name
+        self.watch = False
+        self.watched: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor, num_decode_rows: int = 0) -> torch.Tensor:
-        return self.group.all_reduce(super().forward(x, num_decode_rows))
+        if not self.watch:
+            return self.group.all_reduce(super().forward(x, num_decode_rows))
+        start = time.perf_counter()
+        partial = super().forward(x, num_decode_rows)
+        matmul_s = time.perf_counter() - start
+        kept = partial[-1, :self.WATCHED_DIMS].float().tolist()
+        start = time.perf_counter()
+        out = self.group.all_reduce(partial)
+        self.watched = {"input_columns": x.shape[-1], "input_head": x[-1, :4].float().tolist(),
+                        "partial": kept, "reduced": out[-1, :self.WATCHED_DIMS].float().tolist(),
+                        "matmul_ms": matmul_s * 1e3,
+                        "all_reduce_ms": (time.perf_counter() - start) * 1e3}
+        return out
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -82,9 +103,9 @@ def shard_model(full: LlamaModel, plan: Partition, rank: int, group: TPGroup) ->
     for ours, theirs in zip(model.layers, full.layers, strict=True):
         ours.self_attn.o_proj = RowParallelLinear(
             _columns(theirs.self_attn.o_proj.weight, _heads(shard.q_heads, arch.head_dim)),
-            group)
+            group, "o_proj")
         ours.mlp.down_proj = RowParallelLinear(
-            _columns(theirs.mlp.down_proj.weight, shard.intermediate), group)
+            _columns(theirs.mlp.down_proj.weight, shard.intermediate), group, "down_proj")
     assert full.lm_head is not None
     model.lm_head = ParallelLMHead(_rows(full.lm_head.weight, shard.vocab),
                                    [s.vocab.size for s in plan.shards], group)

@@ -625,7 +625,9 @@ class LLMEngine:
             max_model_len=self.max_model_len, max_num_seqs=config.scheduler.max_num_seqs,
             max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
             enable_prefix_caching=self.kv.enable_caching,
-            preemption_mode=config.scheduler.preemption_mode, policy=config.scheduler.policy)
+            preemption_mode=config.scheduler.preemption_mode, policy=config.scheduler.policy,
+            tensor_parallel_size=config.tensor_parallel_size,
+            ranks=list(getattr(self.executor, "ranks", [])))
 
     def snapshot(self) -> Snapshot:
         """The whole KV and request state now, for a listener joining mid-run."""
@@ -670,6 +672,7 @@ class LLMEngine:
         if not self.events.enabled:
             return
         t = self.last_timings
+        collectives, collective_s = self.executor.collective_stats()
         self.events.emit(StepEnd(
             batch=[ScheduledChunk(request_id=s.request.request_id, start=s.start,
                                   num_tokens=s.num_tokens, phase=_phase(s),
@@ -680,7 +683,8 @@ class LLMEngine:
             update_ms=round(t.update_s * 1e3, 3), num_free_blocks=self.kv.num_free_blocks,
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
             num_swapped=len(self.scheduler.swapped),
-            fragmentation=self.last_fragmentation.as_dict()))
+            fragmentation=self.last_fragmentation.as_dict(),
+            num_collectives=collectives, collective_ms=round(collective_s * 1e3, 3)))
 
 
 def _phase(item: ScheduledRequest) -> str:

@@ -114,6 +114,11 @@ class MultiprocExecutor:
     def collective_stats(self) -> tuple[int, float]:
         return self._last_stats
 
+    def watch_layer(self, layer: int | None) -> list[Any]:
+        """Start keeping `layer`'s partial sums on every rank (None: stop); returns what
+        each rank kept since the previous call (the scope's tensor-parallel lesson)."""
+        return self._call(("watch_layer", layer))
+
     def shutdown(self) -> None:
         """Stop every worker: politely, then by force; none is left running."""
         conn = getattr(self, "_conn", None)

@@ -77,6 +77,8 @@ class LabRunRequest(StrictModel):
     length_penalty: float = Field(1.0, ge=-4.0, le=4.0)
     speculative_config: LabSpeculativeConfig | None = None
     compare_plain: bool = False  # also run without speculation and compare the token ids
+    tensor_parallel_size: int = Field(1, ge=1, le=2)  # 2: two worker processes, one gloo group
+    watch_layer: int = Field(0, ge=0, le=255)  # tp=2: the layer whose partial sums are kept
 
     @model_validator(mode="after")
     def _per_prompt_lists(self) -> LabRunRequest:
@@ -115,7 +117,8 @@ def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink | N
         preemption_mode=req.preemption_mode, swap_space=req.swap_blocks * bytes_per_block,
         policy=req.policy, max_num_seqs=req.max_num_seqs,
         max_num_batched_tokens=req.max_num_batched_tokens,
-        speculative_config=spec.engine_options() if spec is not None else None)
+        speculative_config=spec.engine_options() if spec is not None else None,
+        tensor_parallel_size=req.tensor_parallel_size)
     return LLMEngine(config, sink=sink, loaded=loaded)
 
 
@@ -124,12 +127,26 @@ def run_lab(loaded: LoadedModel, req: LabRunRequest,
     """Run the lesson's workload to the end; raises ValueError for input the engine
     refuses (the route answers 400) and LabStopped when the budget runs out."""
     budget = budget or LabBudget(LabLimits())
+    if req.watch_layer >= loaded.arch.num_layers:
+        raise ValueError(f"watch_layer must be below the model's {loaded.arch.num_layers} "
+                         f"layers; got {req.watch_layer}")
     sink = ListSink()
     try:
         engine = build_lab_engine(loaded, req, sink)
     except ConfigError as exc:
         raise ValueError(str(exc)) from exc
+    try:
+        return _run(engine, loaded, req, sink, budget)
+    finally:
+        engine.shutdown()  # a tensor-parallel run's worker processes
+
+
+def _run(engine: LLMEngine, loaded: LoadedModel, req: LabRunRequest, sink: ListSink,
+         budget: LabBudget) -> dict[str, Any]:
     _check_prompt_lengths(engine, req.prompts)
+    watching = req.tensor_parallel_size > 1
+    if watching:
+        engine.executor.watch_layer(req.watch_layer)
     outputs = _drive(engine, req, budget)
     events = sink.dicts()
     result: dict[str, Any] = {
@@ -140,6 +157,10 @@ def run_lab(loaded: LoadedModel, req: LabRunRequest,
                   "refcounts": [b.ref_cnt for b in engine.kv.pool.blocks],
                   "num_free_blocks": engine.kv.num_free_blocks},
     }
+    if watching:  # the row-parallel partial sums of the run's last step, per rank
+        result["tensor_parallel"] = {"layer": req.watch_layer,
+                                     "step": engine.scheduler.num_steps - 1,
+                                     "ranks": engine.executor.watch_layer(None)}
     if req.speculative_config is not None:
         result["token_texts"] = _token_texts(engine, events)
     if req.compare_plain:
@@ -189,7 +210,10 @@ def _plain_run(loaded: LoadedModel, req: LabRunRequest, speculative: list[dict[s
     """The same workload on an engine without speculative decoding (no events kept):
     its outputs, and for each prompt whether its token ids equal the speculative run's."""
     engine = build_lab_engine(loaded, req, None, speculative=False)
-    outputs = _drive(engine, req, budget)
+    try:
+        outputs = _drive(engine, req, budget)
+    finally:
+        engine.shutdown()
     plain = [_output(outputs[str(i)]) for i in range(len(req.prompts))]
     return {"outputs": [{"request_id": o["request_id"], "text": o["text"],
                          "token_ids": o["token_ids"]} for o in plain],

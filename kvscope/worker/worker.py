@@ -99,8 +99,19 @@ def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
             "kv_heads": [shard.kv_heads.start, shard.kv_heads.stop],
             "intermediate": [shard.intermediate.start, shard.intermediate.stop],
             "vocab": [shard.vocab.start, shard.vocab.stop], "split": plan.kind,
-            "kv_pool_shape": list(runner.kv_pool.shape)}
+            "kv_pool_shape": list(runner.kv_pool.shape), "weights": _weight_shapes(model)}
     return runner, info
+
+
+def _weight_shapes(model: Any) -> dict[str, list[int]]:
+    """[rows, columns] of this rank's weights in one layer (every layer is alike)."""
+    layer = model.layers[0]
+    return {"qkv_proj": list(layer.self_attn.qkv_proj.weight.shape),
+            "o_proj": list(layer.self_attn.o_proj.weight.shape),
+            "gate_up_proj": list(layer.mlp.gate_up_proj.weight.shape),
+            "down_proj": list(layer.mlp.down_proj.weight.shape),
+            "embed_tokens": list(model.embed_tokens.weight.shape),
+            "lm_head": list(model.lm_head.weight.shape)}
 
 
 def _serve(rank: int, runner: Any, conn: Connection | None) -> None:
@@ -123,7 +134,24 @@ def _run(runner: Any, command: tuple) -> Any:
             return runner.execute(*args)
         if kind == "decode_rows":
             return runner.forward_decode_rows(*args)
+        if kind == "watch_layer":
+            return _watch_layer(runner.model, *args)
     raise ValueError(f"unknown worker command {kind!r}")
+
+
+def _watch_layer(model: Any, layer: int | None) -> list[Any]:
+    """Make one layer's row-parallel linears keep their last call's partial sums (None:
+    stop, and collect what they kept); returns every rank's record, on every rank."""
+    record: dict[str, Any] = {}
+    for index, decoder in enumerate(model.layers):
+        for linear in (decoder.self_attn.o_proj, decoder.mlp.down_proj):
+            if linear.watch:
+                record[linear.name] = linear.watched
+            linear.watch = index == layer
+            linear.watched = None
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, record)
+    return everyone
 
 
 def _send(conn: Connection, message: tuple) -> None:
