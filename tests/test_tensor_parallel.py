@@ -171,3 +171,23 @@ def test_a_split_that_cannot_be_made_fails_before_starting_anything(loaded_fp32)
     with pytest.raises(ConfigError, match="tensor_parallel_size must be an integer >= 1"):
         LLM(dtype="float32", loaded=loaded_fp32, tensor_parallel_size=0)
     assert len(psutil.Process().children(recursive=True)) == before
+
+
+def test_qwen_even_split_equals_one_process():
+    """Qwen2.5-Coder-0.5B (14 query, 2 KV heads: the even rule, one KV head a rank), tp=2
+    against tp=1 in fp32 (skipped without its packages)."""
+    from kvscope.model.loader import load_model
+    from kvscope.model.packaged import missing_packages
+
+    missing = missing_packages("qwen2.5-coder-0.5b")
+    if missing:
+        pytest.skip(f"Qwen2.5-Coder-0.5B needs {len(missing)} packages, e.g. {missing[0]}")
+    loaded = load_model("qwen2.5-coder-0.5b", torch.float32)
+    options = {"kv_cache_memory": 128 << 20, "max_model_len": 512}
+    one = LLM(dtype="float32", loaded=loaded, **options)
+    with LLM(dtype="float32", loaded=loaded, tensor_parallel_size=2, **options) as two:
+        assert [r["split"] for r in two.engine.executor.ranks] == ["even", "even"]
+        assert [r["kv_heads"] for r in two.engine.executor.ranks] == [[0, 1], [1, 2]]
+        params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+        assert token_ids(two.generate(PROMPTS[:3], params)) == \
+            token_ids(one.generate(PROMPTS[:3], params))
