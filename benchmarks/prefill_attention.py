@@ -1,6 +1,6 @@
 """Prefill attention of one layer: the C++ kernel beside the torch (SDPA) fallback.
 
-Both run `kvscope.attention.paged_torch.paged_attention` on the same step: the same
+Both run `kvscope.attention.cpu_backend.paged_attention` on the same step: the same
 paged KV pool, shuffled block tables, metadata laid out as the model runner lays it
 out (decodes first, then prefill chunks), SmolLM2-135M's attention shape (9 query
 heads, 3 KV heads, head dim 64, blocks of 16). One call is one layer of one step; the
@@ -33,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without an
 
 import torch  # noqa: E402
 
-from kvscope.attention import paged_torch  # noqa: E402
+from kvscope.attention import cpu_backend  # noqa: E402
 from kvscope.attention.metadata import AttentionMetadata, PrefillChunk  # noqa: E402
 from kvscope.kernels.build import cpu_kernels  # noqa: E402
 
@@ -136,12 +136,12 @@ def main() -> None:
         """What paged_attention ran before the prefill kernel: decodes by their kernel,
         one SDPA call per prefill chunk."""
         def call() -> torch.Tensor:
-            paged_torch.write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-            return paged_torch._prefills_torch(q, k, v, k_cache, v_cache, meta)
+            cpu_backend.write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+            return cpu_backend._prefills_torch(q, k, v, k_cache, v_cache, meta)
         return call
 
     def kernel_path(q, k, v, k_cache, v_cache, meta) -> Callable[[], torch.Tensor]:
-        return lambda: paged_torch.paged_attention(q, k, v, k_cache, v_cache, meta)
+        return lambda: cpu_backend.paged_attention(q, k, v, k_cache, v_cache, meta)
 
     print(f"prefill attention, one layer ({HEADS} heads, {KV_HEADS} KV heads, head dim "
           f"{HEAD_DIM}, blocks of {BLOCK}), {args.threads} threads, min of {args.reps}")

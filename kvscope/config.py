@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from kvscope.spec.config import SpeculativeConfig
+    from kvscope.speculative.config import SpeculativeConfig
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: ~46k tokens of SmolLM2-135M in bf16
 DEFAULT_SWAP_SPACE = 256 << 20  # bytes; allocated only in swap mode
@@ -187,6 +187,6 @@ class EngineConfig:
 def _speculative(options: Any) -> SpeculativeConfig | None:
     if options is None:
         return None
-    from kvscope.spec.config import SpeculativeConfig  # spec.config imports ConfigError
+    from kvscope.speculative.config import SpeculativeConfig  # it imports ConfigError
 
     return SpeculativeConfig.from_dict(options)

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from kvscope.sampling_params import SamplingParams
 
 
+class RequestError(ValueError):
+    """A request is invalid (empty prompt, too long, duplicate id, ...); `param` names
+    the offending field when there is one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"

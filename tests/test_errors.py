@@ -11,9 +11,9 @@ import torch
 
 from kvscope import LLM, SamplingParams
 from kvscope.config import ConfigError
-from kvscope.engine.llm_engine import RequestError
 from kvscope.model.arch import UnsupportedModelError
 from kvscope.model.loader import ModelNotFoundError
+from kvscope.request import RequestError
 from kvscope.sampling_params import SamplingParamsError
 
 PROMPT = "The capital of France is"

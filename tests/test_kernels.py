@@ -227,7 +227,7 @@ def test_paged_prefill_checks_its_inputs():
 def test_paged_decode_matches_torch_reference(dtype, dim, kv_heads, group, block_size):
     """Every specialisation of the decode kernel (head dim 64/128, groups 1-4) and its
     scalar fallback (group 5, head dim 48) against the gathering torch reference."""
-    from kvscope.attention.paged_torch import decode_attention_torch
+    from kvscope.attention.cpu_backend import decode_attention_torch
 
     gen = torch.Generator().manual_seed(dim * 100 + group * 10 + block_size)
     lens = torch.tensor([1, block_size, block_size + 1, 3 * block_size - 1, 41])

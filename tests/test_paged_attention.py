@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kvscope.attention import paged_torch
+from kvscope.attention import cpu_backend
+from kvscope.attention.cpu_backend import paged_attention
 from kvscope.attention.metadata import AttentionMetadata, PrefillChunk
-from kvscope.attention.paged_torch import paged_attention
 from kvscope.kernels.build import cpu_kernels
 from kvscope.model.arch import ModelArch
 from kvscope.model.llama import LlamaModel
@@ -44,7 +44,7 @@ def decode_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     ("default"), and through the pure-torch fallback ("torch"): both must equal dense
     attention."""
     if request.param == "torch":
-        monkeypatch.setattr(paged_torch, "cpu_kernels", lambda: None)
+        monkeypatch.setattr(cpu_backend, "cpu_kernels", lambda: None)
     return request.param
 
 
@@ -347,10 +347,10 @@ def test_engine_greedy_tokens_same_with_torch_attention(make_llm, max_batched: i
     in chunks that start mid-context while other requests decode."""
     greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     counting = CountingKernels(cpu_kernels())
-    monkeypatch.setattr(paged_torch, "cpu_kernels", lambda: counting)
+    monkeypatch.setattr(cpu_backend, "cpu_kernels", lambda: counting)
     with_kernels = make_llm(max_num_batched_tokens=max_batched).generate(ENGINE_PROMPTS, greedy)
     assert counting.prefill_calls > 0
-    monkeypatch.setattr(paged_torch, "cpu_kernels", lambda: None)
+    monkeypatch.setattr(cpu_backend, "cpu_kernels", lambda: None)
     with_torch = make_llm(max_num_batched_tokens=max_batched).generate(ENGINE_PROMPTS, greedy)
     assert ([o.outputs[0].token_ids for o in with_kernels]
             == [o.outputs[0].token_ids for o in with_torch])

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from kvscope import LLM, SamplingParams
-from kvscope.engine.llm_engine import RequestError
 from kvscope.model.loader import LoadedModel
-from kvscope.request import Request
+from kvscope.request import Request, RequestError
 from kvscope.sample.logits_processors import apply_logits_processors, banned_tokens
 from kvscope.sample.sampler import Sampler
 from kvscope.sampling_params import SamplingParamsError

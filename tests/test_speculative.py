@@ -10,7 +10,7 @@ import pytest
 from kvscope import SamplingParams
 from kvscope.config import ConfigError
 from kvscope.kv.kv_manager import blocks_needed
-from kvscope.spec.ngram import propose_ngram
+from kvscope.speculative.ngram import propose_ngram
 
 PROMPTS = [
     "Rewrite this sentence in the passive voice: The committee approved the new budget "

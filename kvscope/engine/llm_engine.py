@@ -42,30 +42,21 @@ from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
 from kvscope.model.loader import LoadedModel, load_model
 from kvscope.outputs import Logprob, RequestMetrics, RequestOutput
-from kvscope.request import Request, RequestStatus
+from kvscope.request import Request, RequestError, RequestStatus
 from kvscope.runner.model_runner import ModelRunner
 from kvscope.sample.sampler import Sampler, SamplerOutput, prompt_logprobs
 from kvscope.sampling_params import BeamSearchParams, SamplingParams
 from kvscope.sched.output import ModelRunnerOutput, PromptLogits
 from kvscope.sched.scheduler import Schedule, ScheduledRequest, Scheduler
-from kvscope.spec.draft_model import DraftModelProposer
-from kvscope.spec.ngram import NgramProposer
-from kvscope.spec.proposer import Proposer
-from kvscope.spec.self_draft import SelfDraftProposer
+from kvscope.speculative.draft_model import DraftModelProposer
+from kvscope.speculative.ngram import NgramProposer
+from kvscope.speculative.proposer import Proposer
+from kvscope.speculative.self_draft import SelfDraftProposer
 from kvscope.worker.weights import write_weights
 from kvscope.worker.worker import WorkerSpec
 
 MAX_DEFAULT_MODEL_LEN = 8192
 MAX_LOGPROBS = 20  # most alternatives returned per token (vLLM's default cap)
-
-
-class RequestError(ValueError):
-    """A request is invalid (empty prompt, too long, duplicate id, ...); `param` names
-    the offending field when there is one."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(slots=True)

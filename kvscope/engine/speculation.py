@@ -29,9 +29,9 @@ from kvscope.sample.logits_processors import has_penalty
 from kvscope.sample.rejection import accept_greedy, one_hot_draft, verify_sampled
 from kvscope.sample.sampler import Sampler
 from kvscope.sched.scheduler import Schedule, ScheduledRequest
-from kvscope.spec.config import SpeculativeConfig
-from kvscope.spec.metrics import SpecStats
-from kvscope.spec.proposer import Draft, Proposer
+from kvscope.speculative.config import SpeculativeConfig
+from kvscope.speculative.metrics import SpecStats
+from kvscope.speculative.proposer import Draft, Proposer
 
 
 @dataclass(slots=True)

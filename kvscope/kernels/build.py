@@ -42,7 +42,7 @@ def cpu_kernels() -> ModuleType | None:
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
-    from kvscope.model.tokenizer import cache_dir
+    from kvscope.paths import cache_dir
 
     here = Path(__file__).parent
     # the headers' text joins the build flags, so editing simd.h rebuilds too

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kvscope.attention.backend import attention_backend
 from kvscope.attention.metadata import AttentionMetadata
-from kvscope.attention.paged_torch import paged_attention
 from kvscope.model.arch import ModelArch
 from kvscope.model.layers.activation import silu_and_mul
 from kvscope.model.layers.linear import Linear
@@ -32,6 +32,7 @@ class Attention(nn.Module):
         self.split = (q_size, kv_size, kv_size)
         self.qkv_proj = Linear(arch.hidden_size, sum(self.split), bias=arch.attention_bias)
         self.o_proj = Linear(q_size, arch.hidden_size)
+        self.attend = attention_backend()
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -45,7 +46,7 @@ class Attention(nn.Module):
             meta.probe[self.layer_index] = q.clone()
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta)
+        out = self.attend(q, k, v, kv_cache[0], kv_cache[1], meta)
         return self.o_proj(out.view(tokens, -1), meta.num_decodes)
 
 

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvscope.model.tokenizer import cache_dir
+from kvscope.paths import cache_dir
 
 GGUF_MAGIC = b"GGUF"
 _COPY_CHUNK = 8 << 20  # bytes per read while gluing the parts together

@@ -9,10 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
-def cache_dir() -> Path:
-    root = os.environ.get("KVSCOPE_CACHE") or Path.home() / ".cache" / "kvscope"
-    return Path(root)
+from kvscope.paths import cache_dir
 
 
 def _fingerprint(path: Path) -> str:

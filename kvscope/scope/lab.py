@@ -18,9 +18,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from kvscope.config import ConfigError, EngineConfig
-from kvscope.engine.llm_engine import LLMEngine, RequestError
+from kvscope.engine.llm_engine import LLMEngine
 from kvscope.events import ListSink
 from kvscope.model.loader import LoadedModel
+from kvscope.request import RequestError
 from kvscope.sampling_params import BeamSearchParams, SamplingParams
 from kvscope.scope.lab_limits import LabBudget, LabLimits
 from kvscope.serve.protocol import StrictModel

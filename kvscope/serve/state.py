@@ -19,8 +19,8 @@ from kvscope.engine.async_engine import (
     Prompt,
     RequestStream,
 )
-from kvscope.engine.llm_engine import RequestError
 from kvscope.model.tokenizer import apply_chat_template
+from kvscope.request import RequestError
 from kvscope.sampling_params import SamplingParams, SamplingParamsError
 from kvscope.serve.errors import APIError
 from kvscope.serve.metrics import ServerMetrics

@@ -23,7 +23,7 @@ from kvscope.request import Request
 from kvscope.runner.model_runner import ModelRunner
 from kvscope.sample.sampler import Sampler
 from kvscope.sched.scheduler import Schedule, ScheduledRequest
-from kvscope.spec.proposer import Draft, choose_draft_tokens, stack_probs
+from kvscope.speculative.proposer import Draft, choose_draft_tokens, stack_probs
 
 
 class DraftModelProposer:

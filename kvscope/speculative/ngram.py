@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvscope.sched.scheduler import ScheduledRequest
-from kvscope.spec.proposer import Draft
+from kvscope.speculative.proposer import Draft
 
 
 def propose_ngram(tokens: Sequence[int], k: int, min_n: int, max_n: int) -> list[int]:

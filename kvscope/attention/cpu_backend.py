@@ -1,4 +1,4 @@
-"""Paged attention on CPU.
+"""The CPU attention backend: paged attention by C++ kernels, with torch twins.
 
 The KV pool of one layer is a pair of tensors [num_blocks, block_size, kv_heads,
 head_dim]. New K/V are written by slot mapping in one indexed copy. Decodes are

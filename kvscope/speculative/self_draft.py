@@ -18,7 +18,7 @@ import torch
 from kvscope.executor.base import Executor
 from kvscope.sample.sampler import Sampler
 from kvscope.sched.scheduler import ScheduledRequest
-from kvscope.spec.proposer import Draft, choose_draft_tokens, stack_probs
+from kvscope.speculative.proposer import Draft, choose_draft_tokens, stack_probs
 
 
 class SelfDraftProposer:
