@@ -95,3 +95,17 @@ class Request:
     @property
     def finish_reason(self) -> str | None:
         return self.status.value if self.is_finished else None
+
+
+def fork_request(parent: Request, child_id: str, params: SamplingParams) -> Request:
+    """A new sequence with the parent's tokens, all of them computed (see
+    Scheduler.fork, the one place sequences fork)."""
+    child = Request(child_id, list(parent.prompt_token_ids), params, prompt=parent.prompt,
+                    arrival_time=parent.arrival_time, priority=parent.priority,
+                    cache_salt=parent.cache_salt)
+    for token in parent.output_token_ids:
+        child.append_output_token(token)
+    child.num_computed_tokens = parent.num_tokens
+    child.block_hashes = list(parent.block_hashes)
+    child.first_token_time = parent.first_token_time
+    return child

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kvscope.engine.sequence_group import fork_request
 from kvscope.events import BeamStepped, Emitter, RequestFinished
 from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.outputs import CompletionOutput, RequestOutput
@@ -193,12 +192,8 @@ class BeamSearches:
         for new in new_beams:
             parent = group.beams[new.parent]
             if new.parent in used:
-                child = fork_request(parent, f"{group.request_id}~{next(self._ids)}",
-                                     parent.sampling_params)
-                has_kv = self.kv.has_table(parent.request_id)  # not if it was preempted
-                if has_kv:
-                    self.kv.fork(parent, child)
-                self.scheduler.add_forked(child, parent, has_kv)
+                child = self.scheduler.fork(parent, f"{group.request_id}~{next(self._ids)}",
+                                            parent.sampling_params)
                 self._group_of[child.request_id] = group
                 beams.append(child)
             else:

@@ -19,7 +19,7 @@ from kvscope.config import ConfigError, EngineConfig
 from kvscope.distributed.partition import PartitionError, partition
 from kvscope.engine.beam_search import BeamSearches
 from kvscope.engine.detokenizer import IncrementalDetokenizer
-from kvscope.engine.sequence_group import SequenceGroup, TrackedRequest, fork_request
+from kvscope.engine.sequence_group import SequenceGroup, TrackedRequest
 from kvscope.engine.speculation import Speculator
 from kvscope.events import (
     DraftsVerified,
@@ -439,9 +439,8 @@ class LLMEngine:
                 continue
             group.forked = True
             for index in range(1, group.params.num_sequences):
-                child = fork_request(request, group.child_id(index), group.child_params(index))
-                self.kv.fork(request, child)
-                self.scheduler.add_forked(child, request, has_kv=True)
+                child = self.scheduler.fork(request, group.child_id(index),
+                                            group.child_params(index))
                 tracked = self._track(child)
                 tracked.group, tracked.index = group, index
                 group.members.append(tracked)
@@ -470,8 +469,7 @@ class LLMEngine:
                     break
             if emission.verified is not None and not request.is_finished:
                 # the accepted drafts' K/V were computed by this pass; the last token's not
-                request.num_computed_tokens += appended - 1
-                self.kv.trim(request)
+                self.scheduler.accept_drafts(request, appended - 1)
             if tracked.group is None:
                 outputs.append(self._output(tracked))
             elif tracked.group not in groups:

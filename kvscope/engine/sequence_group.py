@@ -94,16 +94,3 @@ class SequenceGroup:
 def max_finished_time(members: list[TrackedRequest]) -> float | None:
     times = [m.request.finished_time for m in members]
     return None if any(t is None for t in times) else max(times)  # type: ignore[type-var]
-
-
-def fork_request(parent: Request, child_id: str, params: SamplingParams) -> Request:
-    """A new sequence with the parent's tokens, all of them computed."""
-    child = Request(child_id, list(parent.prompt_token_ids), params, prompt=parent.prompt,
-                    arrival_time=parent.arrival_time, priority=parent.priority,
-                    cache_salt=parent.cache_salt)
-    for token in parent.output_token_ids:
-        child.append_output_token(token)
-    child.num_computed_tokens = parent.num_tokens
-    child.block_hashes = list(parent.block_hashes)
-    child.first_token_time = parent.first_token_time
-    return child

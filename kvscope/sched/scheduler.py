@@ -30,7 +30,8 @@ from kvscope.events import (
     SwappedOut,
 )
 from kvscope.kv.kv_manager import KVCacheManager
-from kvscope.request import Request, RequestStatus
+from kvscope.request import Request, RequestStatus, fork_request
+from kvscope.sampling_params import SamplingParams
 from kvscope.sched.output import ScheduledTokens, SchedulerOutput
 
 
@@ -155,9 +156,19 @@ class Scheduler:
         self.kv.free(request)
         self.kv.drop_swapped(request)
 
-    def add_forked(self, child: Request, parent: Request, has_kv: bool) -> None:
-        """A sequence forked from another joins the running batch beside it, or, when
-        the parent's K/V is not in the pool (it was preempted), waits to be computed."""
+    def fork(self, parent: Request, child_id: str, params: SamplingParams) -> Request:
+        """A new sequence continuing `parent` (parallel sampling, beam search): it holds
+        the parent's blocks by reference (the last, partly filled one is copied when
+        first written) and runs beside it, or, when the parent's K/V are not in the pool
+        (it was preempted), waits to be computed."""
+        child = fork_request(parent, child_id, params)
+        has_kv = self.kv.has_table(parent.request_id)
+        if has_kv:
+            self.kv.fork(parent, child)
+        self._add_forked(child, parent, has_kv)
+        return child
+
+    def _add_forked(self, child: Request, parent: Request, has_kv: bool) -> None:
         child.arrival_index = parent.arrival_index
         child.first_scheduled_time = parent.first_scheduled_time
         if has_kv:
@@ -343,8 +354,14 @@ class Scheduler:
     def update_after_step(self, out: Schedule) -> None:
         """Advance every scheduled request by the tokens the step computed."""
         for item in out.scheduled:
-            # draft tokens count once verified (the engine adds the accepted ones)
+            # draft tokens count once verified (accept_drafts adds the accepted ones)
             item.request.num_computed_tokens += item.num_known_tokens
+
+    def accept_drafts(self, request: Request, num_accepted: int) -> None:
+        """A verifying pass kept `num_accepted` drafts: their K/V count as computed; the
+        slots of the rejected ones go back (blocks past the computed tokens)."""
+        request.num_computed_tokens += num_accepted
+        self.kv.trim(request)
 
 
 def _fcfs_key(request: Request) -> tuple[int]:
