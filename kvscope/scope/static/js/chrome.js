@@ -23,6 +23,8 @@ export const LESSONS = [
    blurb: 'A tree of beams sharing blocks; pruning a beam frees its blocks at once.'},
   {page: 'speculative-decoding', title: 'Speculative decoding',
    blurb: 'A cheap proposer drafts k tokens, the target checks them all in one pass, and the KV slots of rejected drafts go back.'},
+  {page: 'tensor-parallelism', title: 'Tensor parallelism',
+   blurb: 'Each layer split over two ranks: column-parallel and row-parallel weights, one all-reduce per block, the KV cache split by head.'},
 ];
 
 // Lessons waiting for an engine feature (the home page lists them; none right now).
