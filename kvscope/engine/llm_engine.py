@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
-from kvscope.config import ConfigError, EngineConfig
-from kvscope.distributed.partition import PartitionError, partition
+from kvscope.config import EngineConfig
+from kvscope.engine import reports
 from kvscope.engine.beam_search import BeamSearches
 from kvscope.engine.detokenizer import IncrementalDetokenizer
 from kvscope.engine.sequence_group import SequenceGroup, TrackedRequest
-from kvscope.engine.speculation import Speculator
+from kvscope.engine.sizing import eos_ids, num_blocks, resolve_max_model_len
+from kvscope.engine.speculation import Speculator, make_proposer
 from kvscope.events import (
     DraftsVerified,
     Emitter,
@@ -29,33 +30,22 @@ from kvscope.events import (
     RequestAborted,
     RequestArrived,
     RequestFinished,
-    ScheduledChunk,
     Snapshot,
     StepBegin,
-    StepEnd,
     TokenEmitted,
 )
-from kvscope.executor.base import Executor
-from kvscope.executor.multiproc import MultiprocExecutor, free_tcp_init_method
-from kvscope.executor.uniproc import UniprocExecutor
+from kvscope.executor.factory import make_executor
 from kvscope.kv.fragmentation import Fragmentation, measure
-from kvscope.kv.kv_manager import KVCacheManager, blocks_needed
+from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.model.loader import LoadedModel, load_model
 from kvscope.outputs import Logprob, RequestMetrics, RequestOutput
 from kvscope.request import Request, RequestError, RequestStatus
-from kvscope.runner.model_runner import ModelRunner
 from kvscope.sample.sampler import Sampler, SamplerOutput, prompt_logprobs
 from kvscope.sampling_params import BeamSearchParams, SamplingParams
 from kvscope.sched.output import ModelRunnerOutput, PromptLogits
 from kvscope.sched.scheduler import Schedule, ScheduledRequest, Scheduler
-from kvscope.speculative.draft_model import DraftModelProposer
-from kvscope.speculative.ngram import NgramProposer
 from kvscope.speculative.proposer import Proposer
-from kvscope.speculative.self_draft import SelfDraftProposer
-from kvscope.worker.weights import write_weights
-from kvscope.worker.worker import WorkerSpec
 
-MAX_DEFAULT_MODEL_LEN = 8192
 MAX_LOGPROBS = 20  # most alternatives returned per token (vLLM's default cap)
 
 
@@ -89,11 +79,11 @@ class LLMEngine:
         self.loaded = loaded or load_model(config.model, config.dtype, load_progress)
         self.tokenizer = self.loaded.tokenizer
         arch = self.loaded.arch
-        self.max_model_len = _resolve_max_model_len(config.max_model_len,
+        self.max_model_len = resolve_max_model_len(config.max_model_len,
                                                     arch.max_position_embeddings)
         block_size = config.cache.block_size
         bytes_per_block = arch.kv_bytes_per_token(config.dtype.itemsize) * block_size
-        self.num_blocks = _num_blocks(config.cache.budget_bytes(), bytes_per_block,
+        self.num_blocks = num_blocks(config.cache.budget_bytes(), bytes_per_block,
                                       self.max_model_len, block_size)
         num_swap_blocks = 0
         if config.scheduler.preemption_mode == "swap":
@@ -101,15 +91,16 @@ class LLMEngine:
         self.kv = KVCacheManager(self.num_blocks, block_size, config.cache.enable_prefix_caching,
                                  num_swap_blocks, self.events)
         self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, self.events)
-        self.runner: ModelRunner | None = None  # this process's runner (tp=1)
-        self.executor = self._make_executor(num_swap_blocks, load_progress)
-        self.eos_token_ids = _eos_ids(arch.eos_token_ids, self.tokenizer)
+        self.executor, self.runner = make_executor(
+            config, self.loaded, self.num_blocks, self.max_model_len, num_swap_blocks,
+            load_progress)  # the runner: this process's, at tp=1
+        self.eos_token_ids = eos_ids(arch.eos_token_ids, self.tokenizer)
         self.sampler = Sampler(config.seed, self.eos_token_ids)
         self.beams = BeamSearches(self.kv, self.scheduler, self.events, self.eos_token_ids,
                                   lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
         self.speculator: Speculator | None = None
         if config.speculative is not None:
-            self.speculator = Speculator(config.speculative, self._make_proposer(draft_loaded),
+            self.speculator = Speculator(config.speculative, self._proposer(draft_loaded),
                                          self.sampler, self.max_model_len)
             self.scheduler.lookahead = self._lookahead
         self._tracked: dict[str, TrackedRequest] = {}
@@ -122,55 +113,17 @@ class LLMEngine:
         if self.events.enabled:
             self.events.emit(self.describe())
 
-    def _make_executor(self, num_swap_blocks: int, progress: bool) -> Executor:
-        """The model runner here (tp=1), or tensor-parallel workers holding its shards."""
-        config = self.config
-        tp = config.tensor_parallel_size
-        if tp == 1:
-            self.runner = ModelRunner(self.loaded.model, self.num_blocks,
-                                      config.cache.block_size, self.max_model_len,
-                                      config.dtype, num_swap_blocks)
-            return UniprocExecutor(self.runner)
-        arch = self.loaded.arch
-        try:  # fail here, with the head counts, before any process starts
-            partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
-                      arch.vocab_size, tp)
-        except PartitionError as exc:
-            raise ConfigError(str(exc)) from exc
-        weights = write_weights(self.loaded.model)
-        try:
-            spec = WorkerSpec(str(self.loaded.path), config.dtype, self.num_blocks,
-                              config.cache.block_size, self.max_model_len, num_swap_blocks, tp,
-                              free_tcp_init_method(),
-                              threads=max(1, torch.get_num_threads() // tp),
-                              weights_file=str(weights), arch=arch)
-            return MultiprocExecutor(spec, progress)
-        finally:
-            weights.unlink()  # every worker holds its shard now (or none started)
-
     def shutdown(self) -> None:
         """Stop the executor's worker processes (tensor parallelism); idempotent."""
         self.executor.shutdown()
 
     # -- speculative decoding -----------------------------------------------------
 
-    def _make_proposer(self, draft_loaded: LoadedModel | None) -> Proposer:
-        spec = self.config.speculative
-        assert spec is not None
-        if spec.method == "ngram":
-            return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
-        if spec.method == "self_draft":
-            num_layers = self.loaded.arch.num_layers
-            draft_layers = spec.draft_layers or num_layers // 2
-            if draft_layers >= num_layers:
-                raise ConfigError(f"speculative_config draft_layers must be below the model's "
-                                  f"{num_layers} layers; got {draft_layers}")
-            return SelfDraftProposer(self.executor, draft_layers, self.sampler, self.config.seed)
-        assert spec.model is not None
-        draft = draft_loaded or load_model(spec.model, self.config.dtype)
-        return DraftModelProposer(draft, self.loaded.arch.vocab_size, spec.draft_kv_cache_memory,
-                                  self.kv.block_size, self.max_model_len, self.sampler,
-                                  self.config.seed)
+    def _proposer(self, draft_loaded: LoadedModel | None) -> Proposer:
+        assert self.config.speculative is not None
+        return make_proposer(self.config.speculative, self.loaded, self.config.dtype,
+                             self.executor, self.sampler, self.kv.block_size,
+                             self.max_model_len, self.config.seed, draft_loaded)
 
     def _propose(self, sched: Schedule) -> None:
         """Fill the reserved draft slots; blocks reserved for drafts the proposer did
@@ -560,88 +513,24 @@ class LLMEngine:
 
     def get_stats(self) -> dict[str, Any]:
         """Counters of the whole run so far (the spec_* ones with speculative decoding)."""
-        stats = self._core_stats()
+        stats = reports.core_stats(self)
         if self.speculator is not None:
             stats.update(self.speculator.stats.as_dict())
         return stats
-
-    def _core_stats(self) -> dict[str, Any]:
-        pool = self.kv.pool
-        sched = self.scheduler
-        queried = self.kv.num_queried_tokens
-        return {
-            "num_running": len(sched.running),
-            "num_waiting": len(sched.waiting),
-            "num_swapped": len(sched.swapped),
-            "num_blocks": pool.num_blocks,
-            "num_used_blocks": pool.num_used_blocks,
-            "num_free_blocks": pool.num_free_blocks,
-            "kv_cache_usage": pool.usage(),
-            "num_preemptions": sched.num_preemptions,
-            "num_swap_outs": sched.num_swap_outs,
-            "num_swap_ins": sched.num_swap_ins,
-            "num_swap_fallbacks": sched.num_swap_fallbacks,
-            "num_free_swap_slots": self.kv.swap_slots.num_free,
-            "prefix_cache_queries": queried,
-            "prefix_cache_hits": self.kv.num_hit_tokens,
-            "prefix_cache_hit_rate": self.kv.num_hit_tokens / queried if queried else 0.0,
-            "num_cached_blocks": pool.num_cached_blocks,
-            "num_evictions": pool.num_evictions,
-            "num_steps": sched.num_steps,
-            "num_shared_blocks": pool.num_shared_blocks,
-            "num_forked_sequences": self.kv.num_forks,
-            "num_copies_on_write": self.kv.num_copies_on_write,
-            "paged_waste": self.run_fragmentation.paged_waste,
-            "contiguous_waste": self.run_fragmentation.contiguous_waste,
-            "contiguous_own_waste": self.run_fragmentation.contiguous_own_waste,
-            "num_generated_tokens": self.num_generated_tokens,
-            "num_computed_tokens": self.num_computed_tokens,
-        }
 
     # -- events -------------------------------------------------------------------
 
     def describe(self) -> EngineStarted:
         """The engine's shape as an event (the first one of every recording)."""
-        arch = self.loaded.arch
-        config = self.config
-        return EngineStarted(
-            model=self.loaded.path.name, num_layers=arch.num_layers, num_heads=arch.num_heads,
-            num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
-            dtype=str(config.dtype).removeprefix("torch."),
-            kv_bytes_per_token=arch.kv_bytes_per_token(config.dtype.itemsize),
-            block_size=self.kv.block_size, num_blocks=self.num_blocks,
-            num_swap_slots=self.kv.swap_slots.num_slots,
-            max_model_len=self.max_model_len, max_num_seqs=config.scheduler.max_num_seqs,
-            max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
-            enable_prefix_caching=self.kv.enable_caching,
-            preemption_mode=config.scheduler.preemption_mode, policy=config.scheduler.policy,
-            tensor_parallel_size=config.tensor_parallel_size,
-            ranks=list(getattr(self.executor, "ranks", [])))
+        return reports.describe(self)
 
     def snapshot(self) -> Snapshot:
         """The whole KV and request state now, for a listener joining mid-run."""
-        sched = self.scheduler
-        requests = []
-        for queue in (sched.running, sched.waiting, sched.swapped):
-            for request in queue:
-                requests.append({
-                    "request_id": request.request_id, "status": request.status.value,
-                    "prompt_token_ids": request.prompt_token_ids,
-                    "output_token_ids": request.output_token_ids,
-                    "num_computed_tokens": request.num_computed_tokens,
-                    "priority": request.priority})
-        return Snapshot(
-            step=sched.num_steps, time=self.events.elapsed(),
-            engine=self.describe().to_dict(),
-            blocks=[[b.ref_cnt, b.block_hash.hex() if b.block_hash else None]
-                    for b in self.kv.pool.blocks],
-            tables=self.kv.all_block_ids(),
-            swapped=self.kv.swapped_slots(), requests=requests,
-            counters={"prefix_cache_queries": self.kv.num_queried_tokens,
-                      "prefix_cache_hits": self.kv.num_hit_tokens,
-                      "num_preemptions": sched.num_preemptions,
-                      "num_evictions": self.kv.pool.num_evictions,
-                      "num_steps": sched.num_steps})
+        return reports.snapshot(self)
+
+    def _emit_step(self, sched: Schedule) -> None:
+        if self.events.enabled:
+            self.events.emit(reports.step_end(self, sched))
 
     def _emit_token(self, tracked: TrackedRequest, token: int, text_before: int,
                     logprob: float | None) -> None:
@@ -656,55 +545,3 @@ class LLMEngine:
             request_id=emission.request.request_id, method=self.config.speculative.method,
             draft_token_ids=list(drafts), num_accepted=len(emission.token_ids) - 1,
             token_ids=list(emission.token_ids)))
-
-    def _emit_step(self, sched: Schedule) -> None:
-        if not self.events.enabled:
-            return
-        t = self.last_timings
-        collectives, collective_s = self.executor.collective_stats()
-        self.events.emit(StepEnd(
-            batch=[ScheduledChunk(request_id=s.request.request_id, start=s.start,
-                                  num_tokens=s.num_tokens, phase=_phase(s),
-                                  num_draft_tokens=len(s.draft_token_ids))
-                   for s in sched.scheduled],
-            num_tokens=sched.num_tokens, schedule_ms=round(t.schedule_s * 1e3, 3),
-            forward_ms=round(t.forward_s * 1e3, 3), sample_ms=round(t.sample_s * 1e3, 3),
-            update_ms=round(t.update_s * 1e3, 3), num_free_blocks=self.kv.num_free_blocks,
-            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
-            num_swapped=len(self.scheduler.swapped),
-            fragmentation=self.last_fragmentation.as_dict(),
-            num_collectives=collectives, collective_ms=round(collective_s * 1e3, 3)))
-
-
-def _phase(item: ScheduledRequest) -> str:
-    if item.draft_token_ids:
-        return "verify"
-    return "decode" if item.is_decode else "prefill"
-
-
-def _resolve_max_model_len(requested: int | None, model_limit: int) -> int:
-    if requested is None:
-        return min(model_limit, MAX_DEFAULT_MODEL_LEN)
-    if requested > model_limit:
-        raise ConfigError(
-            f"max_model_len {requested} exceeds the model's context length {model_limit}")
-    return requested
-
-
-def _num_blocks(budget: int, bytes_per_block: int, max_model_len: int, block_size: int) -> int:
-    num_blocks = budget // bytes_per_block
-    needed = blocks_needed(max_model_len, block_size)
-    if num_blocks < needed:
-        raise ConfigError(
-            f"kv_cache_memory of {budget} bytes holds {num_blocks} blocks of {block_size} "
-            f"tokens ({bytes_per_block} bytes each), but one request of max_model_len "
-            f"{max_model_len} needs {needed} blocks ({needed * bytes_per_block} bytes); "
-            "raise kv_cache_memory or lower max_model_len")
-    return num_blocks
-
-
-def _eos_ids(model_eos: tuple[int, ...], tokenizer: Any) -> list[int]:
-    ids = set(model_eos)
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(tokenizer.eos_token_id)
-    return sorted(ids)

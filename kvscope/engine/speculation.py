@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from kvscope.config import ConfigError
+from kvscope.executor.base import Executor
+from kvscope.model.loader import LoadedModel, load_model
 from kvscope.outputs import Logprob
 from kvscope.request import Request
 from kvscope.sample.logits_processors import has_penalty
@@ -30,8 +33,11 @@ from kvscope.sample.rejection import accept_greedy, one_hot_draft, verify_sample
 from kvscope.sample.sampler import Sampler
 from kvscope.sched.scheduler import Schedule, ScheduledRequest
 from kvscope.speculative.config import SpeculativeConfig
+from kvscope.speculative.draft_model import DraftModelProposer
 from kvscope.speculative.metrics import SpecStats
+from kvscope.speculative.ngram import NgramProposer
 from kvscope.speculative.proposer import Draft, Proposer
+from kvscope.speculative.self_draft import SelfDraftProposer
 
 
 @dataclass(slots=True)
@@ -117,3 +123,24 @@ def draftable(request: Request) -> bool:
             and request.num_computed_tokens > 0
             and request.num_output_tokens >= params.min_tokens
             and not params.bad_words_token_ids and not has_penalty(params))
+
+
+def make_proposer(config: SpeculativeConfig, loaded: LoadedModel, dtype: torch.dtype,
+                  executor: Executor, sampler: Sampler, block_size: int, max_model_len: int,
+                  seed: int, draft_loaded: LoadedModel | None = None) -> Proposer:
+    """The proposer `config` names: n-gram lookup, the early-exit self-draft (through
+    the executor, so it runs on tensor-parallel workers too), or a draft model
+    (`draft_loaded` reuses one in memory)."""
+    if config.method == "ngram":
+        return NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+    if config.method == "self_draft":
+        num_layers = loaded.arch.num_layers
+        draft_layers = config.draft_layers or num_layers // 2
+        if draft_layers >= num_layers:
+            raise ConfigError(f"speculative_config draft_layers must be below the model's "
+                              f"{num_layers} layers; got {draft_layers}")
+        return SelfDraftProposer(executor, draft_layers, sampler, seed)
+    assert config.model is not None
+    draft = draft_loaded or load_model(config.model, dtype)
+    return DraftModelProposer(draft, loaded.arch.vocab_size, config.draft_kv_cache_memory,
+                              block_size, max_model_len, sampler, seed)

@@ -1,0 +1,43 @@
+"""The executor an engine gets: its model runner in the engine's process (tp=1), or
+tensor-parallel worker processes holding the model's shards."""
+
+from __future__ import annotations
+
+import torch
+
+from kvscope.config import ConfigError, EngineConfig
+from kvscope.distributed.partition import PartitionError, partition
+from kvscope.executor.base import Executor
+from kvscope.executor.multiproc import MultiprocExecutor, free_tcp_init_method
+from kvscope.executor.uniproc import UniprocExecutor
+from kvscope.model.loader import LoadedModel
+from kvscope.runner.model_runner import ModelRunner
+from kvscope.worker.weights import write_weights
+from kvscope.worker.worker import WorkerSpec
+
+
+def make_executor(config: EngineConfig, loaded: LoadedModel, num_blocks: int,
+                  max_model_len: int, num_swap_blocks: int,
+                  progress: bool = False) -> tuple[Executor, ModelRunner | None]:
+    """(executor, the runner in this process or None when the workers hold the model)."""
+    tp = config.tensor_parallel_size
+    block_size = config.cache.block_size
+    if tp == 1:
+        runner = ModelRunner(loaded.model, num_blocks, block_size, max_model_len,
+                             config.dtype, num_swap_blocks)
+        return UniprocExecutor(runner), runner
+    arch = loaded.arch
+    try:  # fail here, with the head counts, before any process starts
+        partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
+                  arch.vocab_size, tp)
+    except PartitionError as exc:
+        raise ConfigError(str(exc)) from exc
+    weights = write_weights(loaded.model)
+    try:
+        spec = WorkerSpec(str(loaded.path), config.dtype, num_blocks, block_size,
+                          max_model_len, num_swap_blocks, tp, free_tcp_init_method(),
+                          threads=max(1, torch.get_num_threads() // tp),
+                          weights_file=str(weights), arch=arch)
+        return MultiprocExecutor(spec, progress), None
+    finally:
+        weights.unlink()  # every worker holds its shard now (or none started)
