@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kvscope.config import _cpu_has_bf16
 from kvscope.kernels.build import cpu_kernels
 from kvscope.model.layers.linear import pack_weight
 from kvscope.model.layers.norm import rms_norm_torch
@@ -76,15 +77,27 @@ def test_small_gemm_matches_linear(rows: int, with_bias: bool):
                                atol=0.1, rtol=1e-2)
 
 
-def test_packed_weight_gives_identical_linear():
+@pytest.mark.parametrize("seed", range(8))
+def test_packed_weight_gives_identical_linear(seed: int):
+    """oneDNN on a pre-packed weight gives F.linear's bits. Where the CPU has no native
+    bf16 math, its packed kernel for a handful of rows rounds a rare element one bf16
+    step apart from the plain one (seen: one element in ~10% of 5-row calls), so there
+    small calls are held to one rounding step, and the 64+-row calls (the engine's
+    prefill steps) to identity."""
     weight = torch.randn(960, 576, generator=torch.Generator().manual_seed(3)).bfloat16()
     packed = pack_weight(weight)
     if packed is None:
         pytest.skip("oneDNN weight packing is not available here")
+    generator = torch.Generator().manual_seed(seed)
     for rows in (5, 64, 300):
-        x = torch.randn(rows, 576).bfloat16()
+        x = torch.randn(rows, 576, generator=generator).bfloat16()
         out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-        assert torch.equal(out, F.linear(x, weight))
+        plain = F.linear(x, weight)
+        if rows >= 64 or _cpu_has_bf16():
+            assert torch.equal(out, plain)
+        else:
+            torch.testing.assert_close(out, plain, rtol=2 ** -7, atol=2 ** -14)
+            assert (out != plain).sum() <= 2
     assert pack_weight(weight.float()) is None  # float32 weights stay unpacked
 
 
