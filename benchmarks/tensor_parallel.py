@@ -82,7 +82,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="torch threads of the engine process (tp=2: half per rank)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt lengths and offsets")
     p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--rounds", type=int, help="interleaved rounds of part 2 (3; quick: 1)")
+    p.add_argument("--rounds", type=int,
+                   help="interleaved rounds of part 2 (4, in ABBA order; quick: 1)")
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help="git commit compared with the working tree at tp=1")
     p.add_argument("--skip-baseline", action="store_true",
@@ -95,6 +96,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--save", type=Path, metavar="PATH", help="write all figures as JSON here")
     p.add_argument("--worker", metavar="LABEL", help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--gloo-rank", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--gloo-init", help=argparse.SUPPRESS)
+    p.add_argument("--gloo-sizes", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     base = tput.QUICK if args.quick else tput.FULL
     args.sizes = dataclasses.replace(
@@ -103,7 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         output_len=base.output_len if args.output_len is None else args.output_len,
         batch1_tokens=base.batch1_tokens if args.batch1_tokens is None else args.batch1_tokens)
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 3
+        args.rounds = 1 if args.quick else 4
     if args.sizes.num_requests < 1 or args.sizes.output_len < 1 or args.rounds < 1:
         p.error("--num-requests, --output-len and --rounds must be >= 1")
     if args.sizes.batch1_tokens < 2:
@@ -111,6 +115,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.sizes.max_prompt + args.sizes.output_len > args.max_model_len:
         p.error(f"--max-model-len {args.max_model_len} is below the longest request")
     return args
+
+
+def _dtype(name: str) -> torch.dtype:
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 
 def workload(loaded: LoadedModel, args: argparse.Namespace
@@ -223,8 +231,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     kernels = cpu_kernels()  # build (or load) the C++ kernels now, not inside the timed run
     build_s = time.perf_counter() - start
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    loaded = load_model(None, dtype)
+    loaded = load_model(None, _dtype(args.dtype))
     if args.prepare:
         return {"label": args.worker, "build_s": build_s, "kernels": kernels is not None,
                 "kvscope": str(Path(kvscope.__file__).parent)}
@@ -244,7 +251,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def _git(*argv: str) -> str:
     return subprocess.run(["git", "-C", str(ROOT), *argv], check=True, text=True,
-                          capture_output=True).stdout.strip()
+                          capture_output=True).stdout.rstrip("\n")
 
 
 @contextlib.contextmanager
@@ -311,16 +318,61 @@ def compare_trees(args: argparse.Namespace) -> dict[str, Any]:
                 runs[label].append(res)
     best = {label: min(rs, key=lambda x: x["wall_s"]) for label, rs in runs.items()}
     new, old = best["working tree"], best[args.baseline]
+    same = same_outputs(new["outputs"], old["outputs"])
     for rs in runs.values():
         for res in rs:
-            res.pop("outputs")
-    return {**info, "rounds": args.rounds, "runs": runs,
-            "best": {label: {k: v for k, v in b.items() if k != "outputs"}
-                     for label, b in best.items()},
+            del res["outputs"]  # their digests stay
+    return {**info, "rounds": args.rounds, "runs": runs, "best": best,
             "median_output_tok_s": {label: statistics.median(x["output_tok_s"] for x in rs)
                                     for label, rs in runs.items()},
-            "ratio_best": new["output_tok_s"] / old["output_tok_s"],
-            "same_outputs": same_outputs(new["outputs"], old["outputs"])}
+            "ratio_best": new["output_tok_s"] / old["output_tok_s"], "same_outputs": same}
+
+
+# -- gloo alone: what one all-reduce costs here with no model around it ------------------
+
+
+GLOO_REPS = 200
+
+
+def gloo_rank(rank: int, init_method: str, sizes: list[int], dtype: torch.dtype
+              ) -> dict[str, Any]:
+    """One of two ranks: all-reduce tensors of each size (elements) back to back,
+    one thread per process as the tp=2 workers have; rank 0 reports the mean per call."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
+    try:
+        means = {}
+        for n in sizes:
+            x = torch.ones(n, dtype=dtype)
+            for _ in range(20):
+                dist.all_reduce(x)
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(GLOO_REPS):
+                dist.all_reduce(x)
+            means[str(n)] = (time.perf_counter() - start) / GLOO_REPS
+    finally:
+        dist.destroy_process_group()
+    return {"rank": rank, "mean_s": means}
+
+
+def gloo_floor(sizes: list[int], dtype: str) -> dict[str, float]:
+    """Mean seconds per gloo all-reduce of each size between two processes here."""
+    from kvscope.executor.multiproc import free_tcp_init_method
+
+    init = free_tcp_init_method()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--gloo-init", init,
+           "--gloo-sizes", ",".join(map(str, sizes)), "--dtype", dtype]
+    procs = [subprocess.Popen([*cmd, "--gloo-rank", str(rank)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for rank in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    lines = [ln for ln in outs[0][0].splitlines() if ln.startswith(RESULT_MARKER)]
+    if not lines:
+        raise RuntimeError(f"the gloo probe failed:\n{outs[0][1][-2000:]}")
+    return json.loads(lines[-1][len(RESULT_MARKER):])["mean_s"]
 
 
 # -- part 3: the projection ---------------------------------------------------------------
@@ -411,6 +463,12 @@ def render(results: dict[str, Any]) -> str:
                      f"working tree / {results['baseline']} = {verdict:.3f} (best), "
                      f"{med['working tree'] / med[results['baseline']]:.3f} (median)"
                      + ("  ** LOSES MORE THAN 3% **" if verdict < 0.97 else ""))
+    floor = results["gloo_alone"]["mean_s_by_elements"]
+    itemsize = _dtype(results["dtype"]).itemsize
+    lines.append("gloo all-reduce alone (measured: 2 processes, 1 thread each, no model, "
+                 f"mean of {results['gloo_alone']['reps']}): " + ", ".join(
+                     f"{1e6 * t:.0f} us for {int(n) * itemsize / 1e3:.1f} KB"
+                     for n, t in floor.items()))
     p = results["projection"]
     a = p["assumptions"]
     lines += [
@@ -451,6 +509,11 @@ def main(argv: Sequence[str] | None = None, loaded: LoadedModel | None = None) -
     """Run the benchmark, print the table, return every figure. `loaded` reuses a model
     already in memory (tests); its dtype must match --dtype."""
     args = parse_args(argv)
+    if args.gloo_rank is not None:
+        result = gloo_rank(args.gloo_rank, args.gloo_init,
+                           [int(n) for n in args.gloo_sizes.split(",")], _dtype(args.dtype))
+        print(RESULT_MARKER + json.dumps(result), flush=True)
+        return result
     if args.worker:
         result = worker(args)
         print(RESULT_MARKER + json.dumps(result), flush=True)
@@ -460,7 +523,7 @@ def main(argv: Sequence[str] | None = None, loaded: LoadedModel | None = None) -
     if load_before >= 0.5:
         log(f"warning: load average {load_before:.2f} before starting; figures will be noisy")
     torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    dtype = _dtype(args.dtype)
     if loaded is None:
         log("loading the bundled model")
         loaded = load_model(None, dtype)
@@ -473,6 +536,13 @@ def main(argv: Sequence[str] | None = None, loaded: LoadedModel | None = None) -
     tp1_outputs = runs[0]["outputs"]
     for r in runs:
         r["same_as_tp1"] = same_outputs(r.pop("outputs"), tp1_outputs)
+
+    # the messages of the two runs' mean step: an all-reduce of tokens x hidden
+    hidden = loaded.arch.hidden_size
+    probe_sizes = sorted({max(1, round(r["step_figures"]["tokens_per_step"])) * hidden
+                          for r in (runs[1], runs[1]["batch1"])})
+    log(f"gloo all-reduce alone, 2 processes x 1 thread: {probe_sizes} floats")
+    floor = gloo_floor(probe_sizes, args.dtype)
 
     refactor = None if args.skip_baseline else compare_trees(args)
 
@@ -499,6 +569,8 @@ def main(argv: Sequence[str] | None = None, loaded: LoadedModel | None = None) -
                      "prompt_ids_sha256": tput.ids_digest(prompts),
                      "text": tput.TEXT_SOURCE.format(platform.python_version())},
         "tp": runs, "refactor": refactor, "projection": projection,
+        "gloo_alone": {"reps": GLOO_REPS, "dtype": args.dtype, "threads_per_process": 1,
+                       "mean_s_by_elements": floor},
         "machine": {"cpu": tput.cpu_name(), "cpu_count": os.cpu_count(),
                     "simd_flags": simd_flags(), "torch": torch.__version__,
                     "python": platform.python_version(),
