@@ -62,6 +62,9 @@ class Request:
     arrival_index: int = 0  # set by the scheduler: ties broken by order of arrival
     cache_salt: str | None = None  # requests with different salts never share blocks
     block_hashes: list[bytes] = field(default_factory=list)  # of its full blocks
+    # speculative decoding: tokens proposed to follow the last known one, waiting for
+    # the scheduler to give them slots in the next step (it takes them off the request)
+    spec_token_ids: list[int] = field(default_factory=list)
     num_draft_tokens: int = 0  # speculative decoding: drafts verified for it
     num_accepted_tokens: int = 0  # ... and accepted
 

@@ -1,8 +1,8 @@
 """A scheduler simulator for tests: no model, the engine's part of a step faked.
 
-After `update_after_step`, every item that `samples` gets a fake output token, and a
-request that reached its max_tokens (or max_model_len) is finished, as the engine
-does.
+Every item that `samples` gets a fake output token through `update_from_output`,
+and a request that reached its max_tokens (or max_model_len) is finished, as the
+engine does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from kvscope.config import SchedulerConfig
 from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.request import Request, RequestStatus
 from kvscope.sampling_params import SamplingParams
-from kvscope.sched.scheduler import Schedule, Scheduler
+from kvscope.sched.scheduler import NewTokens, Schedule, Scheduler
 
 FAKE_TOKEN = 7
 
@@ -39,15 +39,17 @@ class Sim:
     def step(self) -> Schedule:
         out = self.sched.schedule()
         self.samples = tuple(s.samples for s in out.scheduled)
-        self.sched.update_after_step(out)
-        for item in out.scheduled:
-            if item.samples:
-                request = item.request
-                request.append_output_token(FAKE_TOKEN)
-                if (request.num_output_tokens >= request.sampling_params.max_tokens
-                        or request.num_tokens >= self.max_model_len):
-                    self.sched.finish(request, RequestStatus.FINISHED_LENGTH)
+        new = [NewTokens(s.request, [FAKE_TOKEN], [None], [None]) for s in out.scheduled
+               if s.samples]
+        self.sched.update_from_output(out, new, self._stop)
         return out
+
+    def _stop(self, new: NewTokens, index: int) -> RequestStatus | None:
+        request = new.request
+        if (request.num_output_tokens >= request.sampling_params.max_tokens
+                or request.num_tokens >= self.max_model_len):
+            return RequestStatus.FINISHED_LENGTH
+        return None
 
 
 def make_sim(num_blocks: int, block_size: int, budget: int, max_num_seqs: int = 8,

@@ -1,6 +1,6 @@
 """Scheduler tests on hand-built state: no model, exact plans, block ids and victims.
 
-The engine's part of a step is simulated: after `update_after_step`, every item that
+The engine's part of a step is simulated: through `update_from_output`, every item that
 `samples` gets a fake output token, and a request that reached its max_tokens (or
 max_model_len) is finished, as the engine does.
 """

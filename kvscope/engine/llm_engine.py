@@ -22,6 +22,12 @@ from kvscope.engine.detokenizer import IncrementalDetokenizer
 from kvscope.engine.sequence_group import SequenceGroup, TrackedRequest
 from kvscope.engine.sizing import eos_ids, num_blocks, resolve_max_model_len
 from kvscope.engine.speculation import Speculator, make_proposer
+from kvscope.engine.stop import check_stop
+from kvscope.engine.validation import (
+    check_request_fields,
+    check_sampling_limits,
+    tokenize_prompt,
+)
 from kvscope.events import (
     DraftsVerified,
     Emitter,
@@ -38,27 +44,13 @@ from kvscope.executor.factory import make_executor
 from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.model.loader import LoadedModel, load_model
-from kvscope.outputs import Logprob, RequestMetrics, RequestOutput
+from kvscope.outputs import RequestMetrics, RequestOutput
 from kvscope.request import Request, RequestError, RequestStatus
 from kvscope.sample.sampler import Sampler, SamplerOutput, prompt_logprobs
 from kvscope.sampling_params import BeamSearchParams, SamplingParams
 from kvscope.sched.output import ModelRunnerOutput, PromptLogits
-from kvscope.sched.scheduler import Schedule, ScheduledRequest, Scheduler
+from kvscope.sched.scheduler import NewTokens, Schedule, Scheduler
 from kvscope.speculative.proposer import Proposer
-
-MAX_LOGPROBS = 20  # most alternatives returned per token (vLLM's default cap)
-
-
-@dataclass(slots=True)
-class Emission:
-    """Tokens a step gives one sequence: one sampled token, or, for a chunk that
-    carried drafts (`verified`), the accepted drafts and the target's own token."""
-
-    request: Request
-    token_ids: list[int]
-    logprobs: list[dict[int, Logprob] | None]
-    sampled_logprobs: list[float | None]
-    verified: ScheduledRequest | None
 
 
 @dataclass(slots=True)
@@ -102,10 +94,10 @@ class LLMEngine:
         if config.speculative is not None:
             self.speculator = Speculator(config.speculative, self._proposer(draft_loaded),
                                          self.sampler, self.max_model_len)
-            self.scheduler.lookahead = self._lookahead
         self._tracked: dict[str, TrackedRequest] = {}
         self._ids = itertools.count()
         self.last_timings = StepTimings()
+        self._step_time = 0.0  # monotonic time of the current step's update
         self.num_generated_tokens = 0
         self.num_computed_tokens = 0  # every token the model processed, recomputes included
         self.last_fragmentation = Fragmentation()  # after the latest step
@@ -122,44 +114,23 @@ class LLMEngine:
     def _proposer(self, draft_loaded: LoadedModel | None) -> Proposer:
         assert self.config.speculative is not None
         return make_proposer(self.config.speculative, self.loaded, self.config.dtype,
-                             self.executor, self.sampler, self.kv.block_size,
-                             self.max_model_len, self.config.seed, draft_loaded)
+                             self.executor, self.kv, self.sampler, self.max_model_len,
+                             self.config.seed, draft_loaded)
 
-    def _propose(self, sched: Schedule) -> None:
-        """Fill the reserved draft slots; blocks reserved for drafts the proposer did
-        not come up with go back before the forward pass."""
+    def _propose(self) -> None:
+        """Draft tokens for the running requests that may have them, before the step is
+        scheduled: none for sequences of a group or a beam search (they share blocks
+        and pick tokens together)."""
         assert self.speculator is not None
-        self.speculator.propose(sched)
-        for item in sched.scheduled:
-            if len(item.draft_token_ids) < item.num_draft_slots:
-                self.kv.trim(item.request, item.start + item.num_tokens)
-                item.block_ids = self.kv.block_ids(item.request.request_id)
-
-    def _lookahead(self, request: Request) -> int:
-        """Draft slots for a decoding request: none for sequences of a group or a beam
-        search (they share blocks and pick tokens together)."""
-        assert self.speculator is not None
-        tracked = self._tracked.get(request.request_id)
-        if tracked is None or tracked.group is not None:
-            return 0
-        return self.speculator.lookahead(request)
+        self.speculator.begin_step(len(self.scheduler.running))
+        self.speculator.propose([r for r in self.scheduler.running
+                                 if (t := self._tracked.get(r.request_id)) is not None
+                                 and t.group is None])
 
     # -- requests -----------------------------------------------------------------
 
     def tokenize(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise RequestError("prompt must not be empty")
-            return prompt, list(self.tokenizer.encode(prompt, add_special_tokens=True))
-        ids = list(prompt)
-        if not ids:
-            raise RequestError("prompt must not be empty (got no token ids)")
-        vocab = self.loaded.arch.vocab_size
-        for i, t in enumerate(ids):
-            if not isinstance(t, int) or not 0 <= t < vocab:
-                raise RequestError(f"prompt token {i} is {t!r}: token ids must be integers "
-                                   f"in [0, {vocab})")
-        return None, ids
+        return tokenize_prompt(self.tokenizer, self.loaded.arch.vocab_size, prompt)
 
     def add_request(self, request_id: str | None, prompt: str | Sequence[int],
                     params: SamplingParams | None = None,
@@ -171,18 +142,11 @@ class LLMEngine:
         request_id = str(next(self._ids)) if request_id is None else request_id
         if request_id in self._tracked:
             raise RequestError(f"request_id {request_id!r} is already in use")
-        self._check_vocab_limits(params)
+        check_sampling_limits(params, self.loaded.arch.vocab_size)
         if params.bad_words:
             params.resolve_bad_words(self.tokenizer)
         text, ids = self.tokenize(prompt)
-        if len(ids) >= self.max_model_len:
-            raise RequestError(
-                f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
-                "(the prompt plus at least one generated token must fit)")
-        if not isinstance(priority, int):
-            raise RequestError(f"priority must be an integer; got {priority!r}")
-        if cache_salt is not None and not isinstance(cache_salt, str):
-            raise RequestError(f"cache_salt must be a string; got {cache_salt!r}")
+        check_request_fields(len(ids), self.max_model_len, priority, cache_salt)
         request = Request(request_id, ids, params, prompt=text,
                           arrival_time=time.monotonic() if arrival_time is None
                           else arrival_time, priority=priority, cache_salt=cache_salt)
@@ -233,20 +197,6 @@ class LLMEngine:
                                  0.0 if wants_logprobs or ranks else None)
         self._tracked[request.request_id] = tracked
         return tracked
-
-    def _check_vocab_limits(self, params: SamplingParams) -> None:
-        vocab = self.loaded.arch.vocab_size
-        for name, ids in (("stop_token_ids", params.stop_token_ids),
-                          ("logit_bias", list(params.logit_bias or ())),
-                          ("allowed_token_ids", params.allowed_token_ids)):
-            bad = [t for t in ids or () if t >= vocab]
-            if bad:
-                raise RequestError(f"{name} {bad} are outside the vocabulary [0, {vocab})",
-                                   param=name)
-        for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(params, name)
-            if value is not None and value > MAX_LOGPROBS:
-                raise RequestError(f"{name} must be <= {MAX_LOGPROBS}; got {value}", param=name)
 
     def abort_request(self, request_ids: str | Sequence[str]) -> list[str]:
         """Abort these requests (unknown or finished ids are ignored); returns the ids
@@ -308,10 +258,8 @@ class LLMEngine:
         if self.events.enabled:
             self.events.emit(StepBegin())
         if self.speculator is not None:
-            self.speculator.begin_step(len(self.scheduler.running))
+            self._propose()
         sched = self.scheduler.schedule()
-        if self.speculator is not None:
-            self._propose(sched)
         t1 = time.perf_counter()
         if sched.is_empty:
             self.events.step = self.scheduler.num_steps
@@ -319,14 +267,12 @@ class LLMEngine:
         result = self.executor.execute(sched.output())
         t2 = time.perf_counter()
         self._record_prompt_logprobs(result.prompt_logits)
-        logits, requests, verified = self._verify_drafts(sched, result)
-        logits, requests = self._take_beam_rows(logits, requests)
-        logits, requests = self._fork_groups(logits, requests)
+        logits, requests, verified = self._route_rows(sched, result)
         sampled = self.sampler.sample(logits, requests) if requests else SamplerOutput([], [], [])
         t3 = time.perf_counter()
-        emitted = [Emission(r, [t], [lp], [slp], None) for r, t, lp, slp in zip(
+        new_tokens = [NewTokens(r, [t], [lp], [slp]) for r, t, lp, slp in zip(
             requests, sampled.token_ids, sampled.logprobs, sampled.sampled_logprobs, strict=True)]
-        outputs = self._update(sched, emitted + verified)
+        outputs = self._update(sched, new_tokens + verified)
         outputs += self.beams.advance_ready()
         self.last_fragmentation = measure(self.kv, self.scheduler.running, self.max_model_len)
         self.run_fragmentation.add(self.last_fragmentation)
@@ -336,150 +282,87 @@ class LLMEngine:
         self.events.step = self.scheduler.num_steps  # what happens next belongs to the next step
         return outputs
 
-    def _verify_drafts(self, sched: Schedule, result: ModelRunnerOutput
-                       ) -> tuple[torch.Tensor, list[Request], list[Emission]]:
-        """Verify the chunks that carried draft tokens (several rows each); the rows of
-        the rest, one per request, go on to be sampled."""
+    def _route_rows(self, sched: Schedule, result: ModelRunnerOutput
+                    ) -> tuple[torch.Tensor, list[Request], list[NewTokens]]:
+        """Send each sampled request's logits rows where they go, in one pass: a chunk
+        that carried drafts is verified on its rows; a beam's row goes to its search
+        (which picks the tokens of all its beams together); every other row is sampled,
+        once per sequence of a group whose prompt this step finished (forked here)."""
         by_id = {s.request.request_id: s for s in sched.scheduled}
-        sampled = [by_id[request_id] for request_id in result.sampled]
-        requests = [s.request for s in sampled]
-        if not any(s.draft_token_ids for s in sampled):
-            return result.logits, requests, []
-        assert self.speculator is not None
         keep: list[int] = []
-        kept: list[Request] = []
-        verified: list[Emission] = []
+        requests: list[Request] = []
+        verified: list[NewTokens] = []
         row = 0
-        for item in sampled:
-            rows = item.num_sample_rows
+        for request_id in result.sampled:
+            item = by_id[request_id]
             if item.draft_token_ids:
-                v = self.speculator.verify(item, result.logits[row:row + rows])
-                verified.append(Emission(item.request, v.token_ids, v.logprobs,
-                                         v.sampled_logprobs, item))
+                assert self.speculator is not None
+                v = self.speculator.verify(item, result.logits[row:row + item.num_sample_rows])
+                verified.append(NewTokens(item.request, v.token_ids, v.logprobs,
+                                          v.sampled_logprobs, item))
+            elif self.beams.owns(request_id):
+                self.beams.stash(item.request, result.logits[row])
             else:
-                keep.append(row)
-                kept.append(item.request)
-            row += rows
-        return result.logits[torch.tensor(keep, dtype=torch.long)], kept, verified
+                sequences = self._fork(item.request)
+                keep += [row] * len(sequences)
+                requests += sequences
+            row += item.num_sample_rows
+        if len(keep) == row:
+            return result.logits, requests, verified
+        return result.logits[torch.tensor(keep, dtype=torch.long)], requests, verified
 
-    def _take_beam_rows(self, logits: torch.Tensor, requests: list[Request]
-                        ) -> tuple[torch.Tensor, list[Request]]:
-        """Hand the logits of beam-search sequences to their groups (they choose their
-        tokens together); the other rows are sampled as usual."""
-        if not self.beams.groups:
-            return logits, requests
-        keep = []
-        for row, request in enumerate(requests):
-            if self.beams.owns(request.request_id):
-                self.beams.stash(request, logits[row])
-            else:
-                keep.append(row)
-        if len(keep) == len(requests):
-            return logits, requests
-        return logits[torch.tensor(keep, dtype=torch.long)], [requests[i] for i in keep]
+    def _fork(self, request: Request) -> list[Request]:
+        """The sequences sampled from this request's row: itself, and the rest of its
+        group the first time (they share the prompt's blocks, see `Scheduler.fork`)."""
+        group = self._tracked[request.request_id].group
+        if group is None or group.forked:
+            return [request]
+        group.forked = True
+        sequences = [request]
+        for index in range(1, group.params.num_sequences):
+            child = self.scheduler.fork(request, group.child_id(index), group.child_params(index))
+            tracked = self._track(child)
+            tracked.group, tracked.index = group, index
+            group.members.append(tracked)
+            sequences.append(child)
+        return sequences
 
-    def _fork_groups(self, logits: torch.Tensor, requests: list[Request]
-                     ) -> tuple[torch.Tensor, list[Request]]:
-        """Fork every group whose prompt this step finished: its new sequences share the
-        prompt's blocks and sample their first token from the same logits row."""
-        rows: list[int] = []
-        expanded: list[Request] = []
-        for row, request in enumerate(requests):
-            rows.append(row)
-            expanded.append(request)
-            group = self._tracked[request.request_id].group
-            if group is None or group.forked:
-                continue
-            group.forked = True
-            for index in range(1, group.params.num_sequences):
-                child = self.scheduler.fork(request, group.child_id(index),
-                                            group.child_params(index))
-                tracked = self._track(child)
-                tracked.group, tracked.index = group, index
-                group.members.append(tracked)
-                rows.append(row)
-                expanded.append(child)
-        if len(expanded) == len(requests):
-            return logits, requests
-        return logits[torch.tensor(rows)], expanded
-
-    def _update(self, sched: Schedule, emitted: list[Emission]) -> list[RequestOutput]:
-        self.scheduler.update_after_step(sched)
+    def _update(self, sched: Schedule, new_tokens: list[NewTokens]) -> list[RequestOutput]:
         self.num_computed_tokens += sched.num_tokens
-        now = time.monotonic()
-        outputs = []
-        groups: list[SequenceGroup] = []  # one output per group, however many rows it had
-        for emission in emitted:
-            request = emission.request
-            tracked = self._tracked[request.request_id]
-            if emission.verified is not None and self.events.enabled:
-                self._emit_verified(emission)
-            appended = 0
-            for token, entry, logprob in zip(emission.token_ids, emission.logprobs,
-                                             emission.sampled_logprobs, strict=True):
-                appended += 1
-                if self._append_token(tracked, token, entry, logprob, now):
-                    break
-            if emission.verified is not None and not request.is_finished:
-                # the accepted drafts' K/V were computed by this pass; the last token's not
-                self.scheduler.accept_drafts(request, appended - 1)
-            if tracked.group is None:
-                outputs.append(self._output(tracked))
-            elif tracked.group not in groups:
-                groups.append(tracked.group)
-        return outputs + [group.output() for group in groups]
+        self._step_time = time.monotonic()
+        tracked = [self._tracked[new.request.request_id] for new in new_tokens]
+        for request in self.scheduler.update_from_output(sched, new_tokens, self._on_token):
+            self._forget(request.request_id)
+            self._tracked.pop(request.request_id)
+            if self.events.enabled:
+                self.events.emit(RequestFinished(request_id=request.request_id,
+                                                 reason=request.status.value,
+                                                 num_output_tokens=request.num_output_tokens))
+        outputs = [self._output(t) for t in tracked if t.group is None]
+        groups = dict.fromkeys(t.group for t in tracked if t.group is not None)
+        return outputs + [group.output() for group in groups]  # one per group
 
-    def _append_token(self, tracked: TrackedRequest, token: int,
-                      logprobs: dict[int, Logprob] | None, logprob: float | None,
-                      now: float) -> bool:
-        """Add one generated token to a sequence; True if that finished it."""
-        request = tracked.request
-        request.append_output_token(token)
+    def _on_token(self, new: NewTokens, index: int) -> RequestStatus | None:
+        """Record one new token of a sequence (logprobs, text, events); whether it
+        finished the sequence."""
+        tracked = self._tracked[new.request.request_id]
+        if index == 0 and new.verified is not None and self.events.enabled:
+            self._emit_verified(new)
+        request, token = new.request, new.token_ids[index]
         self.num_generated_tokens += 1
         if request.first_token_time is None:
-            request.first_token_time = now
+            request.first_token_time = self._step_time
         if tracked.logprobs is not None:
-            tracked.logprobs.append(logprobs or {})
+            tracked.logprobs.append(new.logprobs[index] or {})
         if tracked.cumulative_logprob is not None:
-            tracked.cumulative_logprob += logprob or 0.0
+            tracked.cumulative_logprob += new.sampled_logprobs[index] or 0.0
         text_before = len(tracked.detok.text) if tracked.detok else 0
-        status = self._check_stop(request, tracked, token)
+        status = check_stop(tracked, token, self.eos_token_ids, self.max_model_len)
         if self.events.enabled:
-            self._emit_token(tracked, token, text_before, logprob)
-        if status is None:
-            return False
-        self.scheduler.finish(request, status)
-        self._forget(request.request_id)
-        self._tracked.pop(request.request_id)
-        if self.events.enabled:
-            self.events.emit(RequestFinished(request_id=request.request_id, reason=status.value,
-                                             num_output_tokens=request.num_output_tokens))
-        return True
-
-    def _check_stop(self, request: Request, tracked: TrackedRequest,
-                    token: int) -> RequestStatus | None:
-        """Decide whether the new token ends the request. Stops count only once
-        min_tokens are out; a stop token's text is left out of the output unless
-        include_stop_str_in_output (as in vLLM)."""
-        params = request.sampling_params
-        may_stop = request.num_output_tokens >= params.min_tokens
-        stop_token = may_stop and (
-            (not params.ignore_eos and token in self.eos_token_ids)
-            or token in (params.stop_token_ids or ()))
-        if tracked.detok is not None and (not stop_token or params.include_stop_str_in_output):
-            stop = tracked.detok.append(token, check_stop=may_stop)
-            if stop is not None:
-                request.stop_reason = stop
-                return RequestStatus.FINISHED_STOPPED
-        if stop_token:
-            if token not in self.eos_token_ids or params.ignore_eos:
-                request.stop_reason = token
-            return RequestStatus.FINISHED_STOPPED
-        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
-            return RequestStatus.FINISHED_LENGTH
-        if request.num_tokens >= self.max_model_len:
-            return RequestStatus.FINISHED_LENGTH
-        return None
+            text = tracked.detok.text[text_before:] if tracked.detok else ""
+            self.events.emit(TokenEmitted(request_id=request.request_id, token_id=token,
+                                          text=text, logprob=new.sampled_logprobs[index]))
+        return status
 
     def _output(self, tracked: TrackedRequest) -> RequestOutput:
         request = tracked.request
@@ -532,16 +415,9 @@ class LLMEngine:
         if self.events.enabled:
             self.events.emit(reports.step_end(self, sched))
 
-    def _emit_token(self, tracked: TrackedRequest, token: int, text_before: int,
-                    logprob: float | None) -> None:
-        text = tracked.detok.text[text_before:] if tracked.detok else ""
-        self.events.emit(TokenEmitted(request_id=tracked.request.request_id, token_id=token,
-                                      text=text, logprob=logprob))
-
-    def _emit_verified(self, emission: Emission) -> None:
-        assert emission.verified is not None and self.config.speculative is not None
-        drafts = emission.verified.draft_token_ids
+    def _emit_verified(self, new: NewTokens) -> None:
+        assert new.verified is not None and self.config.speculative is not None
         self.events.emit(DraftsVerified(
-            request_id=emission.request.request_id, method=self.config.speculative.method,
-            draft_token_ids=list(drafts), num_accepted=len(emission.token_ids) - 1,
-            token_ids=list(emission.token_ids)))
+            request_id=new.request.request_id, method=self.config.speculative.method,
+            draft_token_ids=list(new.verified.draft_token_ids),
+            num_accepted=len(new.token_ids) - 1, token_ids=list(new.token_ids)))

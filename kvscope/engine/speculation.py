@@ -1,16 +1,19 @@
-"""Speculative decoding inside the engine step: reserve, propose, verify.
+"""Speculative decoding inside the engine step: propose, schedule, verify.
 
-1. Schedule: a request in decode whose sampling allows it gets `num_speculative_tokens`
-   extra KV slots reserved with its one known token (fewer near max_tokens or
-   max_model_len; none when the batch has `disable_by_batch_size` requests or more).
-2. Propose: the proposer fills those slots with draft tokens.
+1. Propose: before the step is scheduled, every running request in decode whose
+   sampling allows it gets up to `num_speculative_tokens` draft tokens from the
+   proposer (fewer near max_tokens or max_model_len; none when the batch has
+   `disable_by_batch_size` requests or more). They wait on the request
+   (`spec_token_ids`).
+2. Schedule: the scheduler gives a decode's drafts KV slots from what the step leaves
+   over, tokens and blocks, so drafts never delay or preempt anyone.
 3. Verify: the same forward pass as every other request computes the known token and
    the drafts; each of their rows is a decode query with one more position of
    context, computed exactly as a plain decode step would compute it. Greedy requests
    keep drafts while they equal the target's argmax; sampled ones use the rejection
    rule of `sample/rejection.py`, so the output is distributed as the target's alone.
 4. Roll back: the request's computed tokens end after the accepted drafts; blocks past
-   them are given back (`KVCacheManager.trim`).
+   them are given back (`Scheduler.update_from_output`).
 
 Drafting is left out where the next token's distribution depends on the tokens
 before it in ways the rows do not see: penalties, bad_words and min_tokens still to
@@ -19,19 +22,21 @@ reach. Requests with n > 1 and beams are not drafted for either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from kvscope.config import ConfigError
 from kvscope.executor.base import Executor
+from kvscope.kv.kv_manager import KVCacheManager
 from kvscope.model.loader import LoadedModel, load_model
 from kvscope.outputs import Logprob
 from kvscope.request import Request
 from kvscope.sample.logits_processors import has_penalty
 from kvscope.sample.rejection import accept_greedy, one_hot_draft, verify_sampled
 from kvscope.sample.sampler import Sampler
-from kvscope.sched.scheduler import Schedule, ScheduledRequest
+from kvscope.sched.scheduler import ScheduledRequest
 from kvscope.speculative.config import SpeculativeConfig
 from kvscope.speculative.draft_model import DraftModelProposer
 from kvscope.speculative.metrics import SpecStats
@@ -78,14 +83,18 @@ class Speculator:
             k = min(k, max_tokens - request.num_output_tokens - 1)
         return max(k, 0)
 
-    def propose(self, sched: Schedule) -> None:
-        items = [s for s in sched.scheduled if s.num_draft_slots]
-        if not items:
+    def propose(self, requests: Sequence[Request]) -> None:
+        """Put draft tokens on the requests that may have them this step."""
+        limits = [self.lookahead(request) for request in requests]
+        chosen = [i for i, k in enumerate(limits) if k > 0]
+        if not chosen:
             return
-        for item, draft in zip(items, self.proposer.propose(items), strict=True):
-            item.set_drafts(draft.token_ids)
+        drafts = self.proposer.propose([requests[i] for i in chosen],
+                                       [limits[i] for i in chosen])
+        for i, draft in zip(chosen, drafts, strict=True):
+            requests[i].spec_token_ids = list(draft.token_ids)
             if draft.token_ids:
-                self._drafts[item.request.request_id] = draft
+                self._drafts[requests[i].request_id] = draft
 
     def verify(self, item: ScheduledRequest, logits: torch.Tensor) -> Verified:
         """`logits` [1 + drafts, vocab]: the rows of the known token and the drafts."""
@@ -100,8 +109,8 @@ class Speculator:
             tokens = accept_greedy(logits.argmax(dim=-1).tolist(), drafts)
         else:
             target = self.sampler.probabilities(logits, params)
-            q = draft.probs if draft.probs is not None else one_hot_draft(drafts,
-                                                                            logits.shape[-1])
+            q = (draft.probs[:len(drafts)] if draft.probs is not None  # the scheduled ones
+                 else one_hot_draft(drafts, logits.shape[-1]))
             tokens = verify_sampled(target, q, drafts, self.sampler.generator_for(request))
         used = len(tokens)
         logprobs, sampled = self.sampler.logprobs(None if raw is None else raw[:used], tokens,
@@ -126,7 +135,7 @@ def draftable(request: Request) -> bool:
 
 
 def make_proposer(config: SpeculativeConfig, loaded: LoadedModel, dtype: torch.dtype,
-                  executor: Executor, sampler: Sampler, block_size: int, max_model_len: int,
+                  executor: Executor, kv: KVCacheManager, sampler: Sampler, max_model_len: int,
                   seed: int, draft_loaded: LoadedModel | None = None) -> Proposer:
     """The proposer `config` names: n-gram lookup, the early-exit self-draft (through
     the executor, so it runs on tensor-parallel workers too), or a draft model
@@ -139,8 +148,8 @@ def make_proposer(config: SpeculativeConfig, loaded: LoadedModel, dtype: torch.d
         if draft_layers >= num_layers:
             raise ConfigError(f"speculative_config draft_layers must be below the model's "
                               f"{num_layers} layers; got {draft_layers}")
-        return SelfDraftProposer(executor, draft_layers, sampler, seed)
+        return SelfDraftProposer(executor, kv, draft_layers, sampler, seed)
     assert config.model is not None
     draft = draft_loaded or load_model(config.model, dtype)
     return DraftModelProposer(draft, loaded.arch.vocab_size, config.draft_kv_cache_memory,
-                              block_size, max_model_len, sampler, seed)
+                              kv.block_size, max_model_len, sampler, seed)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvscope.config import SchedulerConfig
@@ -30,6 +30,7 @@ from kvscope.events import (
     SwappedOut,
 )
 from kvscope.kv.kv_manager import KVCacheManager
+from kvscope.outputs import Logprob
 from kvscope.request import Request, RequestStatus, fork_request
 from kvscope.sampling_params import SamplingParams
 from kvscope.sched.output import ScheduledTokens, SchedulerOutput
@@ -43,8 +44,7 @@ class ScheduledRequest:
     start: int
     num_tokens: int  # known tokens plus draft tokens, all computed by this step
     block_ids: list[int]
-    num_draft_slots: int = 0  # KV slots reserved for draft tokens (speculative decoding)
-    draft_token_ids: list[int] = field(default_factory=list)  # proposed; verified this step
+    draft_token_ids: list[int] = field(default_factory=list)  # verified by this step
 
     @property
     def num_known_tokens(self) -> int:
@@ -66,10 +66,11 @@ class ScheduledRequest:
         """Rows with logits: the last known token's and one per draft token."""
         return 1 + len(self.draft_token_ids) if self.samples else 0
 
-    def set_drafts(self, tokens: list[int]) -> None:
-        assert len(tokens) <= self.num_draft_slots and not self.draft_token_ids
+    def add_drafts(self, tokens: list[int], block_ids: list[int]) -> None:
+        assert not self.draft_token_ids
         self.draft_token_ids = list(tokens)
         self.num_tokens += len(tokens)
+        self.block_ids = block_ids
 
     def tokens(self) -> ScheduledTokens:
         """This share of the step as plain data for the runner."""
@@ -82,6 +83,19 @@ class ScheduledRequest:
         return ScheduledTokens(request.request_id, self.start, known + self.draft_token_ids,
                                list(self.block_ids), len(self.draft_token_ids), self.samples,
                                prompt_rows)
+
+
+@dataclass(slots=True)
+class NewTokens:
+    """What a step gives one sequence: one sampled token, or, for a chunk that carried
+    drafts (`verified`), the accepted drafts and the target's own token; with their
+    logprobs where they were asked for."""
+
+    request: Request
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob] | None]
+    sampled_logprobs: list[float | None]
+    verified: ScheduledRequest | None = None
 
 
 @dataclass(slots=True)
@@ -132,8 +146,6 @@ class Scheduler:
         self.num_swap_outs = 0
         self.num_swap_ins = 0
         self.num_swap_fallbacks = 0  # swap preemptions done by recompute: swap space full
-        # speculative decoding: how many draft slots to reserve for a decoding request
-        self.lookahead: Callable[[Request], int] = lambda request: 0
 
     # -- queue management ---------------------------------------------------------
 
@@ -196,8 +208,7 @@ class Scheduler:
             if not out.swap_out:  # a slot freed this step may not be read back this step
                 budget = self._schedule_swapped(out, budget)
             budget = self._schedule_waiting(out, budget)
-        if not out.preempted:  # memory is short this step: no room for guesses
-            self._reserve_draft_slots(out, budget)
+        self._schedule_drafts(out, budget)
         out.block_copies = self.kv.take_copies()
         return out
 
@@ -227,20 +238,20 @@ class Scheduler:
             index += 1
         return budget
 
-    def _reserve_draft_slots(self, out: Schedule, budget: int) -> None:
-        """Speculative decoding: give decodes KV slots for draft tokens from what the
-        step leaves over, tokens and blocks (drafts never delay or preempt anyone)."""
+    def _schedule_drafts(self, out: Schedule, budget: int) -> None:
+        """Speculative decoding: give the draft tokens waiting on decoding requests KV
+        slots from what the step leaves over, tokens and blocks (drafts never delay or
+        preempt anyone; a step that had to preempt takes none). Each request's drafts
+        are for this step only: they are taken off it either way."""
         for item in out.scheduled:
-            if budget <= 0:
-                return
             request = item.request
-            if not item.is_decode:  # the lookahead checks the rest
+            drafts, request.spec_token_ids = request.spec_token_ids, []
+            drafts = drafts[:max(budget, 0)]
+            if not drafts or not item.is_decode or out.preempted:
                 continue
-            drafts = min(self.lookahead(request), budget)
-            if drafts > 0 and self.kv.allocate_slots(request, 1 + drafts):
-                item.num_draft_slots = drafts
-                item.block_ids = self.kv.block_ids(request.request_id)
-                budget -= drafts
+            if self.kv.allocate_slots(request, 1 + len(drafts)):
+                item.add_drafts(drafts, self.kv.block_ids(request.request_id))
+                budget -= len(drafts)
 
     def _schedule_swapped(self, out: Schedule, budget: int) -> int:
         while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -328,6 +339,7 @@ class Scheduler:
         """Take the victim out of the running batch: swap its K/V out when the mode and
         the swap space allow, else drop them to be recomputed."""
         self.running.remove(victim)
+        victim.spec_token_ids = []
         victim.num_preemptions += 1
         self.num_preemptions += 1
         out.preempted.append(victim.request_id)
@@ -351,17 +363,33 @@ class Scheduler:
             self.events.emit(Preempted(request_id=victim.request_id, mode="recompute",
                                        fallback=self.config.preemption_mode == "swap"))
 
-    def update_after_step(self, out: Schedule) -> None:
-        """Advance every scheduled request by the tokens the step computed."""
+    def update_from_output(self, out: Schedule, new_tokens: Sequence[NewTokens],
+                           on_token: Callable[[NewTokens, int], RequestStatus | None]
+                           ) -> list[Request]:
+        """Apply one step's results (the one place requests advance): the known tokens
+        the pass computed count as computed; each sampled sequence gets its new tokens
+        one at a time, `on_token(new, i)` (the engine's bookkeeping and stop rules,
+        which see the text) saying after each whether that finished it; a chunk that
+        verified drafts keeps the K/V of the accepted ones and gives back the blocks
+        holding only rejected ones. Returns the sequences that finished."""
         for item in out.scheduled:
-            # draft tokens count once verified (accept_drafts adds the accepted ones)
             item.request.num_computed_tokens += item.num_known_tokens
-
-    def accept_drafts(self, request: Request, num_accepted: int) -> None:
-        """A verifying pass kept `num_accepted` drafts: their K/V count as computed; the
-        slots of the rejected ones go back (blocks past the computed tokens)."""
-        request.num_computed_tokens += num_accepted
-        self.kv.trim(request)
+        finished = []
+        for new in new_tokens:
+            request = new.request
+            for index, token in enumerate(new.token_ids):
+                request.append_output_token(token)
+                status = on_token(new, index)
+                if status is not None:
+                    self.finish(request, status)
+                    finished.append(request)
+                    break
+            else:
+                if new.verified is not None:
+                    # the accepted drafts' K/V were computed by this pass; the last token's not
+                    request.num_computed_tokens += len(new.token_ids) - 1
+                    self.kv.trim(request)
+        return finished
 
 
 def _fcfs_key(request: Request) -> tuple[int]:

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from kvscope.engine.llm_engine import MAX_LOGPROBS
+from kvscope.engine.validation import MAX_LOGPROBS
 from kvscope.sampling_params import SamplingParams
 
 MAX_N = 16  # completions per request (each runs as its own engine request for now)

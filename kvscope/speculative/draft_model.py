@@ -44,27 +44,27 @@ class DraftModelProposer:
         self.generator = torch.Generator().manual_seed(seed)
         self.shadows: dict[str, Request] = {}
 
-    def propose(self, items: Sequence[ScheduledRequest]) -> list[Draft]:
-        drafts = [Draft([]) for _ in items]
-        active = [i for i, item in enumerate(items) if self._make_room(items, i)]
+    def propose(self, requests: Sequence[Request], limits: Sequence[int]) -> list[Draft]:
+        drafts = [Draft([]) for _ in requests]
+        active = [i for i in range(len(requests)) if self._make_room(requests, limits, i)]
         probs: dict[int, list[torch.Tensor | None]] = {i: [] for i in active}
         step = 0
         while active:
-            chunks = [self._chunk(self.shadows[items[i].request.request_id]) for i in active]
+            chunks = [self._chunk(self.shadows[requests[i].request_id]) for i in active]
             result = self.runner.execute(Schedule(step=step, scheduled=chunks).output())
             index = {c.request.request_id: (i, c) for c, i in zip(chunks, active, strict=True)}
             rows = [index[request_id][0] for request_id in result.sampled]
             sampled = [index[request_id][1] for request_id in result.sampled]
-            shadows = [self.shadows[items[i].request.request_id] for i in rows]
+            shadows = [self.shadows[requests[i].request_id] for i in rows]
             chosen, q = choose_draft_tokens(self.sampler, result.logits,
-                                            [items[i].request for i in rows], self.generator)
+                                            [requests[i] for i in rows], self.generator)
             for i, shadow, chunk, token, row_q in zip(rows, shadows, sampled, chosen, q,
                                                       strict=True):
                 shadow.num_computed_tokens += chunk.num_tokens
                 shadow.append_output_token(token)
                 drafts[i].token_ids.append(token)
                 probs[i].append(row_q)
-            active = [i for i in rows if len(drafts[i].token_ids) < items[i].num_draft_slots]
+            active = [i for i in rows if len(drafts[i].token_ids) < limits[i]]
             step += 1
         for i, rows_q in probs.items():
             drafts[i].probs = stack_probs(rows_q)
@@ -75,16 +75,17 @@ class DraftModelProposer:
         if shadow is not None:
             self.kv.free(shadow)
 
-    def _make_room(self, items: Sequence[ScheduledRequest], index: int) -> bool:
-        """Sync the item's shadow with the target and reserve slots for its catch-up
-        and all its drafts; when the pool is full, shadows of requests not in this
-        step go first; False if there is still no room (it gets no drafts)."""
-        shadow = self._sync(items[index].request)
-        needed = shadow.num_uncomputed_tokens + items[index].num_draft_slots - 1
+    def _make_room(self, requests: Sequence[Request], limits: Sequence[int],
+                   index: int) -> bool:
+        """Sync the request's shadow with the target and reserve slots for its catch-up
+        and all its drafts; when the pool is full, shadows of requests not drafting
+        now go first; False if there is still no room (it gets no drafts)."""
+        shadow = self._sync(requests[index])
+        needed = shadow.num_uncomputed_tokens + limits[index] - 1
         if self.kv.allocate_slots(shadow, needed):
             return True
-        stepping = {item.request.request_id for item in items}
-        for request_id in [r for r in self.shadows if r not in stepping]:
+        drafting = {request.request_id for request in requests}
+        for request_id in [r for r in self.shadows if r not in drafting]:
             self.forget(request_id)
         return self.kv.allocate_slots(shadow, needed)
 

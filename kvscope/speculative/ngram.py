@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvscope.sched.scheduler import ScheduledRequest
+from kvscope.request import Request
 from kvscope.speculative.proposer import Draft
 
 
@@ -33,9 +33,9 @@ class NgramProposer:
         self.min_n = min_n
         self.max_n = max_n
 
-    def propose(self, items: Sequence[ScheduledRequest]) -> list[Draft]:
-        return [Draft(propose_ngram(item.request.all_token_ids, item.num_draft_slots,
-                                    self.min_n, self.max_n)) for item in items]
+    def propose(self, requests: Sequence[Request], limits: Sequence[int]) -> list[Draft]:
+        return [Draft(propose_ngram(request.all_token_ids, k, self.min_n, self.max_n))
+                for request, k in zip(requests, limits, strict=True)]
 
     def forget(self, request_id: str) -> None:
         pass

@@ -10,7 +10,6 @@ import torch
 
 from kvscope.request import Request
 from kvscope.sample.sampler import Sampler
-from kvscope.sched.scheduler import ScheduledRequest
 
 
 @dataclass(slots=True)
@@ -24,8 +23,10 @@ class Draft:
 
 
 class Proposer(Protocol):
-    def propose(self, items: Sequence[ScheduledRequest]) -> list[Draft]:
-        """One draft per item, of at most `item.num_draft_slots` tokens (may be empty)."""
+    def propose(self, requests: Sequence[Request], limits: Sequence[int]) -> list[Draft]:
+        """One draft per request in decode (all its known tokens but the last are
+        computed), of at most `limits[i]` tokens (may be empty). Runs before the step is
+        scheduled; the scheduler then gives the drafts their KV slots."""
         ...
 
     def forget(self, request_id: str) -> None:

@@ -136,7 +136,7 @@ class Run:
         if empty or rejected:
             parts = []
             if empty:
-                parts.append(f"{ids(empty)}: draft slots the proposer left empty")
+                parts.append(f"{ids(empty)}: slots the draft passes borrowed")
             if rejected:
                 parts.append(f"{ids(rejected)}: only rejected drafts")
             lines.append(f"blocks trimmed this step: {len(empty) + len(rejected)} "

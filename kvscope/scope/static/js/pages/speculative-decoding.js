@@ -35,7 +35,7 @@ sayK();
 
 // One record per engine step: the verification of request 0's drafts (with the token
 // it computed from, the position of that token and its block table at that moment), the
-// blocks trimmed (before the pass: slots the proposer left empty; after it: blocks that
+// blocks trimmed (before the pass: scratch slots the early-exit draft borrowed; after it: blocks that
 // held only rejected drafts), the tokens emitted, and the step's end. Each carries its
 // event index, so a position in the middle of a step shows only what happened so far.
 function analyse(data, body) {
@@ -161,7 +161,7 @@ function trimLine(now) {
   const {empty, rejected, all} = trimmed(now);
   if (!all.length) return 'blocks trimmed this step: none';
   const parts = [];
-  if (empty.length) parts.push(`${idList(empty)}: draft slots the proposer left empty`);
+  if (empty.length) parts.push(`${idList(empty)}: slots the draft passes borrowed`);
   if (rejected.length) parts.push(`${idList(rejected)}: only rejected drafts`);
   return `blocks trimmed this step: ${all.length} (${parts.join('; ')})`;
 }
@@ -238,11 +238,12 @@ function drawSlots(now, trimmedNow) {
     return;
   }
   const {bs} = run;
-  const empty = now.trims.filter((t) => !t.rejected).flatMap((t) => [...t.blocks].reverse());
-  const blocks = [...v.table, ...empty];
+  const blocks = v.table;
   const first = Math.floor(v.start / bs);
   const end = v.start + v.drafts.length;
-  const gone = new Set(trimmedNow);
+  // blocks given back after the pass (only rejected drafts); scratch slots of the
+  // early-exit draft were given back before the step was scheduled, not from this table
+  const gone = new Set(trimmed(now).rejected);
   const items = [];
   for (let b = first; b < blocks.length; b++) {
     const id = blocks[b];
@@ -267,7 +268,7 @@ function drawSlots(now, trimmedNow) {
         label = `draft ${i + 1} ${JSON.stringify(textOf(v.drafts[i]))}, ${ok ? 'accepted' : 'rejected'}`;
       } else {
         cls = 'unused';
-        label = 'reserved, no draft';
+        label = 'not written at this step';
       }
       const full = `position ${p}: ${label}`;
       cells.push(h('li', {class: `slot ${cls}`, title: full, 'aria-label': full}, text));
