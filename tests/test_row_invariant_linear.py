@@ -1,5 +1,7 @@
 """small_gemm is row-invariant: a row's output has the same bits whatever the number of
-rows in the call (speculative verification relies on it), at the bundled model's shapes."""
+rows in the call (speculative verification relies on it), at the bundled model's shapes,
+in every build (bf16 dot products with AVX512-BF16, float32 FMAs elsewhere) and for
+bf16 or float32 activations and weights."""
 
 from __future__ import annotations
 
@@ -10,22 +12,26 @@ import torch.nn.functional as F
 from kvscope.kernels.build import cpu_kernels
 from kvscope.model.layers import linear as linear_mod
 
-kernels = cpu_kernels()
-pytestmark = pytest.mark.skipif(kernels is None or not kernels.small_gemm_supported(),
-                                reason="needs the C++ kernels built with AVX512-BF16")
-
 ROWS = [1, 2, 3, 4, 5, 7, 8, 13, 16, 33, 64]
 # SmolLM2-135M: (out, in) of qkv, o_proj, gate_up, down, lm_head
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]
 
 
+DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16),
+          "fp32-x-bf16-w": (torch.float32, torch.bfloat16),
+          "fp32": (torch.float32, torch.float32)}
+
+
 @pytest.mark.parametrize(("n_out", "k_in"), SHAPES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_rows_do_not_depend_on_the_batch(n_out: int, k_in: int, with_bias: bool):
+@pytest.mark.parametrize("dtypes", DTYPES)
+def test_rows_do_not_depend_on_the_batch(kernels, n_out: int, k_in: int, with_bias: bool,
+                                         dtypes: str):
+    x_dtype, w_dtype = DTYPES[dtypes]
     gen = torch.Generator().manual_seed(n_out + k_in)
-    x = torch.randn(max(ROWS), k_in, generator=gen).bfloat16()
-    weight = (torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5).bfloat16()
-    bias = torch.randn(n_out, generator=gen).bfloat16() if with_bias else None
+    x = torch.randn(max(ROWS), k_in, generator=gen).to(x_dtype)
+    weight = (torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5).to(w_dtype)
+    bias = torch.randn(n_out, generator=gen).to(w_dtype) if with_bias else None
     alone = torch.cat([kernels.small_gemm(x[i:i + 1], weight, bias) for i in range(len(x))])
     for m in ROWS:
         assert torch.equal(kernels.small_gemm(x[:m], weight, bias), alone[:m]), m
@@ -36,6 +42,9 @@ def test_rows_do_not_depend_on_the_batch(n_out: int, k_in: int, with_bias: bool)
 
 
 def test_row_invariant_bound_routes_calls_to_small_gemm(monkeypatch: pytest.MonkeyPatch):
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip("C++ kernels could not be built here")
     gen = torch.Generator().manual_seed(0)
     weight = (torch.randn(960, 576, generator=gen) * 576 ** -0.5).bfloat16()
     packed = linear_mod.pack_weight(weight)
@@ -47,6 +56,8 @@ def test_row_invariant_bound_routes_calls_to_small_gemm(monkeypatch: pytest.Monk
         assert torch.equal(linear_mod.linear(x[:m], weight, None, packed)[:1], alone)
     linear_mod.set_row_invariant(4)
     out = linear_mod.linear(x, weight, None, packed)  # 16 rows: oneDNN (or F.linear)
+    if linear_mod.small_gemm_takes_all():  # no bf16 arithmetic: small_gemm all the same
+        assert packed is None and torch.equal(out, kernels.small_gemm(x, weight, None))
     torch.testing.assert_close(out.float(), F.linear(x.float(), weight.float()),
                                atol=2e-2, rtol=1e-2)
     with pytest.raises(ValueError):

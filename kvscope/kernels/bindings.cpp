@@ -1,6 +1,8 @@
 // Python bindings for the CPU kernels of kvscope.
 #include <torch/extension.h>
 
+#include "vec.h"
+
 at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                                      at::Tensor block_tables, at::Tensor context_lens,
                                      double scale);
@@ -15,7 +17,7 @@ void rope_inplace(at::Tensor qkv, at::Tensor cos, at::Tensor sin, int64_t heads,
                   int64_t head_dim);
 
 at::Tensor small_gemm(at::Tensor x, at::Tensor weight, c10::optional<at::Tensor> bias);
-bool small_gemm_supported();
+bool small_gemm_bf16_dot();
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
@@ -25,7 +27,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm in float32, rounded like the reference");
   m.def("add_rms_norm", &add_rms_norm, "residual += x, then RMSNorm of the residual");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up over a fused gate/up projection");
-  m.def("small_gemm", &small_gemm, "x @ weight.T (+ bias) in bf16; each row the same whatever the row count");
-  m.def("small_gemm_supported", &small_gemm_supported, "built with AVX512-BF16");
+  m.def("small_gemm", &small_gemm,
+        "x @ weight.T (+ bias), bf16 or float32; each row the same whatever the row count");
+  m.def("small_gemm_bf16_dot", &small_gemm_bf16_dot,
+        "bf16 x bf16 calls use AVX512-BF16 dot products (else float32 FMAs)");
+  m.def("isa", [] { return std::string(kvscope_vec::kIsa); },
+        "the instruction set this module was compiled for");
+  m.def("vector_lanes", [] { return kvscope_vec::Vec::kLanes; },
+        "float32 lanes of the vectors its kernels run on");
   m.def("rope_inplace", &rope_inplace, "rotary embedding of q and k heads, in place");
 }

@@ -7,7 +7,8 @@
 
 #include <cmath>
 
-#include "simd.h"
+#include "dispatch.h"
+#include "vec.h"
 
 namespace {
 
@@ -83,16 +84,14 @@ at::Tensor silu_and_mul(at::Tensor gate_up) {
         const scalar_t* u = g + inter;
         scalar_t* dst = o + r * inter;
         int64_t i = 0;
-#if defined(__AVX512F__)
-        using namespace kvscope_simd;
-        const __m512 one = _mm512_set1_ps(1.f);
-        for (; i + kLanes <= inter; i += kLanes) {
-          const __m512 gv = load16(g + i);
-          const __m512 denom = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv)));
-          const __m512 act = round_as<scalar_t>(_mm512_div_ps(gv, denom));
-          store16(dst + i, _mm512_mul_ps(act, load16(u + i)));
+        using kvscope_vec::Vec;
+        const Vec one = Vec::set1(1.f);
+        for (; i + Vec::kLanes <= inter; i += Vec::kLanes) {
+          const Vec gv = Vec::load(g + i);
+          const Vec denom = one + kvscope_vec::exp(Vec::zero() - gv);
+          const Vec act = kvscope_vec::round_as<scalar_t>(gv / denom);
+          (act * Vec::load(u + i)).store(dst + i);
         }
-#endif
         for (; i < inter; ++i) {
           const float gv = float(g[i]);
           const float act = rounded<scalar_t>(gv / (1.f + std::exp(-gv)));

@@ -3,8 +3,9 @@
 // Each (sequence, kv head) pair is one unit of work: its G query heads (grouped-query
 // attention) walk the sequence's block table, score every cached key, take one
 // softmax, and sum the values. K/V are read in place from the paged pool — no
-// gather into a contiguous copy — and all arithmetic is float32. With AVX-512 and a
-// head dim that is a multiple of 16, the inner loops run 16 lanes at a time.
+// gather into a contiguous copy — and all arithmetic is float32. For head dims 64 and
+// 128 the inner loops run a vector (vec.h: 16 lanes with AVX-512, 8 with AVX2) at a
+// time, with each head's query and output in registers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -12,7 +13,8 @@
 #include <cmath>
 #include <vector>
 
-#include "simd.h"
+#include "dispatch.h"
+#include "vec.h"
 
 namespace {
 
@@ -37,24 +39,23 @@ struct Scratch {
   std::vector<float> queries, acc, scores;
 };
 
+using kvscope_vec::Vec;
+
 // scores[g, t] → softmax over t, in place
 void softmax_rows(float* scores, int64_t rows, int64_t len) {
+  constexpr int L = Vec::kLanes;
   for (int64_t g = 0; g < rows; ++g) {
     float* s = scores + g * len;
     const float peak = *std::max_element(s, s + len);
-    float total = 0.f;
+    Vec sum = Vec::zero();
+    const Vec vpeak = Vec::set1(peak);
     int64_t t = 0;
-#if defined(__AVX512F__)
-    using namespace kvscope_simd;
-    __m512 sum = _mm512_setzero_ps();
-    const __m512 vpeak = _mm512_set1_ps(peak);
-    for (; t + kLanes <= len; t += kLanes) {
-      const __m512 e = exp16(_mm512_sub_ps(load16(s + t), vpeak));
-      store16(s + t, e);
-      sum = _mm512_add_ps(sum, e);
+    for (; t + L <= len; t += L) {
+      const Vec e = kvscope_vec::exp(Vec::load(s + t) - vpeak);
+      e.store(s + t);
+      sum = sum + e;
     }
-    total = _mm512_reduce_add_ps(sum);
-#endif
+    float total = sum.sum();
     for (; t < len; ++t) {
       s[t] = std::exp(s[t] - peak);
       total += s[t];
@@ -85,61 +86,60 @@ void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, 
   }
 }
 
-#if defined(__AVX512F__)
-// CHUNKS = head_dim / 16, a compile-time constant so each head's query and output
-// accumulators live in registers; G_MAX bounds the group so they fit. The context is
-// walked block by block (no division per token), and each key and value row is loaded
-// once for all G query heads of its kv head.
-template <int CHUNKS, int G, typename scalar_t>
+// D, the head dim, and G, the query heads per kv head, are compile-time constants so
+// each head's query and output accumulators live in registers. The context is walked
+// block by block (no division per token), and each key and value row is loaded once
+// for all G query heads of its kv head.
+template <int D, int G, typename scalar_t>
 void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
-  using namespace kvscope_simd;
-  const int64_t d = a.head_dim, context = a.lens[seq], bs = a.block_size;
-  const int64_t row_stride = a.kv_heads * d;
+  constexpr int L = Vec::kLanes, CHUNKS = D / L;
+  const int64_t context = a.lens[seq], bs = a.block_size;
+  const int64_t row_stride = a.kv_heads * D;
   const int64_t* table = a.tables + seq * a.max_blocks;
-  __m512 query[G][CHUNKS];
+  Vec query[G][CHUNKS];
   for (int g = 0; g < G; ++g)
-    for (int c = 0; c < CHUNKS; ++c) query[g][c] = load16(s.queries.data() + g * d + c * kLanes);
+    for (int c = 0; c < CHUNKS; ++c) query[g][c] = Vec::load(s.queries.data() + g * D + c * L);
   float* scores = s.scores.data();
   for (int64_t start = 0; start < context; start += bs) {
     const int64_t n = std::min(bs, context - start);
-    const scalar_t* key = a.k_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * d;
+    const scalar_t* key = a.k_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * D;
     for (int64_t t = 0; t < n; ++t, key += row_stride) {
-      __m512 k[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) k[c] = load16(key + c * kLanes);
+      Vec k[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) k[c] = Vec::load(key + c * L);
       for (int g = 0; g < G; ++g) {
-        __m512 dot = _mm512_mul_ps(query[g][0], k[0]);
-        for (int c = 1; c < CHUNKS; ++c) dot = _mm512_fmadd_ps(query[g][c], k[c], dot);
-        scores[g * context + start + t] = _mm512_reduce_add_ps(dot);
+        Vec dot = query[g][0] * k[0];
+        for (int c = 1; c < CHUNKS; ++c) dot = Vec::fmadd(query[g][c], k[c], dot);
+        scores[g * context + start + t] = dot.sum();
       }
     }
   }
   softmax_rows(scores, G, context);
-  __m512 acc[G][CHUNKS];
+  Vec acc[G][CHUNKS];
   for (int g = 0; g < G; ++g)
-    for (int c = 0; c < CHUNKS; ++c) acc[g][c] = _mm512_setzero_ps();
+    for (int c = 0; c < CHUNKS; ++c) acc[g][c] = Vec::zero();
   for (int64_t start = 0; start < context; start += bs) {
     const int64_t n = std::min(bs, context - start);
-    const scalar_t* value = a.v_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * d;
+    const scalar_t* value = a.v_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * D;
     for (int64_t t = 0; t < n; ++t, value += row_stride) {
-      __m512 v[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) v[c] = load16(value + c * kLanes);
+      Vec v[CHUNKS];
+      for (int c = 0; c < CHUNKS; ++c) v[c] = Vec::load(value + c * L);
       for (int g = 0; g < G; ++g) {
-        const __m512 p = _mm512_set1_ps(scores[g * context + start + t]);
-        for (int c = 0; c < CHUNKS; ++c) acc[g][c] = _mm512_fmadd_ps(p, v[c], acc[g][c]);
+        const Vec p = Vec::set1(scores[g * context + start + t]);
+        for (int c = 0; c < CHUNKS; ++c) acc[g][c] = Vec::fmadd(p, v[c], acc[g][c]);
       }
     }
   }
   for (int g = 0; g < G; ++g)
-    for (int c = 0; c < CHUNKS; ++c) store16(s.acc.data() + g * d + c * kLanes, acc[g][c]);
+    for (int c = 0; c < CHUNKS; ++c) acc[g][c].store(s.acc.data() + g * D + c * L);
 }
 
-template <int CHUNKS, typename scalar_t>
+template <int D, typename scalar_t>
 bool attend_group(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   switch (a.group) {
-    case 1: attend_simd<CHUNKS, 1>(a, seq, kv_head, s); return true;
-    case 2: attend_simd<CHUNKS, 2>(a, seq, kv_head, s); return true;
-    case 3: attend_simd<CHUNKS, 3>(a, seq, kv_head, s); return true;
-    case 4: attend_simd<CHUNKS, 4>(a, seq, kv_head, s); return true;
+    case 1: attend_simd<D, 1>(a, seq, kv_head, s); return true;
+    case 2: attend_simd<D, 2>(a, seq, kv_head, s); return true;
+    case 3: attend_simd<D, 3>(a, seq, kv_head, s); return true;
+    case 4: attend_simd<D, 4>(a, seq, kv_head, s); return true;
     default: return false;
   }
 }
@@ -148,12 +148,11 @@ bool attend_group(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, S
 template <typename scalar_t>
 bool attend_fast(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   switch (a.head_dim) {
-    case 64: return attend_group<4>(a, seq, kv_head, s);
-    case 128: return attend_group<8>(a, seq, kv_head, s);
+    case 64: return attend_group<64>(a, seq, kv_head, s);
+    case 128: return attend_group<128>(a, seq, kv_head, s);
     default: return false;
   }
 }
-#endif
 
 template <typename scalar_t>
 void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
@@ -168,11 +167,7 @@ void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
       for (int64_t i = 0; i < G * d; ++i) s.queries[i] = float(a.q[first_head * d + i]) * a.scale;
       s.scores.assign(G * a.lens[seq], 0.f);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
-#if defined(__AVX512F__)
       if (!attend_fast(a, seq, kv_head, s)) attend_scalar(a, seq, kv_head, s);
-#else
-      attend_scalar(a, seq, kv_head, s);
-#endif
       for (int64_t i = 0; i < G * d; ++i) a.out[first_head * d + i] = scalar_t(s.acc[i]);
     }
   });

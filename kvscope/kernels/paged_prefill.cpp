@@ -20,10 +20,10 @@
 //     output columns. The probabilities are rounded to bf16 for that product and the
 //     row sums add up the same rounded values, so each output is an exact weighted
 //     mean of the values. Queries are read in place.
-//   * float32 (and bfloat16 without AVX512-BF16): the same loop with float32 FMAs,
-//     key tiles transposed to [d][32 keys], value tiles [32 keys][d].
-//   * without AVX-512, or for a head dim other than 64 or 128: a scalar loop, one
-//     query row at a time.
+//   * float32 (and bfloat16 without AVX512-BF16): the same loop with float32 FMAs on
+//     the build's vectors (vec.h: 16 lanes with AVX-512, 8 with AVX2), key tiles
+//     transposed to [d][32 keys], value tiles [32 keys][d].
+//   * for a head dim other than 64 or 128: a scalar loop, one query row at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -36,7 +36,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "simd.h"
+#include "dispatch.h"
+#include "vec.h"
 
 namespace {
 
@@ -106,88 +107,57 @@ void prefill_scalar(const PrefillArgs<scalar_t>& a) {
   });
 }
 
-#if defined(__AVX512F__)
-using namespace kvscope_simd;
+using kvscope_vec::Vec;
 
-constexpr int64_t kKeyTile = 32;    // keys per tile: two 16-lane vectors of scores
+constexpr int64_t kKeyTile = 32;    // keys per tile
+constexpr int kKeyVecs = kKeyTile / Vec::kLanes;  // vectors of scores per tile row
 constexpr int64_t kUnitRows = 48;   // query rows (positions x heads) a unit aims for
-constexpr int kRowBlock = 6;        // rows scored together, sharing each key load
+// rows scored together, sharing each key load: as many as the registers hold
+constexpr int kRowBlock = Vec::kLanes == 16 ? 6 : 3;
 // the packed copy of the contexts, per call: chunks are taken in groups under this
 constexpr int64_t kPackedBytes = int64_t(32) << 20;
 constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^x for x <= 0 (and -inf): split x into integer n and fraction f in [-0.5, 0.5],
-// 2^f by its Taylor series (the powers of ln 2 folded into the coefficients), then
-// scale by 2^n. DEGREE 6 is good to 2e-7 (float32); DEGREE 4 to 5e-5, far below the
-// 2e-3 of rounding a probability to bf16.
-template <int DEGREE>
-inline __m512 exp2_16(__m512 x) {
-  static_assert(DEGREE == 4 || DEGREE == 6, "exp2_16: degree 4 or 6");
-  x = _mm512_max_ps(x, _mm512_set1_ps(-126.f));
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p;
-  if constexpr (DEGREE == 6) {
-    p = _mm512_set1_ps(1.5403530393381606e-4f);  // ln2^6 / 720
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));  // ln2^5 / 120
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129107628477e-3f));  // ln2^4 / 24
-  } else {
-    p = _mm512_set1_ps(9.618129107628477e-3f);
-  }
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-2f));  // ln2^3 / 6
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2402265069591007f));  // ln2^2 / 2
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931471805599453f));  // ln2
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-// the first `count` of 16 lanes
-inline __mmask16 first_lanes(int64_t count) {
-  if (count <= 0) return 0;
-  if (count >= 16) return 0xFFFF;
-  return static_cast<__mmask16>((1u << count) - 1);
-}
 
 // One step of the online softmax for M rows over a key tile. s holds the raw scores
 // of 32 keys per row; keys at or past visible[r] are masked out when `masked`.
 // Updates the running max (raw units), leaves the probabilities
 // 2^(scale * (s - max)) in s (zero where masked), and writes each row's factor for
-// rescaling its older sums. `scale` includes log2(e).
+// rescaling its older sums. `scale` includes log2(e). DEGREE is that of exp2's series
+// (vec.h): 6 for float32, 4 where probabilities are rounded to bf16 anyway.
 template <int DEGREE, int M>
-inline void online_softmax(__m512 (&s)[M][2], const int64_t* visible, bool masked, float scale,
-                           float* running_max, float* alpha) {
+inline void online_softmax(Vec (&s)[M][kKeyVecs], const int64_t* visible, bool masked,
+                           float scale, float* running_max, float* alpha) {
+  constexpr int L = Vec::kLanes;
   alignas(64) float old_max[16] = {}, new_max[16] = {};
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const Vec neg_inf = Vec::set1(-std::numeric_limits<float>::infinity());
 #pragma GCC unroll 8
   for (int r = 0; r < M; ++r) {
-    if (masked) {
-      s[r][0] = _mm512_mask_blend_ps(first_lanes(visible[r]), neg_inf, s[r][0]);
-      s[r][1] = _mm512_mask_blend_ps(first_lanes(visible[r] - 16), neg_inf, s[r][1]);
+    Vec tile_max = neg_inf;
+    for (int v = 0; v < kKeyVecs; ++v) {
+      if (masked) s[r][v] = Vec::keep_first(s[r][v], visible[r] - v * L, neg_inf);
+      tile_max = Vec::max(tile_max, s[r][v]);
     }
-    const float tile_max = _mm512_reduce_max_ps(_mm512_max_ps(s[r][0], s[r][1]));
     old_max[r] = running_max[r];
-    new_max[r] = std::max(old_max[r], tile_max);
+    new_max[r] = std::max(old_max[r], tile_max.max_lane());
     running_max[r] = new_max[r];
   }
-  const __m512 vscale = _mm512_set1_ps(scale);
+  const Vec vscale = Vec::set1(scale);
   // the first tile has max -inf before it: a factor of ~0 for the (zero) sums
-  _mm512_store_ps(alpha, exp2_16<DEGREE>(_mm512_mul_ps(
-                             _mm512_sub_ps(_mm512_load_ps(old_max), _mm512_load_ps(new_max)),
-                             vscale)));
+  for (int i = 0; i < 16; i += L)
+    kvscope_vec::exp2<DEGREE>((Vec::load(old_max + i) - Vec::load(new_max + i)) * vscale)
+        .store(alpha + i);
 #pragma GCC unroll 8
   for (int r = 0; r < M; ++r) {
-    const __m512 peak = _mm512_set1_ps(new_max[r] * scale);
-    s[r][0] = exp2_16<DEGREE>(_mm512_fmsub_ps(s[r][0], vscale, peak));
-    s[r][1] = exp2_16<DEGREE>(_mm512_fmsub_ps(s[r][1], vscale, peak));
-    if (masked) {
-      s[r][0] = _mm512_maskz_mov_ps(first_lanes(visible[r]), s[r][0]);
-      s[r][1] = _mm512_maskz_mov_ps(first_lanes(visible[r] - 16), s[r][1]);
+    const Vec peak = Vec::set1(new_max[r] * scale);
+    for (int v = 0; v < kKeyVecs; ++v) {
+      s[r][v] = kvscope_vec::exp2<DEGREE>(Vec::fmadd(s[r][v], vscale, Vec::zero() - peak));
+      if (masked) s[r][v] = Vec::keep_first(s[r][v], visible[r] - v * L, Vec::zero());
     }
   }
 }
 
 // Running state of a unit's rows: output accumulators [R][D], max [R], and the sum
-// of probabilities [R][16] (kept as 16 partial sums, reduced at the end).
+// of probabilities [R][16] (kept as Vec::kLanes partial sums, reduced at the end).
 struct RowState {
   float* acc;
   float* max;
@@ -242,14 +212,15 @@ struct Bf16Math {
   template <int M>
   static void block(const query_t* const* q, const packed_t* kt, const packed_t* vt,
                     const int64_t* visible, bool masked, float scale, const RowState& st) {
-    __m512 s[M][2];
-    for (int r = 0; r < M; ++r) s[r][0] = s[r][1] = _mm512_setzero_ps();
+    static_assert(kKeyVecs == 2, "AVX512-BF16 tiles are two 16-lane vectors");
+    Vec s[M][2];
+    for (int r = 0; r < M; ++r) s[r][0] = s[r][1] = Vec::zero();
     if (masked && visible[M - 1] <= 16) {  // on the diagonal: the second half is masked
       for (int j = 0; j < D / 2; ++j) {
         const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kt + j * kKeyTile);
         for (int r = 0; r < M; ++r) {
           const __m512bh pair = (__m512bh)_mm512_set1_epi32(bf16_pair(q[r] + 2 * j));
-          s[r][0] = _mm512_dpbf16_ps(s[r][0], pair, k0);
+          s[r][0].v = _mm512_dpbf16_ps(s[r][0].v, pair, k0);
         }
       }
     } else {
@@ -258,8 +229,8 @@ struct Bf16Math {
         const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kt + j * kKeyTile + 16);
         for (int r = 0; r < M; ++r) {
           const __m512bh pair = (__m512bh)_mm512_set1_epi32(bf16_pair(q[r] + 2 * j));
-          s[r][0] = _mm512_dpbf16_ps(s[r][0], pair, k0);
-          s[r][1] = _mm512_dpbf16_ps(s[r][1], pair, k1);
+          s[r][0].v = _mm512_dpbf16_ps(s[r][0].v, pair, k0);
+          s[r][1].v = _mm512_dpbf16_ps(s[r][1].v, pair, k1);
         }
       }
     }
@@ -269,7 +240,7 @@ struct Bf16Math {
     alignas(64) uint32_t probs[M][16];  // 32 bf16 per row: key pairs
     const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3F803F80);
     for (int r = 0; r < M; ++r) {
-      const __m512bh p = _mm512_cvtne2ps_pbh(s[r][1], s[r][0]);
+      const __m512bh p = _mm512_cvtne2ps_pbh(s[r][1].v, s[r][0].v);
       _mm512_store_si512(probs[r], (__m512i)p);
       const __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(st.sum + r * 16), _mm512_set1_ps(alpha[r]));
       _mm512_storeu_ps(st.sum + r * 16, _mm512_dpbf16_ps(sum, p, ones));
@@ -300,12 +271,13 @@ struct Bf16Math {
 };
 #endif  // __AVX512BF16__
 
-// float32 FMAs (float32, or bfloat16 widened to float32)
+// float32 FMAs (float32, or bfloat16 widened to float32), on any vector width
 template <typename T, int D>
 struct FloatMath {
   using scalar_t = T;
   using packed_t = float;
   using query_t = float;
+  static constexpr int L = Vec::kLanes;
   static constexpr int64_t kTileWords = D * kKeyTile;
 
   // keys → [D][32], values → [32][D]; past the context: zeros
@@ -317,7 +289,7 @@ struct FloatMath {
         const scalar_t* key = a.row(a.k_cache, c, kv_head, k0 + k);
         const scalar_t* value = a.row(a.v_cache, c, kv_head, k0 + k);
         for (int i = 0; i < D; ++i) kt[i * kKeyTile + k] = float(key[i]);
-        for (int i = 0; i < D; i += 16) store16(vt + k * D + i, load16(value + i));
+        for (int i = 0; i < D; i += L) Vec::load(value + i).store(vt + k * D + i);
       } else {
         for (int i = 0; i < D; ++i) kt[i * kKeyTile + k] = 0.f;
         std::fill(vt + k * D, vt + (k + 1) * D, 0.f);
@@ -332,62 +304,65 @@ struct FloatMath {
       return a.query(r, head);
     } else {
       const scalar_t* src = a.query(r, head);
-      for (int i = 0; i < D; i += 16) store16(scratch + i, load16(src + i));
+      for (int i = 0; i < D; i += L) Vec::load(src + i).store(scratch + i);
       return scratch;
+    }
+  }
+
+  // raw scores of the first NV key vectors of the tile; the rest are left at zero
+  template <int M, int NV>
+  static void score(const query_t* const* q, const packed_t* kt, Vec (&s)[M][kKeyVecs]) {
+    for (int i = 0; i < D; ++i) {
+      Vec k[NV];
+      for (int v = 0; v < NV; ++v) k[v] = Vec::load(kt + i * kKeyTile + v * L);
+      for (int r = 0; r < M; ++r) {
+        const Vec qi = Vec::set1(q[r][i]);
+        for (int v = 0; v < NV; ++v) s[r][v] = Vec::fmadd(qi, k[v], s[r][v]);
+      }
     }
   }
 
   template <int M>
   static void block(const query_t* const* q, const packed_t* kt, const packed_t* vt,
                     const int64_t* visible, bool masked, float scale, const RowState& st) {
-    __m512 s[M][2];
-    for (int r = 0; r < M; ++r) s[r][0] = s[r][1] = _mm512_setzero_ps();
-    if (masked && visible[M - 1] <= 16) {  // on the diagonal: the second half is masked
-      for (int i = 0; i < D; ++i) {
-        const __m512 k0 = _mm512_loadu_ps(kt + i * kKeyTile);
-        for (int r = 0; r < M; ++r) s[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][i]), k0, s[r][0]);
-      }
+    Vec s[M][kKeyVecs];
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < kKeyVecs; ++v) s[r][v] = Vec::zero();
+    if (masked && visible[M - 1] <= kKeyTile / 2) {  // on the diagonal: the second half is masked
+      score<M, kKeyVecs / 2>(q, kt, s);
     } else {
-      for (int i = 0; i < D; ++i) {
-        const __m512 k0 = _mm512_loadu_ps(kt + i * kKeyTile);
-        const __m512 k1 = _mm512_loadu_ps(kt + i * kKeyTile + 16);
-        for (int r = 0; r < M; ++r) {
-          const __m512 qi = _mm512_set1_ps(q[r][i]);
-          s[r][0] = _mm512_fmadd_ps(qi, k0, s[r][0]);
-          s[r][1] = _mm512_fmadd_ps(qi, k1, s[r][1]);
-        }
-      }
+      score<M, kKeyVecs>(q, kt, s);
     }
     alignas(64) float alpha[16];
     online_softmax<6, M>(s, visible, masked, scale, st.max, alpha);
 
     alignas(64) float probs[M][kKeyTile];
     for (int r = 0; r < M; ++r) {
-      _mm512_store_ps(probs[r], s[r][0]);
-      _mm512_store_ps(probs[r] + 16, s[r][1]);
-      const __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(st.sum + r * 16), _mm512_set1_ps(alpha[r]));
-      _mm512_storeu_ps(st.sum + r * 16, _mm512_add_ps(sum, _mm512_add_ps(s[r][0], s[r][1])));
+      Vec tile_sum = s[r][0];
+      for (int v = 0; v < kKeyVecs; ++v) s[r][v].store(probs[r] + v * L);
+      for (int v = 1; v < kKeyVecs; ++v) tile_sum = tile_sum + s[r][v];
+      (Vec::load(st.sum + r * 16) * Vec::set1(alpha[r]) + tile_sum).store(st.sum + r * 16);
     }
     int64_t keys = kKeyTile;
     if (masked) keys = std::min<int64_t>(keys, visible[M - 1]);
-    constexpr int kCols = D / 16 < 4 ? D / 16 : 4;
-    for (int c0 = 0; c0 < D / 16; c0 += kCols) {
-      __m512 acc[M][kCols];
+    constexpr int kCols = D / L < 4 ? D / L : 4;  // output vectors per row in registers
+    for (int c0 = 0; c0 < D / L; c0 += kCols) {
+      Vec acc[M][kCols];
       for (int r = 0; r < M; ++r) {
-        const __m512 factor = _mm512_set1_ps(alpha[r]);
+        const Vec factor = Vec::set1(alpha[r]);
         for (int c = 0; c < kCols; ++c)
-          acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(st.acc + r * D + (c0 + c) * 16), factor);
+          acc[r][c] = Vec::load(st.acc + r * D + (c0 + c) * L) * factor;
       }
       for (int64_t k = 0; k < keys; ++k) {
-        __m512 v[kCols];
-        for (int c = 0; c < kCols; ++c) v[c] = _mm512_loadu_ps(vt + k * D + (c0 + c) * 16);
+        Vec v[kCols];
+        for (int c = 0; c < kCols; ++c) v[c] = Vec::load(vt + k * D + (c0 + c) * L);
         for (int r = 0; r < M; ++r) {
-          const __m512 p = _mm512_set1_ps(probs[r][k]);
-          for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_fmadd_ps(p, v[c], acc[r][c]);
+          const Vec p = Vec::set1(probs[r][k]);
+          for (int c = 0; c < kCols; ++c) acc[r][c] = Vec::fmadd(p, v[c], acc[r][c]);
         }
       }
       for (int r = 0; r < M; ++r)
-        for (int c = 0; c < kCols; ++c) _mm512_storeu_ps(st.acc + r * D + (c0 + c) * 16, acc[r][c]);
+        for (int c = 0; c < kCols; ++c) acc[r][c].store(st.acc + r * D + (c0 + c) * L);
     }
   }
 };
@@ -491,10 +466,10 @@ void prefill_tiled(const PrefillArgs<typename Math::scalar_t>& a, int64_t c_begi
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
-        const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(_mm512_loadu_ps(&sum[r * 16])));
+        const Vec inv = Vec::set1(1.f / Vec::load(&sum[r * 16]).sum());
         auto* o = a.output(row0 + r / G, unit.kv_head * G + r % G);
-        for (int i = 0; i < D; i += 16)
-          store16(o + i, _mm512_mul_ps(_mm512_loadu_ps(&acc[r * D + i]), inv));
+        for (int i = 0; i < D; i += Vec::kLanes)
+          (Vec::load(&acc[r * D + i]) * inv).store(o + i);
       }
     }
   });
@@ -524,17 +499,14 @@ void prefill_simd(const PrefillArgs<scalar_t>& a) {
 #endif
   prefill_grouped<FloatMath<scalar_t, D>, D>(a);
 }
-#endif  // __AVX512F__
 
 template <typename scalar_t>
 void prefill_attention_impl(const PrefillArgs<scalar_t>& a) {
-#if defined(__AVX512F__)
   switch (a.head_dim) {
     case 64: prefill_simd<64>(a); return;
     case 128: prefill_simd<128>(a); return;
     default: break;
   }
-#endif
   prefill_scalar(a);
 }
 

@@ -1,30 +1,138 @@
-// y = x · Wᵀ (+ bias) in bfloat16 with AVX512-BF16 dot products, for any number of rows.
+// y = x · Wᵀ (+ bias) for any number of rows, each row the same whatever the row count.
 //
-// Row-invariant: each output element is one dot product summed in a fixed order (16 lanes
-// over k in steps of 32, the tree of _mm512_reduce_add_ps, the bias, one bf16 rounding),
-// whatever the number of rows, so a row gets the same bits alone or in a batch and
-// speculative verification of 1 + k tokens matches plain decoding token for token.
+// Row-invariant: each output element is one dot product summed in a fixed order (the
+// build's vector lanes over k, one horizontal sum in a fixed tree, the bias, one
+// rounding to the output dtype), whatever the number of rows, so a row gets the same
+// bits alone or in a batch and speculative verification of 1 + k tokens matches plain
+// decoding token for token. Tiles decide only which elements are computed together.
+//
+// Two paths:
+//   * bfloat16 with AVX512-BF16 (below): `_mm512_dpbf16_ps` dot products, 16 lanes over
+//     k in steps of 32.
+//   * every other build, and float32 activations on any (further below): float32 FMAs on
+//     the vectors of vec.h, the weights read as they are stored (bf16 or float32) and
+//     widened in registers, so bf16 weights halve the bytes a decode step reads even
+//     where the CPU has no bf16 arithmetic.
+//
 // For a few rows a linear layer is a pass over its weights: threads take groups of 8
 // weight rows (one contiguous block), prefetch a later block into L2 (the library GEMM
 // and the hardware prefetcher alone reach half of this machine's bandwidth on 1 KiB
 // rows), and run every input row over the block in register tiles while it sits in
-// L1/L2. With many rows the tiles keep the vector units busy; the tile shape never
-// changes an element's order of summation.
+// L1/L2. With many rows the tiles keep the vector units busy.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
-#include "simd.h"
+#include "vec.h"
 
-#if defined(__AVX512BF16__)
 namespace {
 
 constexpr int64_t kColumnGrain = 64;  // columns per parallel task, at least
 constexpr int kGroup = 8;             // weight rows (output columns) per block
-constexpr int kTileColumns = 4;       // columns of a full tile, rows 4 or 6 (see below)
+constexpr int kTileColumns = 4;       // columns of a full tile
 constexpr int64_t kPrefetchBytes = 48 << 10;  // how far ahead the prefetched block lies
+
+// Lines of a later weight block still to prefetch, spread over the current block's tiles.
+struct Prefetch {
+  const char* next;
+  const char* end;
+  int per_step;  // lines per k step of a tile
+
+  void step() {
+    for (int p = 0; p < per_step && next < end; ++p, next += 64) __builtin_prefetch(next, 0, 2);
+  }
+};
+
+// Groups of 8 weight rows in parallel; `run(group, prefetch)` computes one group's
+// columns for every row. `tiles` is how many tiles a group takes (to spread the
+// prefetch of the block after next over them).
+template <class Run>
+void for_each_group(int64_t n_out, int64_t k_in, int64_t weight_bytes, int64_t tiles,
+                    const void* w, Run run) {
+  // a block is kGroup * k_in * weight_bytes / 64 lines, met in k_in / 32 steps per tile
+  const int64_t lines_per_step = kGroup * weight_bytes / 2;
+  const int per_step = static_cast<int>((lines_per_step + tiles - 1) / std::max<int64_t>(1, tiles));
+  const int64_t block_bytes = std::max<int64_t>(1, kGroup * k_in * weight_bytes);
+  const int64_t blocks_ahead = std::max<int64_t>(1, kPrefetchBytes / block_bytes);
+  const auto* w_end = static_cast<const char*>(w) + n_out * k_in * weight_bytes;
+  at::parallel_for(0, n_out / kGroup, kColumnGrain / kGroup, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; ++group) {
+      const auto* ahead = static_cast<const char*>(w) + (group + blocks_ahead) * block_bytes;
+      Prefetch pf{ahead, std::min(ahead + block_bytes, w_end), per_step};
+      run(group * kGroup, pf);
+    }
+  });
+}
+
+// -- float32 math on any vector width ----------------------------------------------
+
+using kvscope_vec::Vec;
+// rows of a full tile: as many as the registers hold with 4 columns
+constexpr int kFloatRows = Vec::kLanes == 16 ? 4 : 3;
+
+// y[r, j] for rows r < R of x and weight rows j < C of w (see the top of the file)
+template <int C, int R, typename TX, typename TW>
+inline void float_tile(const TX* x, const TW* w, const TW* bias, TX* y, int64_t n_out,
+                       int64_t k_in, Prefetch& pf) {
+  constexpr int L = Vec::kLanes;
+  Vec acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) acc[r][j] = Vec::zero();
+  for (int64_t k = 0; k < k_in; k += L) {
+    Vec xs[R];
+    for (int r = 0; r < R; ++r) xs[r] = Vec::load(x + r * k_in + k);
+    for (int j = 0; j < C; ++j) {
+      const Vec wv = Vec::load(w + j * k_in + k);
+      for (int r = 0; r < R; ++r) acc[r][j] = Vec::fmadd(xs[r], wv, acc[r][j]);
+    }
+    if (k % 32 == 0) pf.step();
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) {
+      float sum = acc[r][j].sum();
+      if (bias != nullptr) sum += float(bias[j]);
+      y[r * n_out + j] = TX(sum);
+    }
+}
+
+template <typename TX, typename TW>
+void small_gemm_float(const TX* x, const TW* w, const TW* bias, TX* y, int64_t rows,
+                      int64_t n_out, int64_t k_in) {
+  constexpr int R = kFloatRows;
+  const int64_t rest = rows % R;
+  const int64_t tiles = rows / R * (kGroup / kTileColumns) + (rest == 0 ? 0 : rest <= 2 ? 1 : 2);
+  for_each_group(n_out, k_in, sizeof(TW), tiles, w, [&](int64_t n0, Prefetch& pf) {
+    const TW* wg = w + n0 * k_in;
+    const TW* bg = bias != nullptr ? bias + n0 : nullptr;
+    TX* yg = y + n0;
+    int64_t r = 0;
+    for (; r + R <= rows; r += R)
+      for (int c = 0; c < kGroup; c += kTileColumns)
+        float_tile<kTileColumns, R>(x + r * k_in, wg + c * k_in, bg ? bg + c : nullptr,
+                                    yg + r * n_out + c, n_out, k_in, pf);
+    const TX* xr = x + r * k_in;
+    TX* yr = yg + r * n_out;
+    // the last rows: all 8 columns at once for 1-2 rows (decode: 8 weight streams)
+    if (rest == 1) float_tile<kGroup, 1>(xr, wg, bg, yr, n_out, k_in, pf);
+    if (rest == 2) float_tile<kGroup, 2>(xr, wg, bg, yr, n_out, k_in, pf);
+    if constexpr (R > 3) {
+      if (rest == 3)
+        for (int c = 0; c < kGroup; c += kTileColumns)
+          float_tile<kTileColumns, 3>(xr, wg + c * k_in, bg ? bg + c : nullptr, yr + c, n_out,
+                                      k_in, pf);
+    }
+  });
+}
+
+}  // namespace
+
+#if defined(__AVX512BF16__)
+namespace {
+
 constexpr int64_t kLongRows = 4096;  // K from which 6-row tiles beat 4-row ones (L2-bound)
 
 // Sixteen horizontal sums at once: lane i is _mm512_reduce_add_ps(v[i]) to the bit. The
@@ -58,13 +166,6 @@ inline __m512 reduce16(const __m512* v) {
   return _mm512_add_ps(even, odd);
 }
 
-// Lines of a later weight block still to prefetch, spread over the current block's tiles.
-struct Prefetch {
-  const char* next;
-  const char* end;
-  int per_step;  // lines per k step of a tile
-};
-
 // y[r, j] for rows r < R of x and weight rows j < C of w: accumulate, reduce, add the
 // bias, round, store. x, w and y point at the tile's first row / weight row / element.
 template <int C, int R>
@@ -82,8 +183,7 @@ inline void tile(const c10::BFloat16* x, const c10::BFloat16* w, const c10::BFlo
           (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(w + j * k_in + k));
       for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], xs[r], wv);
     }
-    for (int p = 0; p < pf.per_step && pf.next < pf.end; ++p, pf.next += 64)
-      _mm_prefetch(pf.next, _MM_HINT_T1);
+    pf.step();
   }
   // sixteen sums at a time: lane l of the chunk at e0 is element e0 + l = row * C + column
   constexpr int kSums = R * C;
@@ -101,7 +201,7 @@ inline void tile(const c10::BFloat16* x, const c10::BFloat16* w, const c10::BFlo
     if (bias != nullptr) sum = _mm512_add_ps(sum, bias16);
     alignas(32) c10::BFloat16 out[16];
     _mm256_store_si256(reinterpret_cast<__m256i*>(out),
-                       _mm512_cvtepi32_epi16(kvscope_simd::bf16_bits(sum)));
+                       _mm512_cvtepi32_epi16(kvscope_vec::Vec{sum}.bits16()));
     for (int e = e0; e < e0 + 16 && e < kSums; e += C)
       std::memcpy(y + (e / C) * n_out, out + (e - e0), C * sizeof(c10::BFloat16));
   }
@@ -129,33 +229,24 @@ void small_gemm_bf16(const c10::BFloat16* x, const c10::BFloat16* w, const c10::
   const int64_t rest = rows % ROWS;
   const int64_t tiles =
       rows / ROWS * (kGroup / kTileColumns) + (rest == 0 ? 0 : rest <= 3 ? 1 : 2);
-  const int per_step = static_cast<int>((kGroup + tiles - 1) / tiles);  // covers a block
-  const int64_t block_bytes = std::max<int64_t>(1, kGroup * k_in * 2);
-  const int64_t blocks_ahead = std::max<int64_t>(1, kPrefetchBytes / block_bytes);
-  const auto* w_end = reinterpret_cast<const char*>(w + n_out * k_in);
-  at::parallel_for(0, n_out / kGroup, kColumnGrain / kGroup, [&](int64_t begin, int64_t end) {
-    for (int64_t group = begin; group < end; ++group) {
-      const int64_t n0 = group * kGroup;
-      const c10::BFloat16* wg = w + n0 * k_in;
-      const c10::BFloat16* bg = bias != nullptr ? bias + n0 : nullptr;
-      c10::BFloat16* yg = y + n0;
-      const auto* ahead = reinterpret_cast<const char*>(wg) + blocks_ahead * block_bytes;
-      Prefetch pf{ahead, std::min(ahead + block_bytes, w_end), per_step};
-      int64_t r = 0;
-      for (; r + ROWS <= rows; r += ROWS)
-        for (int c = 0; c < kGroup; c += kTileColumns)
-          tile<kTileColumns, ROWS>(x + r * k_in, wg + c * k_in, bg != nullptr ? bg + c : nullptr,
-                                   yg + r * n_out + c, n_out, k_in, pf);
-      const c10::BFloat16* xr = x + r * k_in;
-      c10::BFloat16* yr = yg + r * n_out;
-      switch (rest) {
-        case 1: tail_tile<1>(xr, wg, bg, yr, n_out, k_in, pf); break;
-        case 2: tail_tile<2>(xr, wg, bg, yr, n_out, k_in, pf); break;
-        case 3: tail_tile<3>(xr, wg, bg, yr, n_out, k_in, pf); break;
-        case 4: if constexpr (ROWS > 4) tail_tile<4>(xr, wg, bg, yr, n_out, k_in, pf); break;
-        case 5: if constexpr (ROWS > 5) tail_tile<5>(xr, wg, bg, yr, n_out, k_in, pf); break;
-        default: break;
-      }
+  for_each_group(n_out, k_in, 2, tiles, w, [&](int64_t n0, Prefetch& pf) {
+    const c10::BFloat16* wg = w + n0 * k_in;
+    const c10::BFloat16* bg = bias != nullptr ? bias + n0 : nullptr;
+    c10::BFloat16* yg = y + n0;
+    int64_t r = 0;
+    for (; r + ROWS <= rows; r += ROWS)
+      for (int c = 0; c < kGroup; c += kTileColumns)
+        tile<kTileColumns, ROWS>(x + r * k_in, wg + c * k_in, bg != nullptr ? bg + c : nullptr,
+                                 yg + r * n_out + c, n_out, k_in, pf);
+    const c10::BFloat16* xr = x + r * k_in;
+    c10::BFloat16* yr = yg + r * n_out;
+    switch (rest) {
+      case 1: tail_tile<1>(xr, wg, bg, yr, n_out, k_in, pf); break;
+      case 2: tail_tile<2>(xr, wg, bg, yr, n_out, k_in, pf); break;
+      case 3: tail_tile<3>(xr, wg, bg, yr, n_out, k_in, pf); break;
+      case 4: if constexpr (ROWS > 4) tail_tile<4>(xr, wg, bg, yr, n_out, k_in, pf); break;
+      case 5: if constexpr (ROWS > 5) tail_tile<5>(xr, wg, bg, yr, n_out, k_in, pf); break;
+      default: break;
     }
   });
 }
@@ -163,7 +254,16 @@ void small_gemm_bf16(const c10::BFloat16* x, const c10::BFloat16* w, const c10::
 }  // namespace
 #endif
 
-bool small_gemm_supported() {
+template <typename TX, typename TW>
+void run_float(const at::Tensor& x, const at::Tensor& weight,
+               const c10::optional<at::Tensor>& bias, at::Tensor& y) {
+  const TW* b = bias.has_value() ? bias->data_ptr<TW>() : nullptr;
+  small_gemm_float<TX, TW>(x.data_ptr<TX>(), weight.data_ptr<TW>(), b, y.data_ptr<TX>(),
+                           x.size(0), weight.size(0), x.size(1));
+}
+
+// True where bf16 × bf16 calls use the AVX512-BF16 dot products (else float32 FMAs).
+bool small_gemm_bf16_dot() {
 #if defined(__AVX512BF16__)
   return true;
 #else
@@ -171,30 +271,50 @@ bool small_gemm_supported() {
 #endif
 }
 
-// x [rows, K] bf16, weight [N, K] bf16, bias [N] bf16 or none, K % 32 == 0, N % 8 == 0
-// → [rows, N]; row i of the result does not depend on the other rows or on `rows`
+// x [rows, K] bf16 or float32, weight [N, K] bf16 or float32, bias [N] of the weight's
+// dtype or none, K % 32 == 0, N % 8 == 0 → [rows, N] in x's dtype; row i of the result
+// does not depend on the other rows or on `rows`
 at::Tensor small_gemm(at::Tensor x, at::Tensor weight, c10::optional<at::Tensor> bias) {
-  TORCH_CHECK(small_gemm_supported(), "small_gemm needs a CPU with AVX512-BF16");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16,
-              "small_gemm is for bfloat16");
+  const auto fits = [](const at::Tensor& t) {
+    return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat;
+  };
+  TORCH_CHECK(fits(x) && fits(weight), "small_gemm is for bfloat16 and float32");
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
               "small_gemm needs x [rows, K] and weight [N, K]");
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "small_gemm needs contiguous inputs");
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = weight.size(0);
   TORCH_CHECK(k_in % 32 == 0 && n_out % 8 == 0, "small_gemm shape out of range");
   if (bias.has_value())
-    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() &&
+    TORCH_CHECK(bias->scalar_type() == weight.scalar_type() && bias->is_contiguous() &&
                     bias->numel() == n_out,
-                "small_gemm needs a contiguous bf16 bias of N elements");
+                "small_gemm needs a contiguous bias of N elements in the weight's dtype");
   auto y = at::empty({rows, n_out}, x.options());
-#if defined(__AVX512BF16__)
   if (rows == 0 || n_out == 0) return y;
-  const c10::BFloat16* b = bias.has_value() ? bias->data_ptr<c10::BFloat16>() : nullptr;
-  const auto* xp = x.data_ptr<c10::BFloat16>();
-  const auto* wp = weight.data_ptr<c10::BFloat16>();
-  auto* yp = y.data_ptr<c10::BFloat16>();
-  if (k_in >= kLongRows) small_gemm_bf16<6>(xp, wp, b, yp, rows, n_out, k_in);
-  else small_gemm_bf16<4>(xp, wp, b, yp, rows, n_out, k_in);
+  const bool both_bf16 = x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16;
+#if defined(__AVX512BF16__)
+  if (both_bf16) {
+    const c10::BFloat16* b = bias.has_value() ? bias->data_ptr<c10::BFloat16>() : nullptr;
+    const auto* xp = x.data_ptr<c10::BFloat16>();
+    const auto* wp = weight.data_ptr<c10::BFloat16>();
+    auto* yp = y.data_ptr<c10::BFloat16>();
+    if (k_in >= kLongRows) small_gemm_bf16<6>(xp, wp, b, yp, rows, n_out, k_in);
+    else small_gemm_bf16<4>(xp, wp, b, yp, rows, n_out, k_in);
+    return y;
+  }
 #endif
+  (void)both_bf16;
+  AT_DISPATCH_SWITCH(x.scalar_type(), "small_gemm_x",
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      using TX = scalar_t;
+      AT_DISPATCH_SWITCH(weight.scalar_type(), "small_gemm_w",
+        AT_DISPATCH_CASE(at::kFloat, [&] { run_float<TX, scalar_t>(x, weight, bias, y); })
+        AT_DISPATCH_CASE(at::kBFloat16, [&] { run_float<TX, scalar_t>(x, weight, bias, y); }));
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      using TX = scalar_t;
+      AT_DISPATCH_SWITCH(weight.scalar_type(), "small_gemm_w",
+        AT_DISPATCH_CASE(at::kFloat, [&] { run_float<TX, scalar_t>(x, weight, bias, y); })
+        AT_DISPATCH_CASE(at::kBFloat16, [&] { run_float<TX, scalar_t>(x, weight, bias, y); }));
+    }));
   return y;
 }

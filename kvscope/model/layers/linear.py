@@ -1,10 +1,15 @@
-"""Linear layers that pick their kernel by batch size.
+"""Linear layers that pick their kernel by batch size and by what the CPU multiplies.
 
 With few rows (decode) a bf16 linear is bound by reading its weights, and the C++
-`small_gemm` streams them faster than the library GEMM; with many rows (prefill)
-oneDNN's GEMM runs on a copy of the weight pre-packed once into its blocked layout,
-which saves the re-layout it would otherwise do on every call (15-25% at 64 rows). The
-packed copy costs the weight's size again.
+`small_gemm` streams them faster than the library GEMM. Where the CPU multiplies bf16
+natively (AVX512-BF16), oneDNN's GEMM is faster with many rows (prefill); it runs on a
+copy of the weight pre-packed once into its blocked layout, which saves the re-layout
+it would otherwise do on every call (15-25% at 64 rows). The packed copy costs the
+weight's size again. Where the CPU has no bf16 arithmetic (AVX2, AVX-512 without
+BF16), oneDNN emulates it slowly (on a 2-core AVX-512 machine 20-50 GFLOP/s at every
+row count, on AVX2 well under 1) while `small_gemm` widens the bf16 weights to float32
+in registers (70-160 GFLOP/s there): it takes every bf16 call, and no packed copy is
+made (benchmarks/row_invariant_linear.py).
 
 Row invariance: `small_gemm` gives a row the same bits whatever the number of rows in
 the call, and so does oneDNN among calls of 5+ rows, but the two round differently now
@@ -13,8 +18,8 @@ ROW_INVARIANT_MAX_ROWS rows takes `small_gemm`, and in larger calls (steps that 
 the leading decode rows still do (`num_decode_rows`): a decode row, and a speculative
 verification row, which is computed as a decode row, gets the same bits whatever else
 is in the step. Greedy output with speculative decoding then equals plain greedy output
-in bf16 too. On the 2-core bench machine small_gemm is as fast as oneDNN or faster up to
-about 16-32 rows and at most ~10% slower at 64 (benchmarks/row_invariant_linear.py).
+in bf16 too, on every CPU. On the 2-core AVX512-BF16 bench machine small_gemm is as
+fast as oneDNN or faster up to about 16-32 rows and at most ~10% slower at 64.
 """
 
 from __future__ import annotations
@@ -41,16 +46,23 @@ def set_row_invariant(max_rows: int) -> int:
 
 
 def _small_gemm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    kernels = cpu_kernels()
-    return (kernels is not None and kernels.small_gemm_supported()
+    return (cpu_kernels() is not None
             and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.dim() == 2
             and x.is_contiguous() and weight.is_contiguous()
             and weight.shape[1] % 32 == 0 and weight.shape[0] % 8 == 0)
 
 
+def small_gemm_takes_all() -> bool:
+    """True where `small_gemm` takes every bf16 call: the CPU has no bf16 arithmetic."""
+    kernels = cpu_kernels()
+    return kernels is not None and not kernels.small_gemm_bf16_dot()
+
+
 def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
-    """oneDNN's blocked copy of a bf16 weight, or None where that is unavailable."""
-    if weight.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+    """oneDNN's blocked copy of a bf16 weight, or None where that is unavailable or
+    would not be used."""
+    if (weight.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available()
+            or small_gemm_takes_all()):
         return None
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_BATCH_HINT)
@@ -65,7 +77,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return _library_linear(x, weight, bias, packed)
     small_gemm = cpu_kernels().small_gemm
     rows = x.shape[0]
-    if rows <= ROW_INVARIANT_MAX_ROWS or num_decode_rows >= rows:
+    if rows <= ROW_INVARIANT_MAX_ROWS or num_decode_rows >= rows or small_gemm_takes_all():
         return small_gemm(x, weight, bias)
     if not num_decode_rows:
         return _library_linear(x, weight, bias, packed)

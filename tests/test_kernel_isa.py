@@ -1,0 +1,60 @@
+"""The kernels the engine runs are built for the best instruction set this CPU has:
+a build that silently fell back to a narrower one fails here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvscope.kernels import build
+
+AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"}
+
+
+def expected_isa() -> str:
+    """Read from /proc/cpuinfo here, independently of build.py's own detection."""
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.partition(":")[2].split())
+                break
+    if flags >= AVX512:
+        return "avx512_bf16" if "avx512_bf16" in flags else "avx512"
+    if {"avx2", "fma", "f16c"} <= flags:
+        return "avx2"
+    return "generic"
+
+
+def test_the_engine_kernels_are_built_for_this_cpus_best_instruction_set(monkeypatch):
+    monkeypatch.delenv("KVSCOPE_KERNEL_ISA", raising=False)
+    kernels = build.cpu_kernels()
+    if kernels is None:
+        pytest.skip("C++ kernels could not be built here")
+    assert build.best_isa() == expected_isa()
+    assert kernels.isa() == expected_isa()
+    lanes = {"avx512_bf16": 16, "avx512": 16, "avx2": 8, "generic": 8}
+    assert kernels.vector_lanes() == lanes[expected_isa()]
+    # only the AVX512-BF16 build multiplies bf16 pairs natively
+    assert kernels.small_gemm_bf16_dot() == (expected_isa() == "avx512_bf16")
+
+
+def test_a_lower_instruction_set_can_be_asked_for(monkeypatch):
+    monkeypatch.setenv("KVSCOPE_KERNEL_ISA", "generic")
+    kernels = build.cpu_kernels()
+    if kernels is None:
+        pytest.skip("C++ kernels could not be built here")
+    assert kernels.isa() == "generic"
+
+
+def test_an_instruction_set_the_cpu_lacks_is_refused(monkeypatch, caplog):
+    missing = [isa for isa in build.ISAS if not build.runs_here(isa)]
+    if not missing:
+        pytest.skip("this CPU runs every build")
+    monkeypatch.setenv("KVSCOPE_KERNEL_ISA", missing[0])
+    assert build.selected_isa() == build.best_isa()
+    assert f"KVSCOPE_KERNEL_ISA={missing[0]} is not one this CPU runs" in caplog.text
+    with pytest.raises(ValueError, match=f"cannot run kernels built for {missing[0]}"):
+        build.kernels_for(missing[0])
