@@ -49,6 +49,10 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=1,
                         help="shard the model over this many worker processes (torch."
                              "distributed, gloo on CPU); 1: run it in this process")
+    parser.add_argument("--quantization", choices=["auto", "none", "int8", "int4"],
+                        default="auto",
+                        help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0 weights quantized; none: "
+                             "dequantize at load; int8/int4: quantize every linear at load")
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding as JSON, e.g. \'{"method": "ngram", '
                              '"num_speculative_tokens": 4}\' (methods: ngram, draft_model '
@@ -73,6 +77,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         "model": args.model, "enable_prefix_caching": args.enable_prefix_caching,
         "preemption_mode": args.preemption_mode, "policy": args.policy,
         "tensor_parallel_size": args.tensor_parallel_size,
+        "quantization": args.quantization,
     }
     if args.speculative_config is not None:
         options["speculative_config"] = args.speculative_config

@@ -15,6 +15,7 @@ DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: ~46k tokens of SmolLM2-135M in bf16
 DEFAULT_SWAP_SPACE = 256 << 20  # bytes; allocated only in swap mode
 PREEMPTION_MODES = ("recompute", "swap")
 POLICIES = ("fcfs", "priority")
+QUANTIZATIONS = ("auto", "none", "int8", "int4")
 
 
 class ConfigError(ValueError):
@@ -143,6 +144,9 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig | None = None  # None: no speculative decoding
     tensor_parallel_size: int = 1  # >1: the model is sharded over that many worker processes
+    # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0 weights quantized, "none" dequantizes
+    # them at load, "int8"/"int4" quantize every linear from float at load (model/quant.py)
+    quantization: str = "auto"
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
@@ -150,7 +154,7 @@ class EngineConfig:
         cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
         sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
         own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config",
-                      "tensor_parallel_size"}
+                      "tensor_parallel_size", "quantization"}
         unknown = set(kwargs) - cache_fields - sched_fields - own_fields
         if unknown:
             known = sorted(cache_fields | sched_fields | own_fields)
@@ -166,9 +170,17 @@ class EngineConfig:
             scheduler=sched,
             speculative=_speculative(kwargs.get("speculative_config")),
             tensor_parallel_size=kwargs.get("tensor_parallel_size", 1),
+            quantization=kwargs.get("quantization") or "auto",
         )
         config.validate()
         return config
+
+    def load_quantization(self) -> str:
+        """What the model is loaded with: "auto" keeps a GGUF's quantized weights only
+        where one process runs the whole model (tensor-parallel shards are dense)."""
+        if self.quantization == "auto" and self.tensor_parallel_size > 1:
+            return "none"
+        return self.quantization
 
     def validate(self) -> None:
         self.cache.validate()
@@ -182,6 +194,12 @@ class EngineConfig:
         tp = self.tensor_parallel_size
         if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
             raise ConfigError(f"tensor_parallel_size must be an integer >= 1; got {tp!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; "
+                              f"got {self.quantization!r}")
+        if tp > 1 and self.quantization in ("int8", "int4"):
+            raise ConfigError("quantization int8/int4 does not combine with "
+                              "tensor_parallel_size > 1 yet; use quantization='none'")
 
 
 def _speculative(options: Any) -> SpeculativeConfig | None:

@@ -68,7 +68,8 @@ class LLMEngine:
         """`loaded` / `draft_loaded` reuse a target / draft model already in memory."""
         self.config = config
         self.events = Emitter(sink)
-        self.loaded = loaded or load_model(config.model, config.dtype, load_progress)
+        self.loaded = loaded or load_model(config.model, config.dtype, load_progress,
+                                           config.load_quantization())
         self.tokenizer = self.loaded.tokenizer
         arch = self.loaded.arch
         self.max_model_len = resolve_max_model_len(config.max_model_len,

@@ -18,6 +18,10 @@ void rope_inplace(at::Tensor qkv, at::Tensor cos, at::Tensor sin, int64_t heads,
 
 at::Tensor small_gemm(at::Tensor x, at::Tensor weight, c10::optional<at::Tensor> bias);
 bool small_gemm_bf16_dot();
+at::Tensor q4_linear(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor offsets,
+                     double zero, c10::optional<at::Tensor> bias);
+at::Tensor q8_linear(at::Tensor x, at::Tensor q, at::Tensor scales,
+                     c10::optional<at::Tensor> bias);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
@@ -31,6 +35,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "x @ weight.T (+ bias), bf16 or float32; each row the same whatever the row count");
   m.def("small_gemm_bf16_dot", &small_gemm_bf16_dot,
         "bf16 x bf16 calls use AVX512-BF16 dot products (else float32 FMAs)");
+  m.def("q4_linear", &q4_linear, "x @ W.T (+ bias), W in 4-bit groups of 32 (Q4_0 / Q4_1)");
+  m.def("q8_linear", &q8_linear, "x @ W.T (+ bias), W in 8-bit groups of 32 (Q8_0)");
   m.def("isa", [] { return std::string(kvscope_vec::kIsa); },
         "the instruction set this module was compiled for");
   m.def("vector_lanes", [] { return kvscope_vec::Vec::kLanes; },

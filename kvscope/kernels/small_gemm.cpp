@@ -27,108 +27,13 @@
 #include <cstring>
 #include <type_traits>
 
+#include "float_gemm.h"
 #include "vec.h"
 
-namespace {
-
-constexpr int64_t kColumnGrain = 64;  // columns per parallel task, at least
-constexpr int kGroup = 8;             // weight rows (output columns) per block
-constexpr int kTileColumns = 4;       // columns of a full tile
-constexpr int64_t kPrefetchBytes = 48 << 10;  // how far ahead the prefetched block lies
-
-// Lines of a later weight block still to prefetch, spread over the current block's tiles.
-struct Prefetch {
-  const char* next;
-  const char* end;
-  int per_step;  // lines per k step of a tile
-
-  void step() {
-    for (int p = 0; p < per_step && next < end; ++p, next += 64) __builtin_prefetch(next, 0, 2);
-  }
-};
-
-// Groups of 8 weight rows in parallel; `run(group, prefetch)` computes one group's
-// columns for every row. `tiles` is how many tiles a group takes (to spread the
-// prefetch of the block after next over them).
-template <class Run>
-void for_each_group(int64_t n_out, int64_t k_in, int64_t weight_bytes, int64_t tiles,
-                    const void* w, Run run) {
-  // a block is kGroup * k_in * weight_bytes / 64 lines, met in k_in / 32 steps per tile
-  const int64_t lines_per_step = kGroup * weight_bytes / 2;
-  const int per_step = static_cast<int>((lines_per_step + tiles - 1) / std::max<int64_t>(1, tiles));
-  const int64_t block_bytes = std::max<int64_t>(1, kGroup * k_in * weight_bytes);
-  const int64_t blocks_ahead = std::max<int64_t>(1, kPrefetchBytes / block_bytes);
-  const auto* w_end = static_cast<const char*>(w) + n_out * k_in * weight_bytes;
-  at::parallel_for(0, n_out / kGroup, kColumnGrain / kGroup, [&](int64_t begin, int64_t end) {
-    for (int64_t group = begin; group < end; ++group) {
-      const auto* ahead = static_cast<const char*>(w) + (group + blocks_ahead) * block_bytes;
-      Prefetch pf{ahead, std::min(ahead + block_bytes, w_end), per_step};
-      run(group * kGroup, pf);
-    }
-  });
-}
-
-// -- float32 math on any vector width ----------------------------------------------
-
-using kvscope_vec::Vec;
-// rows of a full tile: as many as the registers hold with 4 columns
-constexpr int kFloatRows = Vec::kLanes == 16 ? 4 : 3;
-
-// y[r, j] for rows r < R of x and weight rows j < C of w (see the top of the file)
-template <int C, int R, typename TX, typename TW>
-inline void float_tile(const TX* x, const TW* w, const TW* bias, TX* y, int64_t n_out,
-                       int64_t k_in, Prefetch& pf) {
-  constexpr int L = Vec::kLanes;
-  Vec acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < C; ++j) acc[r][j] = Vec::zero();
-  for (int64_t k = 0; k < k_in; k += L) {
-    Vec xs[R];
-    for (int r = 0; r < R; ++r) xs[r] = Vec::load(x + r * k_in + k);
-    for (int j = 0; j < C; ++j) {
-      const Vec wv = Vec::load(w + j * k_in + k);
-      for (int r = 0; r < R; ++r) acc[r][j] = Vec::fmadd(xs[r], wv, acc[r][j]);
-    }
-    if (k % 32 == 0) pf.step();
-  }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < C; ++j) {
-      float sum = acc[r][j].sum();
-      if (bias != nullptr) sum += float(bias[j]);
-      y[r * n_out + j] = TX(sum);
-    }
-}
-
-template <typename TX, typename TW>
-void small_gemm_float(const TX* x, const TW* w, const TW* bias, TX* y, int64_t rows,
-                      int64_t n_out, int64_t k_in) {
-  constexpr int R = kFloatRows;
-  const int64_t rest = rows % R;
-  const int64_t tiles = rows / R * (kGroup / kTileColumns) + (rest == 0 ? 0 : rest <= 2 ? 1 : 2);
-  for_each_group(n_out, k_in, sizeof(TW), tiles, w, [&](int64_t n0, Prefetch& pf) {
-    const TW* wg = w + n0 * k_in;
-    const TW* bg = bias != nullptr ? bias + n0 : nullptr;
-    TX* yg = y + n0;
-    int64_t r = 0;
-    for (; r + R <= rows; r += R)
-      for (int c = 0; c < kGroup; c += kTileColumns)
-        float_tile<kTileColumns, R>(x + r * k_in, wg + c * k_in, bg ? bg + c : nullptr,
-                                    yg + r * n_out + c, n_out, k_in, pf);
-    const TX* xr = x + r * k_in;
-    TX* yr = yg + r * n_out;
-    // the last rows: all 8 columns at once for 1-2 rows (decode: 8 weight streams)
-    if (rest == 1) float_tile<kGroup, 1>(xr, wg, bg, yr, n_out, k_in, pf);
-    if (rest == 2) float_tile<kGroup, 2>(xr, wg, bg, yr, n_out, k_in, pf);
-    if constexpr (R > 3) {
-      if (rest == 3)
-        for (int c = 0; c < kGroup; c += kTileColumns)
-          float_tile<kTileColumns, 3>(xr, wg + c * k_in, bg ? bg + c : nullptr, yr + c, n_out,
-                                      k_in, pf);
-    }
-  });
-}
-
-}  // namespace
+using kvscope_gemm::for_each_group;
+using kvscope_gemm::kGroup;
+using kvscope_gemm::kTileColumns;
+using kvscope_gemm::Prefetch;
 
 #if defined(__AVX512BF16__)
 namespace {
@@ -229,7 +134,7 @@ void small_gemm_bf16(const c10::BFloat16* x, const c10::BFloat16* w, const c10::
   const int64_t rest = rows % ROWS;
   const int64_t tiles =
       rows / ROWS * (kGroup / kTileColumns) + (rest == 0 ? 0 : rest <= 3 ? 1 : 2);
-  for_each_group(n_out, k_in, 2, tiles, w, [&](int64_t n0, Prefetch& pf) {
+  for_each_group(n_out, k_in, k_in * 2, tiles, w, [&](int64_t n0, Prefetch& pf) {
     const c10::BFloat16* wg = w + n0 * k_in;
     const c10::BFloat16* bg = bias != nullptr ? bias + n0 : nullptr;
     c10::BFloat16* yg = y + n0;
@@ -258,8 +163,8 @@ template <typename TX, typename TW>
 void run_float(const at::Tensor& x, const at::Tensor& weight,
                const c10::optional<at::Tensor>& bias, at::Tensor& y) {
   const TW* b = bias.has_value() ? bias->data_ptr<TW>() : nullptr;
-  small_gemm_float<TX, TW>(x.data_ptr<TX>(), weight.data_ptr<TW>(), b, y.data_ptr<TX>(),
-                           x.size(0), weight.size(0), x.size(1));
+  kvscope_gemm::dense_gemm<TX, TW>(x.data_ptr<TX>(), weight.data_ptr<TW>(), b,
+                                   y.data_ptr<TX>(), x.size(0), weight.size(0), x.size(1));
 }
 
 // True where bf16 × bf16 calls use the AVX512-BF16 dot products (else float32 FMAs).

@@ -1,8 +1,11 @@
 """Read a GGUF file into a HF-style config dict and HF-named float32 tensors.
 
-Quantized tensors are dequantized with the `gguf` package. llama.cpp stores the Q
-and K projections of Llama-family models permuted for its interleaved RoPE; we undo
-that so the weights match the half-split RoPE of HF checkpoints.
+Quantized tensors are dequantized with the `gguf` package, except, with
+`keep_quantized`, the linear weights (and the embedding, which the LM head may share)
+in a type kvscope's kernels read (Q4_0, Q4_1, Q8_0: `model/quant.py`), which stay as
+they are. llama.cpp stores the Q and K projections of Llama-family models permuted
+for its interleaved RoPE; we undo that (a permutation of rows, so quantized rows move
+whole) so the weights match the half-split RoPE of HF checkpoints.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 
 from kvscope.model.arch import UnsupportedModelError
+from kvscope.model.quant import GGUF_TYPES, QuantizedTensor, from_gguf_blocks
 
 GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 _PERMUTED_ROPE = {"llama"}
@@ -84,6 +88,23 @@ def gguf_hf_config(reader: Any) -> dict[str, Any]:
     }
 
 
+def _keeps_quantized(name: str, type_name: str) -> bool:
+    is_matrix = name.endswith(("_proj.weight", "embed_tokens.weight", "lm_head.weight"))
+    return is_matrix and type_name in GGUF_TYPES
+
+
+def _quantized(tensor: Any, shape: tuple[int, ...], name: str, config: dict[str, Any],
+               permuted: bool) -> QuantizedTensor:
+    rows, cols = shape
+    weight = from_gguf_blocks(tensor.data, tensor.tensor_type.name, rows, cols)
+    heads = {"q_proj.weight": "num_attention_heads", "k_proj.weight": "num_key_value_heads"}
+    for suffix, key in heads.items():
+        if permuted and name.endswith(suffix):
+            order = _unpermute(np.arange(rows)[:, None], config[key])[:, 0]
+            weight = weight.rows(torch.from_numpy(np.ascontiguousarray(order)))
+    return weight
+
+
 def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
     rows = w.shape[0]
     return (w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
@@ -99,16 +120,17 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def read_gguf(path: str | Path, progress: bool = False
-              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(HF config dict, {HF tensor name: float32 tensor}) from a GGUF file."""
+def read_gguf(path: str | Path, progress: bool = False, keep_quantized: bool = False
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor | QuantizedTensor]]:
+    """(HF config dict, {HF tensor name: float32 tensor, or a QuantizedTensor where
+    `keep_quantized` keeps one}) from a GGUF file."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(path))
     config = gguf_hf_config(reader)
     permuted = config["model_type"] in _PERMUTED_ROPE
-    weights: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor | QuantizedTensor] = {}
     tensors = reader.tensors
     if progress:
         from tqdm import tqdm
@@ -119,6 +141,9 @@ def read_gguf(path: str | Path, progress: bool = False
         if name is None:
             continue
         shape = tuple(int(d) for d in reversed(tensor.shape))
+        if keep_quantized and _keeps_quantized(name, tensor.tensor_type.name):
+            weights[name] = _quantized(tensor, shape, name, config, permuted)
+            continue
         array = dequantize(tensor.data, tensor.tensor_type).reshape(shape).astype(np.float32)
         if permuted and name.endswith("q_proj.weight"):
             array = _unpermute(array, config["num_attention_heads"])

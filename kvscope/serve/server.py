@@ -69,9 +69,10 @@ def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | N
     logger.info("loading %s", config.model or "the bundled SmolLM2-135M-Instruct")
     engine = LLMEngine(config, sink=sink, load_progress=True)
     name = served_model_name or default_model_name(engine.loaded.path)
-    logger.info("loaded %s (%s, %s): %d KV blocks of %d tokens, max_model_len %d",
+    logger.info("loaded %s (%s, %s, weights %s): %d KV blocks of %d tokens, max_model_len %d",
                 engine.loaded.path.name, engine.loaded.arch.architecture, config.dtype,
-                engine.num_blocks, config.cache.block_size, engine.max_model_len)
+                engine.loaded.weights, engine.num_blocks, config.cache.block_size,
+                engine.max_model_len)
     async_engine = AsyncEngine(engine, max_waiting_requests)
     app = build_app(async_engine, name, api_key, max_body_bytes, live=live, replay=replay,
                     public_metrics=public_metrics, scope=scope, lab_limits=lab_limits)

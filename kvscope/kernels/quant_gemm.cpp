@@ -1,0 +1,124 @@
+// Linear layers on quantized weights: y = x · Wᵀ (+ b) with W kept in groups of 32
+// integers and widened to float32 in registers, so a decode step reads 4.5 or 8.5 bits
+// per weight instead of 16 or 32.
+//
+//   * 4-bit ("q4"): per group, 16 bytes of nibbles (byte i holds elements i and i + 16,
+//     the layout of GGUF's Q4_0 and Q4_1), a float32 scale d and offset m; the weight is
+//     (q + zero) * d + m, with zero = 0 for Q4_1 and -8 (and m = 0) for Q4_0. These are
+//     the operations, in this order, of the gguf package's dequantisation, so a weight
+//     here equals the dequantised one to the bit.
+//   * 8-bit ("q8"): per group, 32 signed bytes and a scale d; the weight is q * d
+//     (GGUF's Q8_0).
+//
+// Rows are row-invariant as in float_gemm.h: calls of many rows first widen each block
+// of 8 weight rows into float32 with the same code, then run the dense tiles on it.
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "float_gemm.h"
+#include "vec.h"
+
+namespace {
+
+using kvscope_gemm::Vec;
+constexpr int64_t kQuantGroup = 32;
+
+struct Quant4Weights {
+  const uint8_t* q;  // [N, K / 2]
+  const float* d;    // [N, K / 32]
+  const float* m;    // [N, K / 32]
+  float zero;
+  int64_t k_in;
+
+  Vec load(int64_t j, int64_t k) const {
+    const int64_t groups = k_in / kQuantGroup, g = k / kQuantGroup, e = k % kQuantGroup;
+    const uint8_t* bytes = q + j * (k_in / 2) + g * (kQuantGroup / 2) + e % (kQuantGroup / 2);
+    const Vec ints = Vec::load_nibbles(bytes, e >= kQuantGroup / 2);
+    return (ints + Vec::set1(zero)) * Vec::set1(d[j * groups + g]) + Vec::set1(m[j * groups + g]);
+  }
+  Quant4Weights at(int64_t n0) const {
+    const int64_t groups = k_in / kQuantGroup;
+    return {q + n0 * (k_in / 2), d + n0 * groups, m + n0 * groups, zero, k_in};
+  }
+};
+
+struct Quant8Weights {
+  const int8_t* q;  // [N, K]
+  const float* d;   // [N, K / 32]
+  int64_t k_in;
+
+  Vec load(int64_t j, int64_t k) const {
+    const int64_t groups = k_in / kQuantGroup;
+    return Vec::load_int8(q + j * k_in + k) * Vec::set1(d[j * groups + k / kQuantGroup]);
+  }
+  Quant8Weights at(int64_t n0) const {
+    return {q + n0 * k_in, d + n0 * (k_in / kQuantGroup), k_in};
+  }
+};
+
+void check_inputs(const at::Tensor& x, const at::Tensor& scales, int64_t n_out,
+                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "quantized linear: x must be a contiguous [rows, K] float32 or bf16 tensor");
+  const int64_t k_in = x.size(1);
+  TORCH_CHECK(k_in % kQuantGroup == 0 && n_out % 8 == 0,
+              "quantized linear: K must be a multiple of 32 and N of 8");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  scales.dim() == 2 && scales.size(0) == n_out &&
+                  scales.size(1) == k_in / kQuantGroup,
+              "quantized linear: scales must be float32 [N, K / 32]");
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
+                    bias->numel() == n_out,
+                "quantized linear: bias must be float32 [N]");
+}
+
+template <class W>
+at::Tensor run(const at::Tensor& x, const W& source, const c10::optional<at::Tensor>& bias,
+               int64_t n_out, const void* base, int64_t row_bytes) {
+  auto y = at::empty({x.size(0), n_out}, x.options());
+  if (x.size(0) == 0 || n_out == 0) return y;
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  AT_DISPATCH_SWITCH(x.scalar_type(), "quant_linear",
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      kvscope_gemm::quant_gemm(x.data_ptr<scalar_t>(), source, b, y.data_ptr<scalar_t>(),
+                               x.size(0), n_out, x.size(1), base, row_bytes);
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      kvscope_gemm::quant_gemm(x.data_ptr<scalar_t>(), source, b, y.data_ptr<scalar_t>(),
+                               x.size(0), n_out, x.size(1), base, row_bytes);
+    }));
+  return y;
+}
+
+}  // namespace
+
+// x [rows, K]; q [N, K / 2] uint8; scales, offsets [N, K / 32] float32; zero: 0 or -8
+at::Tensor q4_linear(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor offsets,
+                     double zero, c10::optional<at::Tensor> bias) {
+  const int64_t n_out = q.size(0);
+  check_inputs(x, scales, n_out, bias);
+  TORCH_CHECK(q.scalar_type() == at::kByte && q.is_contiguous() && q.dim() == 2 &&
+                  q.size(1) * 2 == x.size(1),
+              "q4_linear: q must be uint8 [N, K / 2]");
+  TORCH_CHECK(offsets.sizes() == scales.sizes() && offsets.scalar_type() == at::kFloat &&
+                  offsets.is_contiguous(),
+              "q4_linear: offsets must be float32 [N, K / 32]");
+  const Quant4Weights source{q.data_ptr<uint8_t>(), scales.data_ptr<float>(),
+                             offsets.data_ptr<float>(), static_cast<float>(zero), x.size(1)};
+  return run(x, source, bias, n_out, q.data_ptr(), x.size(1) / 2);
+}
+
+// x [rows, K]; q [N, K] int8; scales [N, K / 32] float32
+at::Tensor q8_linear(at::Tensor x, at::Tensor q, at::Tensor scales,
+                     c10::optional<at::Tensor> bias) {
+  const int64_t n_out = q.size(0);
+  check_inputs(x, scales, n_out, bias);
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 2 &&
+                  q.size(1) == x.size(1),
+              "q8_linear: q must be int8 [N, K]");
+  const Quant8Weights source{q.data_ptr<int8_t>(), scales.data_ptr<float>(), x.size(1)};
+  return run(x, source, bias, n_out, q.data_ptr(), x.size(1));
+}

@@ -1,0 +1,125 @@
+"""Weights kept in groups of 32 integers with a scale each, as GGUF stores them.
+
+Two formats, both read by the C++ kernels of `kernels/quant_gemm.cpp`:
+
+* ``q4``: 4-bit integers, two per byte (byte i of a group holds elements i and i + 16,
+  GGUF's nibble order), a scale d and an offset m per group; a weight is
+  (q + zero) * d + m. GGUF's Q4_1 is zero = 0; Q4_0 is zero = -8 with m = 0.
+* ``q8``: signed 8-bit integers and a scale per group; a weight is q * d (Q8_0).
+
+GGUF tensors of these types are taken over as they are (their fp16 scales widened to
+float32); float weights can be quantized at load the way llama.cpp makes Q4_1 and
+Q8_0 (`quantize`). `dequantize` computes exactly the kernels' weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+GROUP = 32  # weights per scale
+FORMATS = ("q4", "q8")
+# GGUF type name → (format, zero); the block layouts are read in `from_gguf_blocks`
+GGUF_TYPES = {"Q4_0": ("q4", -8.0), "Q4_1": ("q4", 0.0), "Q8_0": ("q8", 0.0)}
+
+
+@dataclass(slots=True)
+class QuantizedTensor:
+    """A [rows, cols] weight matrix in groups of 32 along each row."""
+
+    fmt: str
+    q: torch.Tensor  # q4: uint8 [rows, cols / 2]; q8: int8 [rows, cols]
+    scales: torch.Tensor  # float32 [rows, cols / 32]
+    offsets: torch.Tensor | None = None  # q4: float32 [rows, cols / 32]
+    zero: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scales.shape[0], self.scales.shape[1] * GROUP
+
+    @property
+    def nbytes(self) -> int:
+        extra = self.offsets.nbytes if self.offsets is not None else 0
+        return self.q.nbytes + self.scales.nbytes + extra
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 [rows, cols], each weight computed as the kernels compute it."""
+        rows, cols = self.shape
+        groups = cols // GROUP
+        if self.fmt == "q8":
+            ints = self.q.view(rows, groups, GROUP).float()
+            return (ints * self.scales[..., None]).view(rows, cols)
+        assert self.offsets is not None
+        packed = self.q.view(rows, groups, GROUP // 2)
+        ints = torch.cat([packed & 0xF, packed >> 4], dim=-1).float()  # elements 0-15, 16-31
+        weights = (ints + self.zero) * self.scales[..., None] + self.offsets[..., None]
+        return weights.view(rows, cols)
+
+    def rows(self, index: torch.Tensor | slice) -> QuantizedTensor:
+        """The rows `index` selects (a slice or a permutation), as a new tensor."""
+        return QuantizedTensor(self.fmt, self.q[index].contiguous(),
+                               self.scales[index].contiguous(),
+                               None if self.offsets is None else self.offsets[index].contiguous(),
+                               self.zero)
+
+
+def cat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
+    """Stack weight matrices of one format (q, k and v; gate and up) row-wise."""
+    first = parts[0]
+    if any(p.fmt != first.fmt or p.zero != first.zero for p in parts):
+        raise ValueError("cannot fuse weights quantized in different formats")
+    return QuantizedTensor(first.fmt, torch.cat([p.q for p in parts]),
+                           torch.cat([p.scales for p in parts]),
+                           None if first.offsets is None
+                           else torch.cat([p.offsets for p in parts]),  # type: ignore[misc]
+                           first.zero)
+
+
+def from_gguf_blocks(raw: np.ndarray, type_name: str, rows: int, cols: int) -> QuantizedTensor:
+    """A GGUF tensor of type Q4_0, Q4_1 or Q8_0 (its raw blocks, row after row)."""
+    fmt, zero = GGUF_TYPES[type_name]
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // GROUP, -1)
+
+    def halves(start: int) -> torch.Tensor:  # fp16 fields → float32 [rows, groups]
+        field = np.ascontiguousarray(blocks[..., start:start + 2]).view(np.float16)
+        return torch.from_numpy(field.astype(np.float32).reshape(rows, cols // GROUP))
+
+    scales = halves(0)
+    if type_name == "Q4_1":
+        offsets = halves(2)
+        q = blocks[..., 4:]
+    elif type_name == "Q4_0":
+        offsets = torch.zeros_like(scales)
+        q = blocks[..., 2:]
+    else:
+        offsets = None
+        q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
+    ints = torch.from_numpy(np.ascontiguousarray(q).reshape(rows, -1))
+    return QuantizedTensor(fmt, ints, scales, offsets, zero)
+
+
+def quantize(weight: torch.Tensor, fmt: str) -> QuantizedTensor:
+    """Quantize a float weight [rows, cols] (cols a multiple of 32): ``q4`` with each
+    group's minimum as offset and (max - min) / 15 as scale (as Q4_1), ``q8`` with
+    max |w| / 127 as scale (as Q8_0). Scales are rounded to fp16, as GGUF stores them."""
+    if fmt not in FORMATS:
+        raise ValueError(f"quantization format must be one of {FORMATS}; got {fmt!r}")
+    rows, cols = weight.shape
+    if cols % GROUP:
+        raise ValueError(f"cannot quantize a weight of {cols} columns in groups of {GROUP}")
+    groups = weight.float().reshape(rows, cols // GROUP, GROUP)
+    if fmt == "q8":
+        scale = (groups.abs().amax(-1) / 127).half().float()
+        inverse = torch.where(scale == 0, 0.0, 1 / scale)
+        ints = torch.round(groups * inverse[..., None]).clamp(-127, 127).to(torch.int8)
+        return QuantizedTensor("q8", ints.reshape(rows, cols), scale)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15).half().float()
+    offset = low.half().float()
+    inverse = torch.where(scale == 0, 0.0, 1 / scale)
+    ints = torch.floor((groups - offset[..., None]) * inverse[..., None] + 0.5)
+    ints = ints.clamp(0, 15).to(torch.uint8)
+    packed = ints[..., :GROUP // 2] | (ints[..., GROUP // 2:] << 4)
+    return QuantizedTensor("q4", packed.reshape(rows, cols // 2), scale, offset, 0.0)
