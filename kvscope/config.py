@@ -23,11 +23,21 @@ class ConfigError(ValueError):
 
 
 def default_dtype() -> torch.dtype:
-    """bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX), else float32."""
+    """bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX), else float32
+    (see `default_dtype_reason`)."""
     capability = torch.backends.cpu.get_cpu_capability()
     if capability in ("AVX512", "AVX512_BF16", "AMX") and _cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def default_dtype_reason() -> str:
+    """Why `default_dtype` chose what it chose, for the start-up log."""
+    if default_dtype() == torch.bfloat16:
+        return "auto: this CPU multiplies bf16 natively (AVX512-BF16/AMX), twice fp32's rate"
+    return ("auto: this CPU has no bf16 arithmetic, so bf16 activations would only add "
+            "conversions; weights can still be smaller (bf16 or quantized, widened in "
+            "registers)")
 
 
 def _cpu_has_bf16() -> bool:

@@ -83,6 +83,8 @@ class EngineStarted(Event):
     # with tensor parallelism, what each rank holds: its query/KV head, MLP neuron and
     # vocabulary ranges [start, stop), its weight shapes and its KV pool's shape
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    weights: str = "dense"  # how the linear weights are stored, e.g. "q4 (120), q8 (1)"
+    kernels: str = ""  # the instruction set the C++ kernels were built for ("" if none)
 
 
 @dataclass(slots=True, kw_only=True)

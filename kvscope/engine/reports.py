@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kvscope.events import EngineStarted, ScheduledChunk, Snapshot, StepEnd
+from kvscope.kernels.build import cpu_kernels
 from kvscope.sched.scheduler import Schedule, ScheduledRequest
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def describe(engine: LLMEngine) -> EngineStarted:
         enable_prefix_caching=engine.kv.enable_caching,
         preemption_mode=config.scheduler.preemption_mode, policy=config.scheduler.policy,
         tensor_parallel_size=config.tensor_parallel_size,
-        ranks=list(getattr(engine.executor, "ranks", [])))
+        ranks=list(getattr(engine.executor, "ranks", [])), weights=engine.loaded.weights,
+        kernels=kernels.isa() if (kernels := cpu_kernels()) is not None else "")
 
 
 def snapshot(engine: LLMEngine) -> Snapshot:

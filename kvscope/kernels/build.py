@@ -95,6 +95,15 @@ def cpu_kernels() -> ModuleType | None:
     return kernels_for(selected_isa())
 
 
+def kernel_isa() -> str:
+    """What the engine's kernels run on, for logs: the build's instruction set, or why
+    there are none."""
+    if os.environ.get("KVSCOPE_NO_KERNELS") == "1":
+        return "none (KVSCOPE_NO_KERNELS=1: torch paths)"
+    kernels = cpu_kernels()
+    return kernels.isa() if kernels is not None else "none (build failed: torch paths)"
+
+
 def kernels_for(isa: str) -> ModuleType | None:
     """The module built for `isa` (which this CPU must run), or None where it cannot be
     built; built once per process."""

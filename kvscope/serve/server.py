@@ -11,10 +11,11 @@ from typing import Any
 
 import uvicorn
 
-from kvscope.config import EngineConfig
+from kvscope.config import EngineConfig, default_dtype_reason
 from kvscope.engine.async_engine import AsyncEngine
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.events import EventSink, FanOutSink, JsonlRecorder
+from kvscope.kernels.build import kernel_isa
 from kvscope.scope.lab_limits import LabLimits
 from kvscope.scope.live import LiveEvents
 from kvscope.serve.app import build_app
@@ -67,6 +68,9 @@ def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | N
     sinks: list[EventSink] = [s for s in (live, recorder) if s is not None]
     sink: EventSink | None = FanOutSink(sinks) if len(sinks) > 1 else next(iter(sinks), None)
     logger.info("loading %s", config.model or "the bundled SmolLM2-135M-Instruct")
+    chosen = engine_options.get("dtype") in (None, "auto")
+    logger.info("dtype %s (%s); kernels built for %s", config.dtype,
+                default_dtype_reason() if chosen else "asked for", kernel_isa())
     engine = LLMEngine(config, sink=sink, load_progress=True)
     name = served_model_name or default_model_name(engine.loaded.path)
     logger.info("loaded %s (%s, %s, weights %s): %d KV blocks of %d tokens, max_model_len %d",
