@@ -42,11 +42,15 @@ def test_the_engine_kernels_are_built_for_this_cpus_best_instruction_set(monkeyp
 
 
 def test_a_lower_instruction_set_can_be_asked_for(monkeypatch):
-    monkeypatch.setenv("KVSCOPE_KERNEL_ISA", "generic")
-    kernels = build.cpu_kernels()
+    lower = [isa for isa in build.ISAS if build.runs_here(isa)][1:]
+    if not lower:
+        pytest.skip("this CPU runs only the generic build")
+    monkeypatch.setenv("KVSCOPE_KERNEL_ISA", lower[0])
+    assert build.selected_isa() == lower[0]  # what a new process's cpu_kernels() builds
+    kernels = build.kernels_for(build.selected_isa())
     if kernels is None:
         pytest.skip("C++ kernels could not be built here")
-    assert kernels.isa() == "generic"
+    assert kernels.isa() == lower[0]
 
 
 def test_an_instruction_set_the_cpu_lacks_is_refused(monkeypatch, caplog):

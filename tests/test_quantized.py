@@ -57,6 +57,9 @@ def test_kernels_equal_dequantize_then_matmul_and_rows_are_batch_invariant(
     """Within 1e-4 of a float64 matmul on the dequantized weight (the tolerance of
     float32 sums of up to 1536 terms), for 1-64 rows in float32 and bf16 activations;
     each row's bits are those of the same row computed alone."""
+    if kernels.isa() == "generic" and n_out == 49152:
+        pytest.skip("the plain-array build runs the same code at every shape; at the LM "
+                    "head's it only costs CI time (10+ s per case)")
     weight, reference = gguf_weight(type_name, n_out, k_in, seed=n_out + k_in)
     gen = torch.Generator().manual_seed(k_in)
     x = torch.randn(max(ROWS), k_in, generator=gen)

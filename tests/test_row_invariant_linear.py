@@ -27,6 +27,9 @@ DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16),
 @pytest.mark.parametrize("dtypes", DTYPES)
 def test_rows_do_not_depend_on_the_batch(kernels, n_out: int, k_in: int, with_bias: bool,
                                          dtypes: str):
+    if kernels.isa() == "generic" and n_out == 49152:
+        pytest.skip("the plain-array build runs the same code at every shape; at the LM "
+                    "head's it only costs CI time (10+ s per case)")
     x_dtype, w_dtype = DTYPES[dtypes]
     gen = torch.Generator().manual_seed(n_out + k_in)
     x = torch.randn(max(ROWS), k_in, generator=gen).to(x_dtype)

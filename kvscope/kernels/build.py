@@ -87,9 +87,11 @@ def selected_isa() -> str:
     return best_isa()
 
 
+@cache
 def cpu_kernels() -> ModuleType | None:
     """The compiled module for the selected instruction set, or None where it cannot
-    be built."""
+    be built (or KVSCOPE_NO_KERNELS=1). Called for every kernel call, so chosen once
+    per process."""
     if os.environ.get("KVSCOPE_NO_KERNELS") == "1":
         return None
     return kernels_for(selected_isa())
