@@ -88,6 +88,25 @@ def test_quantize_at_load_rounds_each_weight_to_its_group_grid(fmt: str):
     assert q.nbytes == w.numel() * (1.125 if fmt == "q8" else 0.75)
 
 
+@pytest.mark.parametrize("type_name", GGUF_FORMATS)
+def test_big_steps_take_the_library_gemm_on_the_same_weights_and_keep_decode_rows(
+        kernels, monkeypatch, type_name: str):
+    """Past 64 rows the prompt rows go to F.linear on a float32 copy that equals the
+    format's dequantisation bit for bit; the decode rows in front still get the
+    kernel's bits (what a decode computed alone gets)."""
+    from kvscope.model.layers import quantized_linear
+
+    monkeypatch.setattr(quantized_linear, "cpu_kernels", lambda: kernels)
+    weight, reference = gguf_weight(type_name, 192, 576, seed=4)
+    layer = QuantizedLinear(weight, torch.randn(192, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(layer._dequantized(kernels), reference)
+    x = torch.randn(100, 576, generator=torch.Generator().manual_seed(5))
+    out = layer(x, num_decode_rows=3)
+    for i in range(3):
+        assert torch.equal(out[i:i + 1], layer(x[i:i + 1]))
+    torch.testing.assert_close(out, x @ reference.T + layer.bias, atol=1e-4, rtol=1e-4)
+
+
 def test_quantized_linear_without_kernels_dequantizes(monkeypatch):
     from kvscope.model.layers import quantized_linear
 

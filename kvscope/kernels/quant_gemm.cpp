@@ -184,6 +184,58 @@ at::Tensor run(const at::Tensor& x, const W& source, const c10::optional<at::Ten
 
 }  // namespace
 
+namespace {
+
+// The weights as float32 [N, K], computed as (q + zero) * d + m, GGUF's formula: for the
+// prompt rows of a big step, which a library GEMM on this copy takes faster.
+template <class W>
+at::Tensor dequantize(const W& source, int64_t n_out, int64_t k_in) {
+  auto out = at::empty({n_out, k_in}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const float* m = source.offsets(j);
+      for (int64_t g = 0; g < source.groups; ++g) {
+        Vec q[kVecs];
+        source.ints(j, g, q);
+        const Vec d = Vec::set1(source.scale(j, g));
+        const Vec shift = Vec::set1(m != nullptr ? m[g] : 0.f);
+        for (int v = 0; v < kVecs; ++v) {
+          Vec w = q[v] * d;
+          if (m != nullptr) w = w + shift;
+          w.store(o + j * k_in + g * kQuantGroup + v * Vec::kLanes);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+at::Tensor q4_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets, double zero) {
+  TORCH_CHECK(q.scalar_type() == at::kByte && q.is_contiguous() && q.dim() == 2 &&
+                  scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  offsets.sizes() == scales.sizes() && offsets.is_contiguous() &&
+                  scales.size(0) == q.size(0) && scales.size(1) * 16 == q.size(1),
+              "q4_dequantize: q uint8 [N, K / 2], scales and offsets float32 [N, K / 32]");
+  const int64_t k_in = q.size(1) * 2;
+  const Quant4 source{q.data_ptr<uint8_t>(), scales.data_ptr<float>(),
+                      offsets.data_ptr<float>(), static_cast<float>(zero), k_in / 2,
+                      k_in / kQuantGroup};
+  return dequantize(source, q.size(0), k_in);
+}
+
+at::Tensor q8_dequantize(at::Tensor q, at::Tensor scales) {
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 2 &&
+                  scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  scales.size(0) == q.size(0) && scales.size(1) * kQuantGroup == q.size(1),
+              "q8_dequantize: q int8 [N, K], scales float32 [N, K / 32]");
+  const Quant8 source{q.data_ptr<int8_t>(), scales.data_ptr<float>(), q.size(1),
+                      q.size(1) / kQuantGroup};
+  return dequantize(source, q.size(0), q.size(1));
+}
+
 // x [rows, K]; q [N, K / 2] uint8; scales, offsets [N, K / 32] float32; zero: 0 or -8
 at::Tensor q4_linear(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor offsets,
                      double zero, c10::optional<at::Tensor> bias) {

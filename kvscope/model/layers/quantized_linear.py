@@ -1,14 +1,25 @@
 """A linear layer whose weight stays quantized (`model/quant.py`): the C++ kernels read
 the packed integers and widen them in registers; without the kernels the weight is
-dequantized on each call (correct, slow)."""
+dequantized on each call (correct, slow).
+
+Steps of more than `linear.ROW_INVARIANT_MAX_ROWS` rows (prefill) are compute-bound,
+where the library's float32 GEMM is several times faster than the quantized kernels:
+their prompt rows go to it, on a float32 copy of the weight made for the call (GGUF's
+own formula, so the same weights), and only their decode rows to the kernels. As with
+the bf16 linears, a decode (and a speculative verification) row thus gets the same bits
+whatever else is in the step.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kvscope.kernels.build import cpu_kernels
+from kvscope.model.layers import linear
 from kvscope.model.quant import QuantizedTensor
 
 
@@ -20,20 +31,38 @@ class QuantizedLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x: torch.Tensor, num_decode_rows: int = 0) -> torch.Tensor:
-        """x W^T + b; every row is computed the same whatever the rows around it, so
-        `num_decode_rows` needs no special path."""
+        """x W^T + b; the first `num_decode_rows` rows of x are decode rows."""
         kernels = cpu_kernels()
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
-        w = self.weight
+        rows = x2.shape[0]
         if kernels is None:
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            out = F.linear(x2, w.dequantize().to(x.dtype), bias)
-        elif w.fmt == "q4":
-            out = kernels.q4_linear(x2, w.q, w.scales, w.offsets, w.zero, self.bias)
+            out = self._library(x2, self.weight.dequantize())
+        elif rows <= linear.ROW_INVARIANT_MAX_ROWS or num_decode_rows >= rows:
+            out = self._kernel(kernels, x2)
         else:
-            out = kernels.q8_linear(x2, w.q, w.scales, self.bias)
+            out = torch.empty(rows, self.out_features, dtype=x.dtype)
+            if num_decode_rows:
+                out[:num_decode_rows] = self._kernel(kernels, x2[:num_decode_rows])
+            out[num_decode_rows:] = self._library(x2[num_decode_rows:],
+                                                  self._dequantized(kernels))
         return out.view(*shape[:-1], self.out_features)
+
+    def _kernel(self, kernels: Any, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if w.fmt == "q4":
+            return kernels.q4_linear(x, w.q, w.scales, w.offsets, w.zero, self.bias)
+        return kernels.q8_linear(x, w.q, w.scales, self.bias)
+
+    def _dequantized(self, kernels: Any) -> torch.Tensor:
+        w = self.weight
+        if w.fmt == "q4":
+            return kernels.q4_dequantize(w.q, w.scales, w.offsets, w.zero)
+        return kernels.q8_dequantize(w.q, w.scales)
+
+    def _library(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, weight.to(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
