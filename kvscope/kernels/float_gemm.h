@@ -1,18 +1,22 @@
-// The float32-math GEMM of the dense linears: y = x · Wᵀ (+ b) with every output
-// element one dot product in a fixed order (the vector lanes of vec.h over k, one
-// horizontal sum, the bias, one rounding), so a row gets the same bits whatever the
-// number of rows in the call. The blocking (groups of 8 weight rows in parallel, with a
-// prefetch of the block after next) is shared with the quantized linears.
+// The float32-math GEMM shared by the dense and the quantized linears: y = x · Wᵀ (+ b)
+// with every output element one dot product in a fixed order (the vector lanes of
+// vec.h over k, one horizontal sum, the bias, one rounding), so a row gets the same
+// bits whatever the number of rows in the call.
 //
 // The weights come from a *source*: `Vec load(j, k)` gives weights [k, k + lanes) of
 // the j-th weight row from where the source starts, and `at(n0)` starts it n0 rows
-// later (bf16 or float32 rows).
+// later. Dense sources load bf16 or float32; quantized ones (quant_gemm.cpp) widen
+// their integers and scale them in registers. A quantized source's rows are computed
+// the same way whether the tile reads them directly (a few rows of x) or from a
+// float32 copy of the block made by the same `load` (many rows), so the choice never
+// changes a bit.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "vec.h"
 
@@ -131,6 +135,33 @@ void dense_gemm(const TX* x, const TW* w, const TW* bias, TX* y, int64_t rows, i
   for_each_group(n_out, k_in, k_in * int64_t(sizeof(TW)), tiles_per_block(rows), w,
                  [&](int64_t n0, Prefetch& pf) {
                    block_rows(x, source.at(n0), bias ? bias + n0 : nullptr, y + n0, rows,
+                              n_out, k_in, pf);
+                 });
+}
+
+// Rows of x from which a quantized block is first widened into a float32 copy (made by
+// the source's own `load`, so the same values) that all of them read.
+constexpr int64_t kWidenRows = 2;
+
+// y = x · Wᵀ (+ b) for a quantized source; `base` and `row_bytes` locate its packed
+// integers (what is prefetched)
+template <typename TX, class W>
+void quant_gemm(const TX* x, const W& source, const float* bias, TX* y, int64_t rows,
+                int64_t n_out, int64_t k_in, const void* base, int64_t row_bytes) {
+  for_each_group(n_out, k_in, row_bytes, tiles_per_block(rows), base,
+                 [&](int64_t n0, Prefetch& pf) {
+                   const float* bg = bias ? bias + n0 : nullptr;
+                   const W wg = source.at(n0);
+                   if (rows < kWidenRows) {
+                     block_rows(x, wg, bg, y + n0, rows, n_out, k_in, pf);
+                     return;
+                   }
+                   thread_local std::vector<float> widened;
+                   widened.resize(kGroup * k_in);
+                   for (int j = 0; j < kGroup; ++j)
+                     for (int64_t k = 0; k < k_in; k += Vec::kLanes)
+                       wg.load(j, k).store(widened.data() + j * k_in + k);
+                   block_rows(x, DenseWeights<float>{widened.data(), k_in}, bg, y + n0, rows,
                               n_out, k_in, pf);
                  });
 }

@@ -65,11 +65,11 @@ struct Vec {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16))};
   }
   // 16 signed 8-bit integers
-  // the low and the high nibbles of 16 bytes, one load and one widening for both
-  static void load_nibbles(const uint8_t* p, Vec& low, Vec& high) {
-    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    low.v = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0xF)));
-    high.v = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
+  // 16 quantized values: the low or the high nibbles of 16 bytes
+  static Vec load_nibbles(const uint8_t* p, bool high) {
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    if (high) return {_mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4))};
+    return {_mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0xF)))};
   }
   static Vec load_int8(const int8_t* p) {
     return {_mm512_cvtepi32_ps(
@@ -126,10 +126,10 @@ struct Vec {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))};
   }
-  static void load_nibbles(const uint8_t* p, Vec& low, Vec& high) {
-    const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    low.v = _mm256_cvtepi32_ps(_mm256_and_si256(q, _mm256_set1_epi32(0xF)));
-    high.v = _mm256_cvtepi32_ps(_mm256_srli_epi32(q, 4));
+  static Vec load_nibbles(const uint8_t* p, bool high) {
+    __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    if (high) return {_mm256_cvtepi32_ps(_mm256_srli_epi32(q, 4))};
+    return {_mm256_cvtepi32_ps(_mm256_and_si256(q, _mm256_set1_epi32(0xF)))};
   }
   static Vec load_int8(const int8_t* p) {
     return {_mm256_cvtepi32_ps(
@@ -201,9 +201,8 @@ struct Vec {
   static Vec set1(float x) { return map([&](int) { return x; }); }
   static Vec load(const float* p) { return map([&](int i) { return p[i]; }); }
   static Vec load(const c10::BFloat16* p) { return map([&](int i) { return float(p[i]); }); }
-  static void load_nibbles(const uint8_t* p, Vec& low, Vec& high) {
-    low = map([&](int i) { return float(p[i] & 0xF); });
-    high = map([&](int i) { return float(p[i] >> 4); });
+  static Vec load_nibbles(const uint8_t* p, bool high) {
+    return map([&](int i) { return float(high ? p[i] >> 4 : p[i] & 0xF); });
   }
   static Vec load_int8(const int8_t* p) { return map([&](int i) { return float(p[i]); }); }
   void store(float* p) const { std::memcpy(p, v, sizeof v); }
