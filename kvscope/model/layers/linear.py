@@ -6,10 +6,10 @@ natively (AVX512-BF16), oneDNN's GEMM is faster with many rows (prefill); it run
 copy of the weight pre-packed once into its blocked layout, which saves the re-layout
 it would otherwise do on every call (15-25% at 64 rows). The packed copy costs the
 weight's size again. Where the CPU has no bf16 arithmetic (AVX2, AVX-512 without
-BF16), oneDNN emulates it slowly (on a 2-core AVX-512 machine 20-50 GFLOP/s at every
-row count, on AVX2 well under 1) while `small_gemm` widens the bf16 weights to float32
-in registers (70-160 GFLOP/s there): it takes every bf16 call, and no packed copy is
-made (benchmarks/row_invariant_linear.py).
+BF16), oneDNN emulates it slowly (on a 2-core AVX-512 machine 18-54 GFLOP/s from 4 to
+256 rows, on AVX2 well under 1) while `small_gemm` widens the bf16 weights to float32 in
+registers (25-140 GFLOP/s there, 1.2-3x oneDNN's at every row count measured): it takes
+every bf16 call, and no packed copy is made (benchmarks/row_invariant_linear.py).
 
 Row invariance: `small_gemm` gives a row the same bits whatever the number of rows in
 the call, and so does oneDNN among calls of 5+ rows, but the two round differently now
