@@ -4,7 +4,9 @@
 // bits whatever the number of rows in the call.
 //
 // The weights come from a *source*: `Vec load(j, k)` gives weights [k, k + lanes) of
-// the j-th weight row from where the source starts, and `at(n0)` starts it n0 rows
+// the j-th weight row from where the source starts, `load_step(j, k, out)` the kStep
+// weights from k on (a quantized group at once, so what the vectors of a group share
+// is unpacked once; the same values as `load`), and `at(n0)` starts it n0 rows
 // later. Dense sources load bf16 or float32; quantized ones (quant_gemm.cpp) widen
 // their integers and scale them in registers. A quantized source's rows are computed
 // the same way whether the tile reads them directly (a few rows of x) or from a
@@ -69,7 +71,10 @@ struct DenseWeights {
   const TW* w;
   int64_t k_in;
 
+  static constexpr int kStep = Vec::kLanes;  // weights of a row per `load_step`
+
   Vec load(int64_t j, int64_t k) const { return Vec::load(w + j * k_in + k); }
+  void load_step(int64_t j, int64_t k, Vec* out) const { out[0] = load(j, k); }
   DenseWeights at(int64_t n0) const { return {w + n0 * k_in, k_in}; }
 };
 
@@ -81,12 +86,16 @@ inline void float_tile(const TX* x, const W& w, const TB* bias, TX* y, int64_t n
   Vec acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < C; ++j) acc[r][j] = Vec::zero();
-  for (int64_t k = 0; k < k_in; k += L) {
-    Vec xs[R];
-    for (int r = 0; r < R; ++r) xs[r] = Vec::load(x + r * k_in + k);
+  constexpr int V = W::kStep / L;  // vectors per step
+  for (int64_t k = 0; k < k_in; k += W::kStep) {
+    Vec xs[V][R];
+    for (int v = 0; v < V; ++v)
+      for (int r = 0; r < R; ++r) xs[v][r] = Vec::load(x + r * k_in + k + v * L);
     for (int j = 0; j < C; ++j) {
-      const Vec wv = w.load(j, k);
-      for (int r = 0; r < R; ++r) acc[r][j] = Vec::fmadd(xs[r], wv, acc[r][j]);
+      Vec wv[V];
+      w.load_step(j, k, wv);
+      for (int v = 0; v < V; ++v)
+        for (int r = 0; r < R; ++r) acc[r][j] = Vec::fmadd(xs[v][r], wv[v], acc[r][j]);
     }
     if (k % 32 == 0) pf.step();
   }

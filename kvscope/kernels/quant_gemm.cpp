@@ -32,12 +32,26 @@ struct Quant4Weights {
   float zero;
   int64_t row_bytes, groups;
 
+  static constexpr int kStep = kQuantGroup;
+
   Vec load(int64_t j, int64_t k) const {
     const int64_t g = k / kQuantGroup, e = k % kQuantGroup;  // powers of two: shifts
     const uint8_t* bytes = q + j * row_bytes + g * (kQuantGroup / 2) + e % (kQuantGroup / 2);
-    Vec ints = Vec::load_nibbles(bytes, e >= kQuantGroup / 2);
+    return weights(Vec::load_nibbles(bytes, e >= kQuantGroup / 2), Vec::set1(d[j * groups + g]),
+                   Vec::set1(m[j * groups + g]));
+  }
+  // the group from k (a multiple of 32): its bytes read once, its scale and offset once
+  void load_step(int64_t j, int64_t k, Vec* out) const {
+    const int64_t g = k / kQuantGroup;
+    const uint8_t* bytes = q + j * row_bytes + g * (kQuantGroup / 2);
+    const Vec scale = Vec::set1(d[j * groups + g]), offset = Vec::set1(m[j * groups + g]);
+    constexpr int half = kQuantGroup / 2;
+    for (int e = 0; e < kQuantGroup; e += Vec::kLanes)
+      out[e / Vec::kLanes] = weights(Vec::load_nibbles(bytes + e % half, e >= half), scale, offset);
+  }
+  Vec weights(Vec ints, Vec scale, Vec offset) const {
     if (zero != 0.f) ints = ints + Vec::set1(zero);
-    return ints * Vec::set1(d[j * groups + g]) + Vec::set1(m[j * groups + g]);
+    return ints * scale + offset;
   }
   Quant4Weights at(int64_t n0) const {
     return {q + n0 * row_bytes, d + n0 * groups, m + n0 * groups, zero, row_bytes, groups};
@@ -49,8 +63,16 @@ struct Quant8Weights {
   const float* d;   // [N, K / 32]
   int64_t row_bytes, groups;
 
+  static constexpr int kStep = kQuantGroup;
+
   Vec load(int64_t j, int64_t k) const {
     return Vec::load_int8(q + j * row_bytes + k) * Vec::set1(d[j * groups + k / kQuantGroup]);
+  }
+  void load_step(int64_t j, int64_t k, Vec* out) const {
+    const Vec scale = Vec::set1(d[j * groups + k / kQuantGroup]);
+    const int8_t* ints = q + j * row_bytes + k;
+    for (int e = 0; e < kQuantGroup; e += Vec::kLanes)
+      out[e / Vec::kLanes] = Vec::load_int8(ints + e) * scale;
   }
   Quant8Weights at(int64_t n0) const {
     return {q + n0 * row_bytes, d + n0 * groups, row_bytes, groups};
