@@ -46,11 +46,13 @@ from kvscope.model.loader import LoadedModel, load_model
 
 LLAMA_HELPER = Path(__file__).resolve().parent / "llama_cpp_peer.py"
 LLAMA_RESULT_MARKER = "KVSCOPE_LLAMA_RESULT "
-# format name → (row name, dtype, quantization)
-KVSCOPE_ROWS = {"fp32": ("kvscope fp32", torch.float32, "none"),
-                "bf16": ("kvscope bf16 weights", torch.bfloat16, "none"),
-                "int8": ("kvscope int8", torch.float32, "int8"),
-                "q4": ("kvscope Q4_1 GGUF", torch.float32, "auto")}
+# format name → (row name, dtype, quantization, activations of the quantized linears)
+KVSCOPE_ROWS = {"fp32": ("kvscope fp32", torch.float32, "none", "int8"),
+                "bf16": ("kvscope bf16 weights", torch.bfloat16, "none", "int8"),
+                "int8": ("kvscope int8", torch.float32, "int8", "int8"),
+                "q4": ("kvscope Q4_1 GGUF", torch.float32, "auto", "int8"),
+                "q4f": ("kvscope Q4_1 GGUF, float activations", torch.float32, "auto",
+                        "float")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,13 +110,14 @@ def gguf_bytes_per_token(loaded: LoadedModel) -> int:
     return linears * 20 // 32 + head * 34 // 32
 
 
-def run_kvscope(name: str, dtype: torch.dtype, quantization: str, args: argparse.Namespace,
-                prompts: list[list[int]], batch1_prompt: list[int]) -> dict[str, Any]:
+def run_kvscope(name: str, dtype: torch.dtype, quantization: str, activations: str,
+                args: argparse.Namespace, prompts: list[list[int]],
+                batch1_prompt: list[int]) -> dict[str, Any]:
     sizes = args.sizes
     tp.log(f"{name}: loading")
-    loaded = load_model(None, dtype, quantization=quantization)
+    loaded = load_model(None, dtype, quantization=quantization, activations=activations)
     llm = LLM(dtype=dtype, loaded=loaded, quantization=quantization,
-              max_model_len=args.max_model_len)
+              quantized_activations=activations, max_model_len=args.max_model_len)
     tp.kvscope_generate(llm, prompts[0][:32], 4)  # warm-up
     tp.log(f"{name}: engine-core run")
     result = tp.run_kvscope(llm, prompts, sizes.output_len, args.max_model_len)

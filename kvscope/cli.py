@@ -53,6 +53,10 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                         default="auto",
                         help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0 weights quantized; none: "
                              "dequantize at load; int8/int4: quantize every linear at load")
+    parser.add_argument("--quantized-activations", choices=["int8", "float"], default="int8",
+                        help="what quantized linears multiply with at decode: int8 (each "
+                             "row in groups of 32, integer dot products, as llama.cpp) or "
+                             "float (float32/bf16 activations, slower)"),
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding as JSON, e.g. \'{"method": "ngram", '
                              '"num_speculative_tokens": 4}\' (methods: ngram, draft_model '
@@ -78,6 +82,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         "preemption_mode": args.preemption_mode, "policy": args.policy,
         "tensor_parallel_size": args.tensor_parallel_size,
         "quantization": args.quantization,
+        "quantized_activations": args.quantized_activations,
     }
     if args.speculative_config is not None:
         options["speculative_config"] = args.speculative_config

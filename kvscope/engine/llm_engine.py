@@ -69,7 +69,8 @@ class LLMEngine:
         self.config = config
         self.events = Emitter(sink)
         self.loaded = loaded or load_model(config.model, config.dtype, load_progress,
-                                           config.load_quantization())
+                                           config.load_quantization(),
+                                           config.quantized_activations)
         self.tokenizer = self.loaded.tokenizer
         arch = self.loaded.arch
         self.max_model_len = resolve_max_model_len(config.max_model_len,

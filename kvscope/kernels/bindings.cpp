@@ -22,6 +22,10 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor o
                      double zero, c10::optional<at::Tensor> bias);
 at::Tensor q8_linear(at::Tensor x, at::Tensor q, at::Tensor scales,
                      c10::optional<at::Tensor> bias);
+at::Tensor q4_linear_i8(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor offsets,
+                        double zero, c10::optional<at::Tensor> bias);
+at::Tensor q8_linear_i8(at::Tensor x, at::Tensor q, at::Tensor scales,
+                        c10::optional<at::Tensor> bias);
 at::Tensor q4_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets, double zero);
 at::Tensor q8_dequantize(at::Tensor q, at::Tensor scales);
 
@@ -39,6 +43,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bf16 x bf16 calls use AVX512-BF16 dot products (else float32 FMAs)");
   m.def("q4_linear", &q4_linear, "x @ W.T (+ bias), W in 4-bit groups of 32 (Q4_0 / Q4_1)");
   m.def("q8_linear", &q8_linear, "x @ W.T (+ bias), W in 8-bit groups of 32 (Q8_0)");
+  m.def("q4_linear_i8", &q4_linear_i8,
+        "x @ W.T (+ bias), W in 4-bit groups of 32, x quantized to int8 groups of 32");
+  m.def("q8_linear_i8", &q8_linear_i8,
+        "x @ W.T (+ bias), W in 8-bit groups of 32, x quantized to int8 groups of 32");
   m.def("q4_dequantize", &q4_dequantize, "4-bit groups of 32 to float32, GGUF's formula");
   m.def("q8_dequantize", &q8_dequantize, "8-bit groups of 32 to float32, GGUF's formula");
   m.def("isa", [] { return std::string(kvscope_vec::kIsa); },

@@ -29,7 +29,7 @@ from types import ModuleType
 logger = logging.getLogger(__name__)
 
 _SOURCES = ["bindings.cpp", "paged_decode.cpp", "paged_prefill.cpp", "fused_ops.cpp",
-            "small_gemm.cpp", "quant_gemm.cpp"]
+            "small_gemm.cpp", "quant_gemm.cpp", "int8_gemm.cpp"]
 _AVX512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"]
 # best first: each set's compiler flags and the CPU flags (/proc/cpuinfo) it needs
 ISAS: dict[str, list[str]] = {

@@ -113,7 +113,7 @@ class LlamaModel(nn.Module):
         return self.lm_head(hidden, num_decode_rows).float()
 
     def load_hf_weights(self, weights: dict[str, Weight], dtype: torch.dtype,
-                        quantize_to: str | None = None) -> None:
+                        quantize_to: str | None = None, int8_activations: bool = True) -> None:
         """Load tensors named as in a HF checkpoint, fusing q/k/v and gate/up. Weights
         that come quantized (from a GGUF) get a QuantizedLinear; `quantize_to` ("q8" or
         "q4") quantizes every linear weight that does not (the LM head to q8)."""
@@ -130,11 +130,12 @@ class LlamaModel(nn.Module):
         for name in [n for n, w in state.items() if isinstance(w, QuantizedTensor)]:
             module = name.removesuffix(".weight")
             bias = state.pop(module + ".bias", None)
-            self.set_submodule(module, QuantizedLinear(state.pop(name), bias))  # type: ignore[arg-type]
+            self.set_submodule(module, QuantizedLinear(state.pop(name), bias,  # type: ignore[arg-type]
+                                                       int8_activations))
         self.load_state_dict({k: v.to(dtype) for k, v in state.items()},  # type: ignore[union-attr]
                              strict=True, assign=True)
         if isinstance(head, QuantizedTensor):
-            self.lm_head = QuantizedLinear(head)
+            self.lm_head = QuantizedLinear(head, int8_activations=int8_activations)
         else:
             self.lm_head = Linear.from_weight(self.embed_tokens.weight if head is embed
                                               else head.to(dtype))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from kvscope.model.arch import ModelArch
+from kvscope.model.layers.quantized_linear import QuantizedLinear
 from kvscope.model.llama import LlamaModel
 from kvscope.model.packaged import PACKAGED_MODELS, packaged_model_path
 from kvscope.model.tokenizer import load_tokenizer
@@ -93,17 +95,19 @@ def read_checkpoint(path: Path, progress: bool = False, keep_quantized: bool = F
 
 
 def load_model(model: str | None, dtype: torch.dtype, progress: bool = False,
-               quantization: str = "none") -> LoadedModel:
+               quantization: str = "none", activations: str = "int8") -> LoadedModel:
     """Read the checkpoint, build the model in `dtype`, load the tokenizer.
     `progress` shows a bar while weights load. `quantization`: "auto" keeps a GGUF's
     quantized weights where kvscope has kernels for their type, "none" dequantizes
     everything, "int8" / "int4" quantize every linear weight from float (a GGUF's
-    are dequantized first; model/quant.py)."""
+    are dequantized first; model/quant.py). `activations`: what the quantized linears
+    multiply with at decode, "int8" (groups of 32, integer dot products) or "float"."""
     path = resolve_model_path(model)
     config, weights = read_checkpoint(path, progress, keep_quantized=quantization == "auto")
     arch = ModelArch.from_hf_config(config)
     net = LlamaModel(arch)
-    net.load_hf_weights(weights, dtype, {"int8": "q8", "int4": "q4"}.get(quantization))
+    net.load_hf_weights(weights, dtype, {"int8": "q8", "int4": "q4"}.get(quantization),
+                        int8_activations=activations == "int8")
     net.eval()
     return LoadedModel(path, arch, config, net, load_tokenizer(path), dtype,
                        describe_weights(net))
@@ -111,9 +115,10 @@ def load_model(model: str | None, dtype: torch.dtype, progress: bool = False,
 
 def describe_weights(net: LlamaModel) -> str:
     """How the linear weights are stored, e.g. "q4 (210), q8 (1)" or "dense"."""
-    from collections import Counter
-
-    from kvscope.model.layers.quantized_linear import QuantizedLinear
-
-    formats = Counter(m.weight.fmt for m in net.modules() if isinstance(m, QuantizedLinear))
-    return ", ".join(f"{fmt} ({n})" for fmt, n in sorted(formats.items())) or "dense"
+    linears = [m for m in net.modules() if isinstance(m, QuantizedLinear)]
+    if not linears:
+        return "dense"
+    formats = Counter(m.weight.fmt for m in linears)
+    activations = "int8" if linears[0].int8_activations else "float"
+    return (", ".join(f"{fmt} ({n})" for fmt, n in sorted(formats.items()))
+            + f"; {activations} activations")

@@ -24,9 +24,11 @@ from kvscope.model.quant import QuantizedTensor
 
 
 class QuantizedLinear(nn.Module):
-    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None,
+                 int8_activations: bool = True) -> None:
         super().__init__()
         self.weight = weight
+        self.int8_activations = int8_activations
         self.bias = None if bias is None else bias.float().contiguous()
         self.out_features, self.in_features = weight.shape
 
@@ -50,6 +52,10 @@ class QuantizedLinear(nn.Module):
 
     def _kernel(self, kernels: Any, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
+        if self.int8_activations:
+            if w.fmt == "q4":
+                return kernels.q4_linear_i8(x, w.q, w.scales, w.offsets, w.zero, self.bias)
+            return kernels.q8_linear_i8(x, w.q, w.scales, self.bias)
         if w.fmt == "q4":
             return kernels.q4_linear(x, w.q, w.scales, w.offsets, w.zero, self.bias)
         return kernels.q8_linear(x, w.q, w.scales, self.bias)
