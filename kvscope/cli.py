@@ -54,9 +54,9 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                         help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0 weights quantized; none: "
                              "dequantize at load; int8/int4: quantize every linear at load")
     parser.add_argument("--quantized-activations", choices=["int8", "float"], default="int8",
-                        help="what quantized linears multiply with at decode: int8 (each "
+                        help="what 4-bit linears multiply with at decode: int8 (each "
                              "row in groups of 32, integer dot products, as llama.cpp) or "
-                             "float (float32/bf16 activations, slower)"),
+                             "float (float32/bf16 activations, slower at batch 1)")
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding as JSON, e.g. \'{"method": "ngram", '
                              '"num_speculative_tokens": 4}\' (methods: ngram, draft_model '

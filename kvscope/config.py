@@ -158,9 +158,10 @@ class EngineConfig:
     # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0 weights quantized, "none" dequantizes
     # them at load, "int8"/"int4" quantize every linear from float at load (model/quant.py)
     quantization: str = "auto"
-    # what quantized linears multiply their weights with at decode: "int8" quantizes each
+    # what 4-bit linears multiply their weights with at decode: "int8" quantizes each
     # activation row in groups of 32 for integer dot products (llama.cpp's arithmetic,
-    # ~2x faster per step here); "float" keeps float32 / bf16 activations
+    # 2x the float kernel at one row); "float" keeps float32 / bf16 activations. 8-bit
+    # weights always take float activations (bound by memory at one row already).
     quantized_activations: str = "int8"
 
     @classmethod

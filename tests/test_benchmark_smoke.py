@@ -58,7 +58,7 @@ def test_cpu_matrix_quick_run_prints_the_table(capsys):
     assert engines == ["kvscope Q4_1 GGUF", "kvscope int8"]
     q4, int8 = results["rows"]
     assert q4["weights"] == "q4 (120), q8 (1); int8 activations"
-    assert int8["weights"] == "q8 (121); int8 activations"
+    assert int8["weights"] == "q8 (121)"
     # bytes per weight: q4 4 bits + a float32 scale and offset per 32, q8 8 bits + a scale
     assert q4["bytes_per_token"] < int8["bytes_per_token"] < 2 * q4["bytes_per_token"]
     assert q4["output_tok_s"] > 0 and q4["batch1_tok_s"] > 0

@@ -21,8 +21,10 @@ def expected_isa() -> str:
             if line.startswith(("flags", "Features")):
                 flags = set(line.partition(":")[2].split())
                 break
+    if flags >= AVX512 | {"avx512_vnni", "avx512_bf16"}:
+        return "avx512_bf16"
     if flags >= AVX512:
-        return "avx512_bf16" if "avx512_bf16" in flags else "avx512"
+        return "avx512_vnni" if "avx512_vnni" in flags else "avx512"
     if {"avx2", "fma", "f16c"} <= flags:
         return "avx2"
     return "generic"
@@ -35,7 +37,7 @@ def test_the_engine_kernels_are_built_for_this_cpus_best_instruction_set(monkeyp
         pytest.skip("C++ kernels could not be built here")
     assert build.best_isa() == expected_isa()
     assert kernels.isa() == expected_isa()
-    lanes = {"avx512_bf16": 16, "avx512": 16, "avx2": 8, "generic": 8}
+    lanes = {"avx512_bf16": 16, "avx512_vnni": 16, "avx512": 16, "avx2": 8, "generic": 8}
     assert kernels.vector_lanes() == lanes[expected_isa()]
     # only the AVX512-BF16 build multiplies bf16 pairs natively
     assert kernels.small_gemm_bf16_dot() == (expected_isa() == "avx512_bf16")

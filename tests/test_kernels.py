@@ -36,6 +36,24 @@ def test_rms_norm_and_fused_residual_add(kernels, dtype: torch.dtype, rows: int)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_write_kv_puts_each_token_in_its_slot_like_index_copy(kernels, dtype: torch.dtype):
+    from kvscope.attention.cpu_backend import write_kv_torch
+
+    gen = torch.Generator().manual_seed(7)
+    pool = [torch.randn(6, 4, 3, 64, generator=gen).to(dtype) for _ in range(2)]
+    caches = [*pool, *(c.clone() for c in pool)]
+    qkv = torch.randn(5, 960, generator=gen).to(dtype)  # k, v: strided views, as in the model
+    k = qkv[:, 576:768].view(5, 3, 64)
+    v = qkv[:, 768:].view(5, 3, 64)
+    slots = torch.tensor([0, 23, 5, 6, 17])
+    kernels.write_kv(caches[0], caches[1], k, v, slots)
+    write_kv_torch(caches[2], caches[3], k, v, slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+    with pytest.raises(RuntimeError, match="outside the pool of 24 slots"):
+        kernels.write_kv(caches[0], caches[1], k, v, torch.tensor([0, 1, 2, 3, 24]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul(kernels, dtype: torch.dtype):
     gate_up = (torch.randn(33, 2 * 1536, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
     gate, up = gate_up.chunk(2, dim=-1)

@@ -22,6 +22,15 @@ from kvscope.kernels.build import cpu_kernels
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
+    kernel = cpu_kernels()
+    if kernel is not None:
+        kernel.write_kv(k_cache, v_cache, k, v, slot_mapping)
+        return
+    write_kv_torch(k_cache, v_cache, k, v, slot_mapping)
+
+
+def write_kv_torch(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor,
+                   v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     kv_heads, head_dim = k_cache.shape[-2:]
     k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
     v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)

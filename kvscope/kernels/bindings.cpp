@@ -24,8 +24,8 @@ at::Tensor q8_linear(at::Tensor x, at::Tensor q, at::Tensor scales,
                      c10::optional<at::Tensor> bias);
 at::Tensor q4_linear_i8(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor offsets,
                         double zero, c10::optional<at::Tensor> bias);
-at::Tensor q8_linear_i8(at::Tensor x, at::Tensor q, at::Tensor scales,
-                        c10::optional<at::Tensor> bias);
+void write_kv(at::Tensor k_cache, at::Tensor v_cache, at::Tensor k, at::Tensor v,
+              at::Tensor slot_mapping);
 at::Tensor q4_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets, double zero);
 at::Tensor q8_dequantize(at::Tensor q, at::Tensor scales);
 
@@ -45,8 +45,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q8_linear", &q8_linear, "x @ W.T (+ bias), W in 8-bit groups of 32 (Q8_0)");
   m.def("q4_linear_i8", &q4_linear_i8,
         "x @ W.T (+ bias), W in 4-bit groups of 32, x quantized to int8 groups of 32");
-  m.def("q8_linear_i8", &q8_linear_i8,
-        "x @ W.T (+ bias), W in 8-bit groups of 32, x quantized to int8 groups of 32");
+  m.def("write_kv", &write_kv, "copy each token's K and V heads to its pool slot");
   m.def("q4_dequantize", &q4_dequantize, "4-bit groups of 32 to float32, GGUF's formula");
   m.def("q8_dequantize", &q8_dequantize, "8-bit groups of 32 to float32, GGUF's formula");
   m.def("isa", [] { return std::string(kvscope_vec::kIsa); },

@@ -29,16 +29,19 @@ from types import ModuleType
 logger = logging.getLogger(__name__)
 
 _SOURCES = ["bindings.cpp", "paged_decode.cpp", "paged_prefill.cpp", "fused_ops.cpp",
-            "small_gemm.cpp", "quant_gemm.cpp", "int8_gemm.cpp"]
+            "small_gemm.cpp", "quant_gemm.cpp", "int8_gemm.cpp",
+            "kv_write.cpp"]
 _AVX512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"]
 # best first: each set's compiler flags and the CPU flags (/proc/cpuinfo) it needs
 ISAS: dict[str, list[str]] = {
-    "avx512_bf16": [*_AVX512, "avx512bf16"],
+    "avx512_bf16": [*_AVX512, "avx512vnni", "avx512bf16"],  # every such CPU has VNNI too
+    "avx512_vnni": [*_AVX512, "avx512vnni"],  # int8 dot products (kernels/int8_gemm.cpp)
     "avx512": _AVX512,
     "avx2": ["avx2", "fma", "f16c"],
     "generic": [],
 }
-_CPUINFO_NAMES = {"avx512bf16": "avx512_bf16"}  # where /proc/cpuinfo spells it otherwise
+# where /proc/cpuinfo spells a flag otherwise
+_CPUINFO_NAMES = {"avx512bf16": "avx512_bf16", "avx512vnni": "avx512_vnni"}
 _modules: dict[str, ModuleType | None] = {}
 
 

@@ -1,8 +1,11 @@
-// Quantized linears on 8-bit activations: y = x · Wᵀ (+ b) with W in GGUF's groups of 32
-// (q4 or q8, as in quant_gemm.cpp) and each row of x quantized for the call to int8 in
-// groups of 32 (a scale max|x| / 127 per group, as llama.cpp's Q8 activations), so the
-// products are integer dot products (maddubs + madd: 32 products in two instructions
-// on AVX2, 64 on AVX-512) instead of widening every weight to float32.
+// 4-bit linears on 8-bit activations: y = x · Wᵀ (+ b) with W in GGUF's groups of 32
+// 4-bit integers (q4, as in quant_gemm.cpp) and each row of x quantized for the call to
+// int8 in groups of 32 (a scale max|x| / 127 per group, as llama.cpp's Q8
+// activations), so the products are integer dot products (maddubs + madd on AVX2 and
+// AVX-512, vpdpbusd with VNNI: 64 products per instruction) instead of widening every
+// weight to float32. At one row this halves the time of the float kernel; at many rows
+// the float kernel, which widens each weight once for all rows, is as fast. 8-bit
+// weights keep float activations: they are bound by memory at one row already.
 //
 // Per group g of weight row j and activation row r the integers give
 //   I = Σ q_w · q_x  and  y += d_w · d_x · I + (m + zero · d_w) · (d_x · Σ q_x),
@@ -10,10 +13,9 @@
 // accumulated in one fixed order whatever the number of rows in the call, so a row
 // gets the same bits alone or in a batch (decode rows = verification rows).
 //
-// Activation layout: for the q4 weights a block of b groups (b = kBlockGroups, fewer at
-// the end of a row) holds the first 16 elements of each of its groups, then the last
-// 16, so they line up with the low and the high nibbles of the weights' 16·b bytes.
-// For the q8 weights the activations keep their natural order.
+// Activation layout: a block of b groups (b = kBlockGroups, fewer at the end of a row)
+// holds the first 16 elements of each of its groups, then the last 16, so they line up
+// with the low and the high nibbles of the weights' 16·b bytes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -42,22 +44,26 @@ struct Activations {
   int64_t k_in, groups, padded;  // padded: room for zero scales after the groups
   std::vector<int8_t> q;          // [rows, K] in the layout above
   std::vector<float> d, s;        // [rows, padded]: scale, scale · Σ q
+  std::vector<float> d4;          // [rows, 4 · padded]: each scale 4 times (one per int32
+                                  // lane of its group's dot products)
 
   const int8_t* row(int64_t r) const { return q.data() + r * k_in; }
   const float* scale(int64_t r) const { return d.data() + r * padded; }
   const float* sums(int64_t r) const { return s.data() + r * padded; }
+  const float* spread_scale(int64_t r) const { return d4.data() + r * 4 * padded; }
 };
 
 template <typename TX>
-void quantize_activations(const TX* x, int64_t rows, int64_t k_in, bool split_halves,
-                          Activations& a) {
+void quantize_activations(const TX* x, int64_t rows, int64_t k_in, Activations& a) {
   a.k_in = k_in;
   a.groups = k_in / kGroup;
-  a.padded = (a.groups + 3) / 4 * 4 + 4;  // 4-float loads from any group stay inside
+  a.padded = (a.groups + 15) / 16 * 16 + 16;  // 16-float loads from any group stay inside
   a.q.resize(rows * k_in);
   a.d.assign(rows * a.padded, 0.f);
   a.s.assign(rows * a.padded, 0.f);
-  for (int64_t r = 0; r < rows; ++r) {
+  a.d4.assign(rows * 4 * a.padded, 0.f);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
     for (int64_t g = 0; g < a.groups; ++g) {
       const TX* v = x + r * k_in + g * kGroup;
       float amax = 0.f;
@@ -70,30 +76,30 @@ void quantize_activations(const TX* x, int64_t rows, int64_t k_in, bool split_ha
         sum += ints[i];
       }
       a.d[r * a.padded + g] = d;
+      std::fill_n(a.d4.data() + (r * a.padded + g) * 4, 4, d);
       a.s[r * a.padded + g] = d * float(sum);
       // where this group's two halves go in its block
       const int64_t block = g / kBlockGroups * kBlockGroups;
       const int64_t b = std::min<int64_t>(kBlockGroups, a.groups - block);
-      int8_t* out = a.q.data() + r * k_in;
-      if (!split_halves) {
-        std::copy(ints, ints + kGroup, out + g * kGroup);
-        continue;
-      }
-      int8_t* base = out + block * kGroup + (g - block) * (kGroup / 2);
+      int8_t* base = a.q.data() + r * k_in + block * kGroup + (g - block) * (kGroup / 2);
       std::copy(ints, ints + kGroup / 2, base);
       std::copy(ints + kGroup / 2, ints + kGroup, base + b * (kGroup / 2));
     }
   }
+  });
 }
 
-// A tile of kCols weight rows against one activation row: kCols float outputs. The
-// weight bytes of a tile stay in L1 while each activation row of the call reads them.
-constexpr int kCols = 4;
+// A tile of C weight rows against R activation rows (R·C float outputs). Each output
+// sees the same operations in the same order whatever R and C, so a row's bits do not
+// depend on the call's rows: per block of groups, acc += float(I) · d_w · d_x on the
+// int32 lanes of each group's dot products; at the end the offset terms
+// (m + zero · d_w) · s_x, 16 (or 8) groups per vector, then one horizontal sum.
+constexpr int kCols = 4;  // weight rows per tile
 
 struct Weights {
-  const uint8_t* q;  // q4: [N, K / 2] bytes; q8: [N, K] signed bytes
+  const uint8_t* q;  // [N, K / 2] bytes, two weights each
   const float* d;    // [N, K / 32] scales
-  const float* m;    // [N, K / 32] offsets (q4), or nullptr
+  const float* m;    // [N, K / 32] offsets
   float zero;
   int64_t row_bytes, groups;
 
@@ -104,73 +110,78 @@ struct Weights {
 
 struct ActivationRow {
   const int8_t* q;
-  const float* d;  // scales
-  const float* s;  // scale · Σ q
+  const float* d;   // scales
+  const float* s;   // scale · Σ q
+  const float* d4;  // each scale 4 times
 };
 
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
 
+constexpr int kTileRows = 4;  // 16 accumulators: 4 rows x 4 weight rows
+
 inline __mmask64 byte_mask(int64_t bytes) { return bytes >= 64 ? ~0ull : (1ull << bytes) - 1; }
 
-template <bool kQ4>
-void dot_cols(const Weights& w, int64_t j0, const ActivationRow& x, float* out) {
-  constexpr int per_block = kQ4 ? 4 : 2;  // groups per 64 bytes of weights
-  const __m512i ones = _mm512_set1_epi16(1), low4 = _mm512_set1_epi8(0x0F);
-  const __m512i spread = kQ4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
-                             : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  __m512 acc[kCols];
-  __m128 acc_m[kCols];
-  for (int c = 0; c < kCols; ++c) acc[c] = _mm512_setzero_ps(), acc_m[c] = _mm_setzero_ps();
-  auto step = [&](int64_t g0, int b, __mmask64 bytes_in, __mmask8 groups_in) {
-    const __m128 dx = _mm_loadu_ps(x.d + g0);
-    if constexpr (kQ4) {
-      const __m512i x_lo = _mm512_maskz_loadu_epi8(bytes_in, x.q + 32 * g0);
-      const __m512i x_hi = _mm512_maskz_loadu_epi8(bytes_in, x.q + 32 * g0 + 16 * b);
-      const __m128 sx = _mm_loadu_ps(x.s + g0);
-      for (int c = 0; c < kCols; ++c) {
-        const __m512i bytes = _mm512_maskz_loadu_epi8(bytes_in, w.bytes(j0 + c) + 16 * g0);
-        const __m512i lo = _mm512_and_si512(bytes, low4);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
-        const __m512i pairs = _mm512_add_epi16(_mm512_maddubs_epi16(lo, x_lo),
-                                               _mm512_maddubs_epi16(hi, x_hi));
-        const __m512 ints = _mm512_cvtepi32_ps(_mm512_madd_epi16(pairs, ones));
-        const __m128 dw = _mm_maskz_loadu_ps(groups_in, w.scales(j0 + c) + g0);
-        const __m128 scale = _mm_mul_ps(dw, dx);
-        acc[c] = _mm512_fmadd_ps(ints, _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(scale)),
-                                 acc[c]);
-        const __m128 offset = _mm_fmadd_ps(_mm_set1_ps(w.zero), dw,
-                                           _mm_maskz_loadu_ps(groups_in, w.offsets(j0 + c) + g0));
-        acc_m[c] = _mm_fmadd_ps(offset, sx, acc_m[c]);
-      }
-    } else {
-      const __m512i xv = _mm512_maskz_loadu_epi8(bytes_in, x.q + 32 * g0);
-      for (int c = 0; c < kCols; ++c) {
-        const __m512i bytes = _mm512_maskz_loadu_epi8(bytes_in, w.bytes(j0 + c) + 32 * g0);
-        const __m512i signed_x =
-            _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(bytes), _mm512_setzero_si512(), xv);
-        const __m512i pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(bytes), signed_x);
-        const __m512 ints = _mm512_cvtepi32_ps(_mm512_madd_epi16(pairs, ones));
-        const __m128 scale = _mm_mul_ps(_mm_maskz_loadu_ps(groups_in, w.scales(j0 + c) + g0), dx);
-        acc[c] = _mm512_fmadd_ps(ints, _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(scale)),
-                                 acc[c]);
+// the 4 groups' integer products of a block, each group on 4 int32 lanes
+inline __m512i block_dot(__m512i lo, __m512i hi, __m512i x_lo, __m512i x_hi) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x_lo), hi, x_hi);
+#else
+  const __m512i pairs = _mm512_add_epi16(_mm512_maddubs_epi16(lo, x_lo),
+                                         _mm512_maddubs_epi16(hi, x_hi));
+  return _mm512_madd_epi16(pairs, _mm512_set1_epi16(1));
+#endif
+}
+
+template <int R, int C>
+void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  auto step = [&](int64_t g0, int b) {
+    const __mmask64 bytes_in = byte_mask(16 * b);
+    const __mmask8 groups_in = static_cast<__mmask8>((1u << b) - 1);
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const int64_t j = j0 + c;
+      const __m512 dw = _mm512_permutexvar_ps(
+          spread, _mm512_castps128_ps512(_mm_maskz_loadu_ps(groups_in, w.scales(j) + g0)));
+      const __m512i bytes = _mm512_maskz_loadu_epi8(bytes_in, w.bytes(j) + 16 * g0);
+      const __m512i lo = _mm512_and_si512(bytes, low4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const int8_t* xq = x[r].q + 32 * g0;
+        const __m512i x_lo = _mm512_maskz_loadu_epi8(bytes_in, xq);
+        const __m512i x_hi = _mm512_maskz_loadu_epi8(bytes_in, xq + 16 * b);
+        const __m512 ints = _mm512_cvtepi32_ps(block_dot(lo, hi, x_lo, x_hi));
+        const __m512 dx = _mm512_loadu_ps(x[r].d4 + 4 * g0);
+        acc[r][c] = _mm512_fmadd_ps(ints, _mm512_mul_ps(dw, dx), acc[r][c]);
       }
     }
   };
-  const int64_t full = w.groups / per_block * per_block;
-  const int bytes_per_group = kQ4 ? 16 : 32;
-  for (int64_t g0 = 0; g0 < full; g0 += per_block)
-    step(g0, per_block, ~0ull, static_cast<__mmask8>((1u << per_block) - 1));
-  if (full < w.groups) {
-    const int b = static_cast<int>(w.groups - full);
-    step(full, b, byte_mask(bytes_per_group * b), static_cast<__mmask8>((1u << b) - 1));
+  const int64_t full = w.groups / 4 * 4;
+  for (int64_t g0 = 0; g0 < full; g0 += 4) step(g0, 4);
+  if (full < w.groups) step(full, static_cast<int>(w.groups - full));
+  for (int64_t g = 0; g < w.groups; g += 16) {
+    const __mmask16 in = static_cast<__mmask16>(
+        w.groups - g >= 16 ? 0xFFFF : (1u << (w.groups - g)) - 1);
+    for (int c = 0; c < C; ++c) {
+      const __m512 offset = _mm512_fmadd_ps(_mm512_set1_ps(w.zero),
+                                            _mm512_maskz_loadu_ps(in, w.scales(j0 + c) + g),
+                                            _mm512_maskz_loadu_ps(in, w.offsets(j0 + c) + g));
+      for (int r = 0; r < R; ++r)
+        acc[r][c] = _mm512_fmadd_ps(offset, _mm512_loadu_ps(x[r].s + g), acc[r][c]);
+    }
   }
-  for (int c = 0; c < kCols; ++c) {
-    const __m128 m = acc_m[c];
-    out[c] = _mm512_reduce_add_ps(acc[c]) + ((m[0] + m[1]) + (m[2] + m[3]));
-  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r * C + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 #elif defined(__AVX2__)
+
+constexpr int kTileRows = 2;  // 16 registers: 2 rows x 2 weight rows of accumulators
 
 inline __m256i load_bytes(const void* p, int bytes) {  // 32 bytes, or 16 then zeros
   if (bytes == 32) return _mm256_loadu_si256(static_cast<const __m256i*>(p));
@@ -182,160 +193,153 @@ inline __m128 load_floats(const float* p, int n) {  // n = 1 or 2, the rest zero
                 : _mm_load_ss(p);
 }
 
-template <bool kQ4>
-void dot_cols(const Weights& w, int64_t j0, const ActivationRow& x, float* out) {
-  constexpr int per_block = kQ4 ? 2 : 1;  // groups per 32 bytes of weights
+inline __m256 load_first(const float* p, int64_t n) {  // n floats (up to 8), the rest zeros
+  if (n >= 8) return _mm256_loadu_ps(p);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lanes));
+}
+
+template <int R, int C>
+void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) {
   const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
   const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-  __m256 acc[kCols];
-  __m128 acc_m[kCols];
-  for (int c = 0; c < kCols; ++c) acc[c] = _mm256_setzero_ps(), acc_m[c] = _mm_setzero_ps();
+  __m256 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   auto step = [&](int64_t g0, int b) {
-    if constexpr (kQ4) {
-      const __m256i x_lo = load_bytes(x.q + 32 * g0, 16 * b);
-      const __m256i x_hi = load_bytes(x.q + 32 * g0 + 16 * b, 16 * b);
-      const __m128 dx = _mm_loadu_ps(x.d + g0), sx = _mm_loadu_ps(x.s + g0);
-      for (int c = 0; c < kCols; ++c) {
-        const __m256i bytes = load_bytes(w.bytes(j0 + c) + 16 * g0, 16 * b);
-        const __m256i lo = _mm256_and_si256(bytes, low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo),
-                                               _mm256_maddubs_epi16(hi, x_hi));
+    for (int c = 0; c < C; ++c) {
+      const int64_t j = j0 + c;
+      const __m256i bytes = load_bytes(w.bytes(j) + 16 * g0, 16 * b);
+      const __m256i lo = _mm256_and_si256(bytes, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      const __m256 dw = _mm256_permutevar8x32_ps(
+          _mm256_castps128_ps256(load_floats(w.scales(j) + g0, b)), spread);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* xq = x[r].q + 32 * g0;
+        const __m256i pairs = _mm256_add_epi16(
+            _mm256_maddubs_epi16(lo, load_bytes(xq, 16 * b)),
+            _mm256_maddubs_epi16(hi, load_bytes(xq + 16 * b, 16 * b)));
         const __m256 ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        const __m128 dw = load_floats(w.scales(j0 + c) + g0, b);
-        const __m128 scale = _mm_mul_ps(dw, dx);
-        acc[c] = _mm256_fmadd_ps(ints, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(scale), spread),
-                                 acc[c]);
-        const __m128 offset = _mm_fmadd_ps(_mm_set1_ps(w.zero), dw,
-                                           load_floats(w.offsets(j0 + c) + g0, b));
-        acc_m[c] = _mm_fmadd_ps(offset, sx, acc_m[c]);
-      }
-    } else {
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + 32 * g0));
-      const __m256 dx = _mm256_broadcast_ss(x.d + g0);
-      for (int c = 0; c < kCols; ++c) {
-        const __m256i bytes =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.bytes(j0 + c) + 32 * g0));
-        const __m256i pairs =
-            _mm256_maddubs_epi16(_mm256_abs_epi8(bytes), _mm256_sign_epi8(xv, bytes));
-        const __m256 ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(w.scales(j0 + c) + g0), dx);
-        acc[c] = _mm256_fmadd_ps(ints, scale, acc[c]);
+        const __m256 dx = _mm256_loadu_ps(x[r].d4 + 4 * g0);
+        acc[r][c] = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, dx), acc[r][c]);
       }
     }
   };
-  const int64_t full = w.groups / per_block * per_block;
-  for (int64_t g0 = 0; g0 < full; g0 += per_block) step(g0, per_block);
-  if (full < w.groups) step(full, static_cast<int>(w.groups - full));
-  for (int c = 0; c < kCols; ++c) {
-    const __m128 half = _mm_add_ps(_mm256_castps256_ps128(acc[c]), _mm256_extractf128_ps(acc[c], 1));
-    const __m128 m = acc_m[c];
-    out[c] = ((half[0] + half[1]) + (half[2] + half[3])) + ((m[0] + m[1]) + (m[2] + m[3]));
+  const int64_t full = w.groups / 2 * 2;
+  for (int64_t g0 = 0; g0 < full; g0 += 2) step(g0, 2);
+  if (full < w.groups) step(full, 1);
+  for (int64_t g = 0; g < w.groups; g += 8) {
+    for (int c = 0; c < C; ++c) {
+      const __m256 offset = _mm256_fmadd_ps(_mm256_set1_ps(w.zero),
+                                            load_first(w.scales(j0 + c) + g, w.groups - g),
+                                            load_first(w.offsets(j0 + c) + g, w.groups - g));
+      for (int r = 0; r < R; ++r)
+        acc[r][c] = _mm256_fmadd_ps(offset, _mm256_loadu_ps(x[r].s + g), acc[r][c]);
+    }
   }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      const __m128 half = _mm_add_ps(_mm256_castps256_ps128(acc[r][c]),
+                                     _mm256_extractf128_ps(acc[r][c], 1));
+      out[r * C + c] = (half[0] + half[1]) + (half[2] + half[3]);
+    }
 }
 
 #else  // plain integer loops
 
-template <bool kQ4>
-void dot_cols(const Weights& w, int64_t j0, const ActivationRow& x, float* out) {
-  for (int c = 0; c < kCols; ++c) {
-    const int64_t j = j0 + c;
-    float acc = 0.f, acc_m = 0.f;
-    for (int64_t g = 0; g < w.groups; ++g) {
-      const int8_t* xg = x.q + 32 * g;
-      int32_t dot = 0;
-      if constexpr (kQ4) {
+constexpr int kTileRows = 1;
+
+template <int R, int C>
+void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) {
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      const int64_t j = j0 + c;
+      float acc = 0.f;
+      for (int64_t g = 0; g < w.groups; ++g) {
+        const int8_t* xg = x[r].q + 32 * g;
         const uint8_t* q = w.bytes(j) + 16 * g;
+        int32_t dot = 0;
         for (int e = 0; e < 16; ++e) dot += (q[e] & 0xF) * xg[e] + (q[e] >> 4) * xg[16 + e];
-        acc_m += (w.offsets(j)[g] + w.zero * w.scales(j)[g]) * x.s[g];
-      } else {
-        const auto* q = reinterpret_cast<const int8_t*>(w.bytes(j)) + 32 * g;
-        for (int e = 0; e < 32; ++e) dot += q[e] * xg[e];
+        acc += float(dot) * (w.scales(j)[g] * x[r].d[g]);
       }
-      acc += float(dot) * (w.scales(j)[g] * x.d[g]);
+      for (int64_t g = 0; g < w.groups; ++g)
+        acc += (w.offsets(j)[g] + w.zero * w.scales(j)[g]) * x[r].s[g];
+      out[r * C + c] = acc;
     }
-    out[c] = acc + acc_m;
-  }
 }
 
 #endif
 
-template <bool kQ4, typename TX>
+// Activation rows [r0, r0 + R) against weight rows [j0, j0 + kCols): tiles of kCols
+// weight rows where the accumulators fit the registers, else of 2.
+template <int R, typename TX>
+void row_tiles(const Weights& w, const Activations& a, int64_t r0, int64_t j0, const float* bias,
+               TX* y, int64_t n_out) {
+  ActivationRow x[R];
+  for (int r = 0; r < R; ++r)
+    x[r] = {a.row(r0 + r), a.scale(r0 + r), a.sums(r0 + r), a.spread_scale(r0 + r)};
+  constexpr int C = R * kCols <= 16 ? kCols : 2;
+  float sums[R * C];
+  for (int64_t c0 = 0; c0 < kCols; c0 += C) {
+    dot_tile<R, C>(w, j0 + c0, x, sums);
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) {
+        const int64_t j = j0 + c0 + c;
+        y[(r0 + r) * n_out + j] = TX(sums[r * C + c] + (bias ? bias[j] : 0.f));
+      }
+  }
+}
+
+template <typename TX>
 void int8_gemm(const TX* x, const Weights& w, const float* bias, TX* y, int64_t rows,
                int64_t n_out, int64_t k_in) {
   thread_local Activations buffer;  // the calling thread's; the workers read it
   Activations& a = buffer;
-  quantize_activations(x, rows, k_in, kQ4, a);
+  quantize_activations(x, rows, k_in, a);
   at::parallel_for(0, n_out / kCols, 4, [&](int64_t begin, int64_t end) {
-    float sums[kCols];
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t j0 = tile * kCols;
-      for (int64_t r = 0; r < rows; ++r) {
-        dot_cols<kQ4>(w, j0, {a.row(r), a.scale(r), a.sums(r)}, sums);
-        for (int c = 0; c < kCols; ++c)
-          y[r * n_out + j0 + c] = TX(sums[c] + (bias ? bias[j0 + c] : 0.f));
-      }
+      int64_t r0 = 0;
+      for (; r0 + kTileRows <= rows; r0 += kTileRows)
+        row_tiles<kTileRows>(w, a, r0, j0, bias, y, n_out);
+      for (; r0 < rows; ++r0) row_tiles<1>(w, a, r0, j0, bias, y, n_out);
     }
   });
 }
 
-void check(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
-           int64_t q_cols, const c10::optional<at::Tensor>& bias) {
+}  // namespace
+
+// x [rows, K] float32 or bf16; q [N, K / 2] uint8; scales, offsets [N, K / 32] float32;
+// zero: 0 (Q4_1) or -8 (Q4_0)
+at::Tensor q4_linear_i8(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor offsets,
+                        double zero, c10::optional<at::Tensor> bias) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
-              "int8 linear: x must be a contiguous [rows, K] float32 or bf16 tensor");
+              "q4_linear_i8: x must be a contiguous [rows, K] float32 or bf16 tensor");
   const int64_t n_out = q.size(0), k_in = x.size(1);
-  TORCH_CHECK(k_in % kGroup == 0 && n_out % kCols == 0 && q.is_contiguous() && q.dim() == 2 &&
-                  q.size(1) == q_cols,
-              "int8 linear: K must be a multiple of 32, N of 4, and q match them");
+  TORCH_CHECK(k_in % kGroup == 0 && n_out % kCols == 0 && q.scalar_type() == at::kByte &&
+                  q.is_contiguous() && q.dim() == 2 && q.size(1) * 2 == k_in,
+              "q4_linear_i8: K must be a multiple of 32, N of 4, q uint8 [N, K / 2]");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
                   scales.dim() == 2 && scales.size(0) == n_out &&
-                  scales.size(1) == k_in / kGroup,
-              "int8 linear: scales must be float32 [N, K / 32]");
+                  scales.size(1) == k_in / kGroup && offsets.sizes() == scales.sizes() &&
+                  offsets.scalar_type() == at::kFloat && offsets.is_contiguous(),
+              "q4_linear_i8: scales and offsets must be float32 [N, K / 32]");
   if (bias.has_value())
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
                     bias->numel() == n_out,
-                "int8 linear: bias must be float32 [N]");
-}
-
-template <bool kQ4>
-at::Tensor run(const at::Tensor& x, const Weights& w, int64_t n_out,
-               const c10::optional<at::Tensor>& bias) {
+                "q4_linear_i8: bias must be float32 [N]");
   auto y = at::empty({x.size(0), n_out}, x.options());
   if (x.size(0) == 0 || n_out == 0) return y;
+  const Weights w{q.data_ptr<uint8_t>(), scales.data_ptr<float>(), offsets.data_ptr<float>(),
+                  static_cast<float>(zero), k_in / 2, k_in / kGroup};
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  AT_DISPATCH_SWITCH(x.scalar_type(), "int8_linear",
+  AT_DISPATCH_SWITCH(x.scalar_type(), "q4_linear_i8",
     AT_DISPATCH_CASE(at::kFloat, [&] {
-      int8_gemm<kQ4>(x.data_ptr<scalar_t>(), w, b, y.data_ptr<scalar_t>(), x.size(0), n_out,
-                     x.size(1));
+      int8_gemm(x.data_ptr<scalar_t>(), w, b, y.data_ptr<scalar_t>(), x.size(0), n_out, k_in);
     })
     AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      int8_gemm<kQ4>(x.data_ptr<scalar_t>(), w, b, y.data_ptr<scalar_t>(), x.size(0), n_out,
-                     x.size(1));
+      int8_gemm(x.data_ptr<scalar_t>(), w, b, y.data_ptr<scalar_t>(), x.size(0), n_out, k_in);
     }));
   return y;
-}
-
-}  // namespace
-
-// x [rows, K]; q [N, K / 2] uint8; scales, offsets [N, K / 32] float32; zero: 0 or -8
-at::Tensor q4_linear_i8(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor offsets,
-                        double zero, c10::optional<at::Tensor> bias) {
-  check(x, q, scales, x.size(1) / 2, bias);
-  TORCH_CHECK(q.scalar_type() == at::kByte && offsets.sizes() == scales.sizes() &&
-                  offsets.scalar_type() == at::kFloat && offsets.is_contiguous(),
-              "q4_linear_i8: q uint8 [N, K / 2], offsets float32 [N, K / 32]");
-  const Weights w{q.data_ptr<uint8_t>(), scales.data_ptr<float>(), offsets.data_ptr<float>(),
-                  static_cast<float>(zero), x.size(1) / 2, x.size(1) / kGroup};
-  return run<true>(x, w, q.size(0), bias);
-}
-
-// x [rows, K]; q [N, K] int8; scales [N, K / 32] float32
-at::Tensor q8_linear_i8(at::Tensor x, at::Tensor q, at::Tensor scales,
-                        c10::optional<at::Tensor> bias) {
-  check(x, q, scales, x.size(1), bias);
-  TORCH_CHECK(q.scalar_type() == at::kChar, "q8_linear_i8: q must be int8 [N, K]");
-  const Weights w{reinterpret_cast<const uint8_t*>(q.data_ptr<int8_t>()),
-                  scales.data_ptr<float>(), nullptr, 0.f, x.size(1), x.size(1) / kGroup};
-  return run<false>(x, w, q.size(0), bias);
 }

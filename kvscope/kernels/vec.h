@@ -28,6 +28,8 @@ namespace kvscope_vec {
 // The instruction set this translation unit is compiled for, as build.py names it.
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 inline constexpr const char* kIsa = "avx512_bf16";
+#elif defined(__AVX512F__) && defined(__AVX512VNNI__)
+inline constexpr const char* kIsa = "avx512_vnni";
 #elif defined(__AVX512F__)
 inline constexpr const char* kIsa = "avx512";
 #elif defined(__AVX2__) && defined(__FMA__)

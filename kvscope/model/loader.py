@@ -100,7 +100,7 @@ def load_model(model: str | None, dtype: torch.dtype, progress: bool = False,
     `progress` shows a bar while weights load. `quantization`: "auto" keeps a GGUF's
     quantized weights where kvscope has kernels for their type, "none" dequantizes
     everything, "int8" / "int4" quantize every linear weight from float (a GGUF's
-    are dequantized first; model/quant.py). `activations`: what the quantized linears
+    are dequantized first; model/quant.py). `activations`: what the 4-bit linears
     multiply with at decode, "int8" (groups of 32, integer dot products) or "float"."""
     path = resolve_model_path(model)
     config, weights = read_checkpoint(path, progress, keep_quantized=quantization == "auto")
@@ -114,11 +114,14 @@ def load_model(model: str | None, dtype: torch.dtype, progress: bool = False,
 
 
 def describe_weights(net: LlamaModel) -> str:
-    """How the linear weights are stored, e.g. "q4 (210), q8 (1)" or "dense"."""
+    """How the linear weights are stored, e.g. "q4 (120), q8 (1); int8 activations"
+    (what the 4-bit layers multiply with at decode) or "dense"."""
     linears = [m for m in net.modules() if isinstance(m, QuantizedLinear)]
     if not linears:
         return "dense"
     formats = Counter(m.weight.fmt for m in linears)
-    activations = "int8" if linears[0].int8_activations else "float"
-    return (", ".join(f"{fmt} ({n})" for fmt, n in sorted(formats.items()))
-            + f"; {activations} activations")
+    described = ", ".join(f"{fmt} ({n})" for fmt, n in sorted(formats.items()))
+    q4 = [m for m in linears if m.weight.fmt == "q4"]  # q8 layers keep float activations
+    if q4:
+        described += "; int8 activations" if q4[0].int8_activations else "; float activations"
+    return described

@@ -52,10 +52,8 @@ class QuantizedLinear(nn.Module):
 
     def _kernel(self, kernels: Any, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if self.int8_activations:
-            if w.fmt == "q4":
-                return kernels.q4_linear_i8(x, w.q, w.scales, w.offsets, w.zero, self.bias)
-            return kernels.q8_linear_i8(x, w.q, w.scales, self.bias)
+        if w.fmt == "q4" and self.int8_activations:
+            return kernels.q4_linear_i8(x, w.q, w.scales, w.offsets, w.zero, self.bias)
         if w.fmt == "q4":
             return kernels.q4_linear(x, w.q, w.scales, w.offsets, w.zero, self.bias)
         return kernels.q8_linear(x, w.q, w.scales, self.bias)
