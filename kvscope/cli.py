@@ -51,8 +51,9 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                              "distributed, gloo on CPU); 1: run it in this process")
     parser.add_argument("--quantization", choices=["auto", "none", "int8", "int4"],
                         default="auto",
-                        help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0 weights quantized; none: "
-                             "dequantize at load; int8/int4: quantize every linear at load")
+                        help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized; "
+                             "none: dequantize at load; int8/int4: quantize every linear "
+                             "at load")
     parser.add_argument("--quantized-activations", choices=["int8", "float"], default="int8",
                         help="what 4-bit linears multiply with at decode: int8 (each "
                              "row in groups of 32, integer dot products, as llama.cpp) or "

@@ -155,8 +155,9 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig | None = None  # None: no speculative decoding
     tensor_parallel_size: int = 1  # >1: the model is sharded over that many worker processes
-    # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0 weights quantized, "none" dequantizes
-    # them at load, "int8"/"int4" quantize every linear from float at load (model/quant.py)
+    # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized, "none"
+    # dequantizes them at load, "int8"/"int4" quantize every linear from float at load
+    # (model/quant.py)
     quantization: str = "auto"
     # what 4-bit linears multiply their weights with at decode: "int8" quantizes each
     # activation row in groups of 32 for integer dot products (llama.cpp's arithmetic,

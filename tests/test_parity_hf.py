@@ -214,8 +214,10 @@ def qwen_path() -> Path:
 
 @pytest.fixture(scope="module")
 def qwen_llm(qwen_path: Path) -> LLM:
+    # its own quantized weights (Q4_K, Q8_0) on float activations: the dequantized
+    # model's arithmetic, in another order of summation
     return LLM(model=str(qwen_path), dtype="float32", kv_cache_memory=KV_MEMORY,
-               max_model_len=MAX_MODEL_LEN)
+               max_model_len=MAX_MODEL_LEN, quantized_activations="float")
 
 
 @pytest.fixture(scope="module")

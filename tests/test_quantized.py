@@ -43,6 +43,20 @@ def test_dequantize_equals_the_gguf_package_bit_for_bit(type_name: str):
     assert weight.fmt == ("q8" if type_name == "Q8_0" else "q4")
 
 
+def test_q4_k_is_repacked_into_groups_of_32_bit_for_bit():
+    """Q4_K super-blocks from random bytes (any bytes are a valid block; fp16 factors
+    set to finite values), against the gguf package's dequantisation."""
+    rows, cols = 8, 512
+    rng = np.random.default_rng(6)
+    raw = rng.integers(0, 256, size=(rows * cols // 256, 144), dtype=np.uint8)
+    factors = (rng.random((rows * cols // 256, 2)) * 0.01).astype(np.float16)
+    raw[:, :4] = factors.view(np.uint8)
+    reference = gguf_dequantize(raw, GGMLQuantizationType.Q4_K).reshape(rows, cols)
+    weight = from_gguf_blocks(raw, "Q4_K", rows, cols)
+    assert weight.fmt == "q4" and weight.shape == (rows, cols)
+    assert torch.equal(weight.dequantize(), torch.from_numpy(reference.copy()))
+
+
 def quantized_call(kernels, weight: QuantizedTensor, x: torch.Tensor,
                    bias: torch.Tensor | None) -> torch.Tensor:
     if weight.fmt == "q4":

@@ -8,8 +8,11 @@ Two formats, both read by the C++ kernels of `kernels/quant_gemm.cpp`:
 * ``q8``: signed 8-bit integers and a scale per group; a weight is q * d (Q8_0).
 
 GGUF tensors of these types are taken over as they are (their fp16 scales widened to
-float32); float weights can be quantized at load the way llama.cpp makes Q4_1 and
-Q8_0 (`quantize`). `dequantize` computes exactly the kernels' weights.
+float32); Q4_K super-blocks (256 weights, 8 groups of 32 with 6-bit scales and minima
+under two fp16 factors) are repacked into q4 groups, each scale d · sc and offset
+-dmin · m computed as the gguf package computes them, so the weights are bit for bit
+its dequantisation. Float weights can be quantized at load the way llama.cpp makes
+Q4_1 and Q8_0 (`quantize`). `dequantize` computes exactly the kernels' weights.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 GROUP = 32  # weights per scale
 FORMATS = ("q4", "q8")
 # GGUF type name → (format, zero); the block layouts are read in `from_gguf_blocks`
-GGUF_TYPES = {"Q4_0": ("q4", -8.0), "Q4_1": ("q4", 0.0), "Q8_0": ("q8", 0.0)}
+GGUF_TYPES = {"Q4_0": ("q4", -8.0), "Q4_1": ("q4", 0.0), "Q8_0": ("q8", 0.0),
+              "Q4_K": ("q4", 0.0)}
+SUPER_BLOCK = 256  # weights per Q4_K block
 
 
 @dataclass(slots=True)
@@ -78,7 +83,9 @@ def cat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
 
 
 def from_gguf_blocks(raw: np.ndarray, type_name: str, rows: int, cols: int) -> QuantizedTensor:
-    """A GGUF tensor of type Q4_0, Q4_1 or Q8_0 (its raw blocks, row after row)."""
+    """A GGUF tensor of type Q4_0, Q4_1, Q8_0 or Q4_K (its raw blocks, row after row)."""
+    if type_name == "Q4_K":
+        return _from_q4_k(raw, rows, cols)
     fmt, zero = GGUF_TYPES[type_name]
     blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // GROUP, -1)
 
@@ -98,6 +105,31 @@ def from_gguf_blocks(raw: np.ndarray, type_name: str, rows: int, cols: int) -> Q
         q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
     ints = torch.from_numpy(np.ascontiguousarray(q).reshape(rows, -1))
     return QuantizedTensor(fmt, ints, scales, offsets, zero)
+
+
+def _from_q4_k(raw: np.ndarray, rows: int, cols: int) -> QuantizedTensor:
+    """Q4_K blocks (fp16 d and dmin, 12 bytes of 6-bit scales and minima, 128 bytes of
+    nibbles) as q4 groups of 32."""
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // SUPER_BLOCK, 144)
+
+    def half(start: int) -> np.ndarray:  # an fp16 field → float32 [rows, blocks, 1]
+        return np.ascontiguousarray(blocks[..., start:start + 2]).view(np.float16).astype(
+            np.float32)
+
+    low, high, extra = blocks[..., 4:8], blocks[..., 8:12], blocks[..., 12:16]
+    sc = np.concatenate([low & 0x3F, (extra & 0x0F) | ((low >> 2) & 0x30)], axis=-1)
+    mins = np.concatenate([high & 0x3F, (extra >> 4) | ((high >> 2) & 0x30)], axis=-1)
+    scales = half(0) * sc.astype(np.float32)  # [rows, blocks, 8], as gguf computes them
+    offsets = -(half(2) * mins.astype(np.float32))
+    # each 32 bytes of nibbles hold two groups: the low nibbles one, the high the next
+    nibbles = blocks[..., 16:].reshape(rows, -1, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]
+    ints = (nibbles & 0x0F).reshape(rows, -1, GROUP)  # [rows, groups, 32] in order
+    packed = ints[..., :GROUP // 2] | (ints[..., GROUP // 2:] << 4)  # kvscope's nibble order
+    groups = cols // GROUP
+    return QuantizedTensor("q4", torch.from_numpy(np.ascontiguousarray(packed).reshape(rows, -1)),
+                           torch.from_numpy(np.ascontiguousarray(scales).reshape(rows, groups)),
+                           torch.from_numpy(np.ascontiguousarray(offsets).reshape(rows, groups)),
+                           0.0)
 
 
 def quantize(weight: torch.Tensor, fmt: str) -> QuantizedTensor:
