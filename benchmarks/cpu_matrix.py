@@ -157,7 +157,7 @@ def render(results: dict[str, Any]) -> str:
              f"engine-core: {w['num_requests']} requests, prompts {w['min_prompt']}-"
              f"{w['max_prompt']} tokens, {w['output_len']} out each; batch 1: "
              f"{w['batch1_tokens']} tokens", "",
-             f"{'engine':<24}{'weights':>18}{'MB/token':>10}{'w64 out tok/s':>15}"
+             f"{'engine':<38}{'weights':>36}{'MB/token':>10}{'w64 out tok/s':>15}"
              f"{'x fp32':>8}{'% peak':>8}{'batch-1 tok/s':>15}{'x fp32':>8}{'% bw limit':>12}"]
     base = results["rows"][0]
     for r in results["rows"]:
@@ -171,7 +171,7 @@ def render(results: dict[str, Any]) -> str:
             return f"{value:>{width}{fmt}}" if value else f"{'-':>{width}}"
 
         lines.append(
-            f"{r['engine']:<24}{r.get('weights', '-'):>18}{cell(mb and mb / 1e6, 10)}"
+            f"{r['engine']:<38}{r.get('weights', '-'):>36}{cell(mb and mb / 1e6, 10)}"
             f"{cell(out, 15)}{cell(out and out / base['output_tok_s'], 7, '.2f')}x"
             f"{cell(r.get('pct_of_peak'), 7)}%{cell(b1, 15)}"
             f"{cell(b1 and b1 / base['batch1_tok_s'], 7, '.2f')}x"
