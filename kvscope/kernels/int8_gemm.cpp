@@ -290,15 +290,27 @@ void row_tiles(const Weights& w, const Activations& a, int64_t r0, int64_t j0, c
   }
 }
 
+constexpr int64_t kPrefetchTiles = 16;  // about 18 KB ahead for rows of 576 weights
+
 template <typename TX>
 void int8_gemm(const TX* x, const Weights& w, const float* bias, TX* y, int64_t rows,
                int64_t n_out, int64_t k_in) {
   thread_local Activations buffer;  // the calling thread's; the workers read it
   Activations& a = buffer;
   quantize_activations(x, rows, k_in, a);
+  const int64_t tile_bytes = kCols * w.row_bytes, weight_end = n_out * w.row_bytes;
   at::parallel_for(0, n_out / kCols, 4, [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t j0 = tile * kCols;
+      // the weights kPrefetchTiles tiles ahead, while this tile computes
+      const int64_t ahead = (tile + kPrefetchTiles) * tile_bytes;
+      for (int64_t line = ahead; line < std::min(ahead + tile_bytes, weight_end); line += 64)
+        __builtin_prefetch(w.q + line, 0, 2);
+      const int64_t scales_ahead = std::min(tile + kPrefetchTiles, n_out / kCols - 1) * kCols;
+      for (int64_t f = 0; f < kCols * w.groups; f += 16) {  // 16 floats a line
+        __builtin_prefetch(w.scales(scales_ahead) + f, 0, 2);
+        __builtin_prefetch(w.offsets(scales_ahead) + f, 0, 2);
+      }
       int64_t r0 = 0;
       for (; r0 + kTileRows <= rows; r0 += kTileRows)
         row_tiles<kTileRows>(w, a, r0, j0, bias, y, n_out);
