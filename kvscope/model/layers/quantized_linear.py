@@ -1,6 +1,9 @@
 """A linear layer whose weight stays quantized (`model/quant.py`): the C++ kernels read
 the packed integers and widen them in registers; without the kernels the weight is
-dequantized on each call (correct, slow).
+dequantized on each call (correct, slow). With `int8_activations` (the default) a
+4-bit layer's kernel rows are rounded to int8 in groups of 32 and multiplied in
+integers (`kernels/int8_gemm.cpp`, llama.cpp's arithmetic); 8-bit layers always
+multiply float activations.
 
 Steps of more than `linear.ROW_INVARIANT_MAX_ROWS` rows (prefill) are compute-bound,
 where the library's float32 GEMM is several times faster than the quantized kernels:
