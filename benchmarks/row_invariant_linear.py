@@ -2,7 +2,8 @@
 
 `small_gemm` (bf16 weights: AVX512-BF16 dot products where the CPU has them, else
 float32 FMAs on the widened weights), `q8_linear` and `q4_linear` (8- and 4-bit weights
-in groups of 32, widened in registers) give each row the same bits whatever the number
+in groups of 32, widened in registers) and `q4_linear_i8` (4-bit weights on int8
+activations, integer dot products) give each row the same bits whatever the number
 of rows in the call, which speculative verification (1 + k rows per request) needs to
 match plain greedy decoding. This table shows their time per call beside oneDNN's bf16
 GEMM on a pre-packed weight (`_linear_pointwise`, as `kvscope.model.layers.linear` calls
@@ -74,6 +75,7 @@ def _kernels_under_test(kernels, x: torch.Tensor, copies: dict[str, list[Any]]
         "bf16 small_gemm": lambda i: kernels.small_gemm(x16, pick("bf16", i), None),
         "q8": lambda i: kernels.q8_linear(x, *pick("q8", i), None),
         "q4": lambda i: kernels.q4_linear(x, *pick("q4", i), 0.0, None),
+        "q4 int8 act": lambda i: kernels.q4_linear_i8(x, *pick("q4", i), 0.0, None),
     }
     if copies["onednn"]:
         calls["bf16 oneDNN"] = lambda i: torch.ops.mkldnn._linear_pointwise(
@@ -127,7 +129,7 @@ def main() -> None:
     print(f"kernels {kernels.isa()}, threads={torch.get_num_threads()}, "
           f"weights={'cache' if args.warm else 'memory'}, median of {args.reps}; "
           "us per call, and the ratio to fp32 F.linear")
-    names = ["fp32 F.linear", "bf16 small_gemm", "bf16 oneDNN", "q8", "q4"]
+    names = ["fp32 F.linear", "bf16 small_gemm", "bf16 oneDNN", "q8", "q4", "q4 int8 act"]
     print(f"{'shape':<22} {'N x K':>12} {'M':>3} " + "".join(f"{n:>17}" for n in names))
     with torch.inference_mode():
         for name, n, k in shapes:
