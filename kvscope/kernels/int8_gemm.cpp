@@ -186,7 +186,7 @@ void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) 
 
 #elif defined(__AVX2__)
 
-constexpr int kTileRows = 2;  // 16 registers: 2 rows x 2 weight rows of accumulators
+constexpr int kTileRows = 2;  // 16 registers: 8 accumulators (2 rows x 4 weight rows)
 
 inline __m256i load_bytes(const void* p, int bytes) {  // 32 bytes, or 16 then zeros
   if (bytes == 32) return _mm256_loadu_si256(static_cast<const __m256i*>(p));
@@ -275,24 +275,20 @@ void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) 
 
 #endif
 
-// Activation rows [r0, r0 + R) against weight rows [j0, j0 + kCols): tiles of kCols
-// weight rows where the accumulators fit the registers, else of 2.
+// Activation rows [r0, r0 + R) against weight rows [j0, j0 + kCols): one tile.
 template <int R, typename TX>
 void row_tiles(const Weights& w, const Activations& a, int64_t r0, int64_t j0, const float* bias,
                TX* y, int64_t n_out) {
   ActivationRow x[R];
   for (int r = 0; r < R; ++r)
     x[r] = {a.row(r0 + r), a.scale(r0 + r), a.sums(r0 + r), a.spread_scale(r0 + r)};
-  constexpr int C = R * kCols <= 16 ? kCols : 2;
-  float sums[R * C];
-  for (int64_t c0 = 0; c0 < kCols; c0 += C) {
-    dot_tile<R, C>(w, j0 + c0, x, sums);
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) {
-        const int64_t j = j0 + c0 + c;
-        y[(r0 + r) * n_out + j] = TX(sums[r * C + c] + (bias ? bias[j] : 0.f));
-      }
-  }
+  float sums[R * kCols];
+  dot_tile<R, kCols>(w, j0, x, sums);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t j = j0 + c;
+      y[(r0 + r) * n_out + j] = TX(sums[r * kCols + c] + (bias ? bias[j] : 0.f));
+    }
 }
 
 constexpr int64_t kPrefetchTiles = 16;  // about 18 KB ahead for rows of 576 weights
