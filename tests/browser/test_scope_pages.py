@@ -14,8 +14,9 @@ from tests.browser.scope_fold import fold, ids, is_lab_run, js_pct, screenshot, 
 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
-LESSONS = ["kv-cache", "paged-attention", "attention-math", "fragmentation",
-           "prefix-caching", "preemption", "parallel-sampling", "beam-search",
+LESSONS = ["tokens", "embeddings", "attention-heads", "rope", "transformer-block",
+           "sampling", "prefill-decode", "why-kv-cache", "kv-cache", "paged-attention",
+           "attention-math", "fragmentation", "prefix-caching", "preemption", "parallel-sampling", "beam-search",
            "speculative-decoding", "tensor-parallelism"]
 # lessons whose engine run waits for the reader's button (starting their workers takes seconds)
 RUN_ON_REQUEST = {"tensor-parallelism"}

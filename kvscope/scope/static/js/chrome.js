@@ -5,6 +5,22 @@
 import {h} from './dom.js';
 
 export const LESSONS = [
+  {page: 'tokens', title: 'Tokens',
+   blurb: 'Type text or a chat message and see the pieces the real tokenizer cuts it into, and what those tokens will cost in the KV cache.'},
+  {page: 'embeddings', title: 'Embeddings',
+   blurb: 'Each token id looks up one row of the embedding matrix: the rows of your tokens, their norms, and their nearest neighbours.'},
+  {page: 'attention-heads', title: 'Attention, head by head',
+   blurb: 'The real attention weights of one layer and head over your prompt, and which query heads share a KV head.'},
+  {page: 'rope', title: 'Positions and RoPE',
+   blurb: 'Rotary position embedding: the angle of every dimension pair at every position, and how a real q·k score moves with distance.'},
+  {page: 'transformer-block', title: 'The MLP and the block',
+   blurb: 'One token through one decoder layer, with the real vector norms at each step, and the residual stream through every layer.'},
+  {page: 'sampling', title: 'Logits and sampling',
+   blurb: 'The next-token distribution from the real logits, filtered by temperature, top-k, top-p and min-p in the engine\'s own sampler.'},
+  {page: 'prefill-decode', title: 'Prefill vs decode',
+   blurb: 'Measured step times of a real run, placed on this machine\'s roofline: prefill is bound by compute, decode by memory.'},
+  {page: 'why-kv-cache', title: 'Why cache K and V',
+   blurb: 'The same generation with the KV cache and with everything recomputed at every token, timed as the sequence grows.'},
   {page: 'kv-cache', title: 'The KV cache',
    blurb: 'Why keys and values are kept, what one token costs in bytes, and how the cache grows as a request decodes.'},
   {page: 'paged-attention', title: 'Paged attention',
