@@ -16,8 +16,8 @@ expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not in
 
 LESSONS = ["tokens", "embeddings", "attention-heads", "rope", "transformer-block",
            "sampling", "prefill-decode", "why-kv-cache", "kv-cache", "paged-attention",
-           "attention-math", "fragmentation", "prefix-caching", "preemption", "parallel-sampling", "beam-search",
-           "speculative-decoding", "tensor-parallelism"]
+           "attention-math", "fragmentation", "prefix-caching", "preemption",
+           "parallel-sampling", "beam-search", "speculative-decoding", "tensor-parallelism"]
 # lessons whose engine run waits for the reader's button (starting their workers takes seconds)
 RUN_ON_REQUEST = {"tensor-parallelism"}
 
