@@ -13,6 +13,7 @@ import kvscope.scope.attention_math as attention_math
 from kvscope.config import EngineConfig
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.model.loader import LoadedModel
+from kvscope.model.probe import LAYER_POINTS, ForwardProbe
 from kvscope.sampling_params import SamplingParams
 from kvscope.scope.attention_math import MAX_PROMPT_TOKENS, block_attention_math
 from tests.conftest import SMALL_KV
@@ -191,14 +192,19 @@ def test_probe_off_costs_nothing_and_on_changes_nothing(loaded_fp32: LoadedModel
     assert len(metas_off) == 4 and all(m.probe is None for m in metas_off)
 
     probed = _engine(loaded_fp32)
-    probed.runner.probe = {}
+    probe = probed.runner.probe = ForwardProbe("r")
     metas_on, logits_on, tokens_on = _greedy_run(probed)
-    assert all(m.probe is probed.runner.probe for m in metas_on)
+    assert all(m.probe is probe for m in metas_on)
     arch = loaded_fp32.arch
-    assert sorted(probed.runner.probe) == list(range(arch.num_layers))
-    # the last step was a decode: one row per layer
-    assert all(q.shape == (1, arch.num_heads, arch.head_dim)
-               for q in probed.runner.probe.values())
+    n = len(probed.tokenize(PROMPT)[1])
+    assert [(s.step, s.start_pos, s.num_tokens) for s in probe.steps] == [
+        (0, 0, n), (1, n, 1), (2, n + 1, 1), (3, n + 2, 1)]
+    last = probe.steps[-1]  # a decode: one row per layer, every point recorded
+    assert sorted(last.layers) == list(range(arch.num_layers))
+    assert all(sorted(points) == sorted(LAYER_POINTS) for points in last.layers.values())
+    assert last.layer(5)["q"].shape == (1, arch.num_heads, arch.head_dim)
+    assert last.layer(5)["attention_probs"].shape == (arch.num_heads, 1, n + 3)
+    assert torch.equal(last.logits, logits_on[-1][0])
     assert tokens_on == tokens_off
     assert all(torch.equal(a, b) for a, b in zip(logits_on, logits_off, strict=True))
 

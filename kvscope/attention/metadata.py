@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from kvscope.model.probe import ForwardProbe
 
 
 @dataclass(slots=True)
@@ -42,9 +46,9 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None = None  # [D, max_blocks] long
     decode_context_lens: torch.Tensor | None = None  # [D] long
     prefills: list[PrefillChunk] = field(default_factory=list)
-    # set only to look inside a step (the scope's lessons): each layer stores a copy of
-    # its post-RoPE queries [T, heads, head_dim] under its layer index
-    probe: dict[int, torch.Tensor] | None = None
+    # set only in a step that computes the probed request's tokens (the scope's
+    # lessons look inside the forward pass: model/probe.py)
+    probe: ForwardProbe | None = None
     _prefill_batch: PrefillBatch | None = field(default=None, repr=False)
 
     def prefill_batch(self) -> PrefillBatch:

@@ -18,6 +18,7 @@ from kvscope.model.layers.linear import Linear
 from kvscope.model.layers.norm import RMSNorm
 from kvscope.model.layers.quantized_linear import QuantizedLinear
 from kvscope.model.layers.rotary import rope_qk_inplace
+from kvscope.model.probe import ForwardProbe
 from kvscope.model.quant import QuantizedTensor, quantize
 from kvscope.model.weights import Weight, fuse_hf_weights
 
@@ -25,7 +26,7 @@ from kvscope.model.weights import Weight, fuse_hf_weights
 class Attention(nn.Module):
     def __init__(self, arch: ModelArch, layer_index: int = 0) -> None:
         super().__init__()
-        self.layer_index = layer_index  # the key under which a probe stores this layer's q
+        self.layer_index = layer_index  # the key under which a probe records this layer
         self.num_heads = arch.num_heads
         self.num_kv_heads = arch.num_kv_heads
         self.head_dim = arch.head_dim
@@ -40,16 +41,30 @@ class Attention(nn.Module):
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens = x.shape[0]
         qkv = self.qkv_proj(x, meta.num_decodes)
+        probe = meta.probe
+        if probe is not None:
+            self._record_qkv(probe, qkv, "q_pre_rope", "k_pre_rope", None)
         rope_qk_inplace(qkv, meta.cos, meta.sin, self.num_heads + self.num_kv_heads,
                         self.head_dim)
         q, k, v = qkv.split(self.split, dim=-1)
         q = q.view(tokens, self.num_heads, self.head_dim)
-        if meta.probe is not None:
-            meta.probe[self.layer_index] = q.clone()
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = self.attend(q, k, v, kv_cache[0], kv_cache[1], meta)
+        if probe is not None:  # after the attention wrote this step's K/V into the pool
+            self._record_qkv(probe, qkv, "q", "k", "v")
+            probe.record_attention(self.layer_index, q, kv_cache[0])
         return self.o_proj(out.view(tokens, -1), meta.num_decodes)
+
+    def _record_qkv(self, probe: ForwardProbe, qkv: torch.Tensor, q_name: str,
+                    k_name: str, v_name: str | None) -> None:
+        """The fused projection's q, k (and v) per head, as the probe's named points."""
+        q, k, v = qkv.split(self.split, dim=-1)
+        layer = self.layer_index
+        probe.record(layer, q_name, q.reshape(-1, self.num_heads, self.head_dim))
+        probe.record(layer, k_name, k.reshape(-1, self.num_kv_heads, self.head_dim))
+        if v_name is not None:
+            probe.record(layer, v_name, v.reshape(-1, self.num_kv_heads, self.head_dim))
 
 
 class MLP(nn.Module):
@@ -58,9 +73,12 @@ class MLP(nn.Module):
         self.gate_up_proj = Linear(arch.hidden_size, 2 * arch.intermediate_size)
         self.down_proj = Linear(arch.intermediate_size, arch.hidden_size)
 
-    def forward(self, x: torch.Tensor, num_decode_rows: int = 0) -> torch.Tensor:
-        hidden = silu_and_mul(self.gate_up_proj(x, num_decode_rows))
-        return self.down_proj(hidden, num_decode_rows)
+    def forward(self, x: torch.Tensor, num_decode_rows: int = 0,
+                probe: ForwardProbe | None = None, layer_index: int = 0) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x, num_decode_rows)
+        if probe is not None:
+            probe.record(layer_index, "gate_up", gate_up)
+        return self.down_proj(silu_and_mul(gate_up), num_decode_rows)
 
 
 class DecoderLayer(nn.Module):
@@ -80,9 +98,21 @@ class DecoderLayer(nn.Module):
             hidden = self.input_layernorm(x)
         else:
             hidden = self.input_layernorm(x, residual)
+        probe, index = meta.probe, self.self_attn.layer_index
+        if probe is not None:
+            probe.record(index, "residual_in", residual)
+            probe.record(index, "input_norm", hidden)
         hidden = self.self_attn(hidden, meta, kv_cache)
+        if probe is not None:
+            probe.record(index, "attention_output", hidden)
         hidden = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden, meta.num_decodes), residual
+        if probe is not None:
+            probe.record(index, "residual_mid", residual)
+            probe.record(index, "post_attention_norm", hidden)
+        out = self.mlp(hidden, meta.num_decodes, probe, index)
+        if probe is not None:
+            probe.record(index, "mlp_output", out)
+        return out, residual
 
 
 class LlamaModel(nn.Module):
@@ -102,11 +132,16 @@ class LlamaModel(nn.Module):
         needed). `num_layers` exits early: only the first layers run, then the final
         norm (the self-draft proposer of speculative decoding)."""
         x = self.embed_tokens(input_ids)
+        if meta.probe is not None:
+            meta.probe.record_model("embedding", x)
         residual = None
         layers = self.layers if num_layers is None else self.layers[:num_layers]
         for layer, kv_cache in zip(layers, kv_caches[:len(layers)], strict=True):
             x, residual = layer(x, residual, meta, kv_cache)
-        return self.norm(x, residual)
+        hidden = self.norm(x, residual)
+        if meta.probe is not None:
+            meta.probe.record_model("final_norm", hidden)
+        return hidden
 
     def compute_logits(self, hidden: torch.Tensor, num_decode_rows: int = 0) -> torch.Tensor:
         assert self.lm_head is not None

@@ -13,6 +13,7 @@ import torch
 from kvscope.attention.metadata import AttentionMetadata, PrefillChunk
 from kvscope.model.layers.rotary import rope_tables
 from kvscope.model.llama import LlamaModel
+from kvscope.model.probe import ForwardProbe
 from kvscope.sched.output import (
     ModelRunnerOutput,
     PromptLogits,
@@ -36,9 +37,10 @@ class ModelRunner:
         self.swap_pool = torch.zeros(swap_shape, dtype=dtype) if num_swap_blocks else None
         cos, sin = rope_tables(arch.head_dim, max_model_len, arch.rope_theta)
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)
-        # a dict here makes every layer store its post-RoPE queries in it, step after
-        # step (see AttentionMetadata.probe); None, the default, costs one check a layer
-        self.probe: dict[int, torch.Tensor] | None = None
+        # set to look inside the forward pass of one request, step after step
+        # (model/probe.py); None, the default, costs one check per capture point
+        self.probe: ForwardProbe | None = None
+        self.num_steps = 0
 
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         self.apply_swaps(out)
@@ -51,7 +53,29 @@ class ModelRunner:
             prompt_logits = [PromptLogits(item.request_id, item.start,
                                           self.model.compute_logits(hidden[begin:end]))
                              for item, begin, end in _prompt_logprob_rows(ordered)]
-        return ModelRunnerOutput(logits, [s.request_id for s in sampled], prompt_logits)
+        sampled_ids = [s.request_id for s in sampled]
+        if meta.probe is not None:
+            self._end_probe(meta.probe, logits, sampled_ids)
+        self.num_steps += 1
+        return ModelRunnerOutput(logits, sampled_ids, prompt_logits)
+
+    def _begin_probe(self, meta: AttentionMetadata, ordered: list[ScheduledTokens]) -> None:
+        """Point the step's metadata at the probe when the step computes its request."""
+        probe = self.probe
+        row = 0
+        for item in ordered:
+            if probe is not None and item.request_id == probe.request_id:
+                probe.begin_step(self.num_steps, row, item.num_tokens, item.start,
+                                 item.block_ids)
+                meta.probe = probe
+                return
+            row += item.num_tokens
+
+    @staticmethod
+    def _end_probe(probe: ForwardProbe, logits: torch.Tensor, sampled_ids: list[str]) -> None:
+        if probe.request_id in sampled_ids:  # the last row of its chunk sampled
+            probe.record_logits(logits[sampled_ids.index(probe.request_id)])
+        probe.end_step()
 
     def forward_decode_rows(self, token_ids: list[int], positions: list[int],
                             block_tables: list[list[int]], num_layers: int) -> torch.Tensor:
@@ -111,8 +135,8 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, dtype=torch.long),
             cos=self.cos[position_tensor],
             sin=self.sin[position_tensor],
-            probe=self.probe,
         )
+        self._begin_probe(meta, ordered)
         self._decode_metadata(meta, [s for s in ordered if s.is_decode])
         self._prefill_metadata(meta, [s for s in ordered if not s.is_decode])
         return (torch.tensor(token_ids, dtype=torch.long), meta,

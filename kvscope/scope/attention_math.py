@@ -26,6 +26,7 @@ from kvscope.engine.llm_engine import LLMEngine
 from kvscope.kv.kv_manager import blocks_needed
 from kvscope.model.arch import ModelArch
 from kvscope.model.loader import LoadedModel
+from kvscope.model.probe import ForwardProbe
 from kvscope.sampling_params import SamplingParams
 
 MAX_PROMPT_TOKENS = 256
@@ -38,7 +39,7 @@ _REQUEST_ID = "attention-math"
 class _Prefill:
     """What one real prefill left behind for one layer."""
 
-    queries: torch.Tensor  # [T, heads, head_dim]: the layer's post-RoPE q, one row a token
+    queries: torch.Tensor  # [T, heads, head_dim]: the layer's post-RoPE q (float32), a row a token
     block_table: list[int]  # the request's physical blocks, in logical order
     k_cache: torch.Tensor  # [num_blocks, block_size, kv_heads, head_dim]: the layer's pool
     v_cache: torch.Tensor
@@ -151,11 +152,11 @@ def _run_prefill(loaded: LoadedModel, token_ids: list[int], layer: int,
     Two tokens are asked for so that the block table is still held after the first
     step (the prefill, which samples token one)."""
     engine = LLMEngine(_engine_config(loaded, block_size, len(token_ids) + 2), loaded=loaded)
-    engine.runner.probe = {}
+    probe = engine.runner.probe = ForwardProbe(_REQUEST_ID, layers={layer})
     params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, detokenize=False)
     engine.add_request(_REQUEST_ID, token_ids, params)
     engine.step()
-    queries = engine.runner.probe[layer]
+    queries = probe.steps[0].layer(layer)["q"]
     if queries.shape[0] != len(token_ids):
         raise RuntimeError(f"the prefill step ran {queries.shape[0]} of {len(token_ids)} tokens")
     table = engine.kv.block_ids(_REQUEST_ID)
