@@ -9,6 +9,11 @@ run to replay, and the lesson endpoints that run a small real engine.
                                   (with speculative_config: token texts, and with
                                   compare_plain the same run without speculation)
     POST /scope/api/lab/attention one query's block-wise attention, with real Q, K, V
+    POST /scope/api/inside/NAME   a lesson on the model's insides (scope/inside/lessons.py:
+                                  tokens, embeddings, attention, rope, block, sampling,
+                                  phases, recompute), from kvscope's own forward pass
+    GET  /scope/api/inside/roofline  this machine's measured matmul peak and bandwidth
+                                  (?measure=true measures again)
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from starlette.routing import Match, Mount, Router
 from starlette.types import Scope
 
 from kvscope.engine.async_engine import AsyncEngine
+from kvscope.scope.inside.lessons import INSIDE_LESSONS, Lesson
+from kvscope.scope.inside.roofline import machine_roofline
 from kvscope.scope.kv_sizes import kv_sizes
 from kvscope.scope.lab import LabRunRequest, run_lab
 from kvscope.scope.lab_limits import LabBudget, LabGate, LabLimits, LabStopped
@@ -71,6 +78,10 @@ def install_scope(app: FastAPI, engine: AsyncEngine, model_name: str,
     router.add_api_route("/kv-sizes", _kv_sizes, methods=["GET"])
     router.add_api_route("/lab/run", _lab_run, methods=["POST"])
     router.add_api_route("/lab/attention", _lab_attention, methods=["POST"])
+    for name, (body_type, lesson) in INSIDE_LESSONS.items():
+        router.add_api_route(f"/inside/{name}", _inside_route(body_type, lesson),
+                             methods=["POST"], name=f"inside_{name}")
+    router.add_api_route("/inside/roofline", _roofline, methods=["GET"])
     app.include_router(router)
     app.router.routes.append(PagesMount(app.router, STATIC_DIR))
 
@@ -135,6 +146,25 @@ async def _lab_attention(body: AttentionRequest, request: Request) -> dict[str, 
         return await _in_lab_thread(state, block_attention_math, state.engine.engine.loaded,
                                     body.prompt, body.layer, body.head, body.block_size,
                                     body.position)
+
+
+def _inside_route(body_type: type[StrictModel], lesson: Lesson) -> Callable[..., Any]:
+    """A route answering one lesson on the model's insides, one run at a time."""
+
+    async def answer(body: Any, request: Request) -> dict[str, Any]:
+        state = _state(request)
+        async with state.lab_gate.enter():
+            return await _in_lab_thread(state, lesson, state.engine.engine.loaded, body)
+
+    answer.__annotations__["body"] = body_type  # what FastAPI parses the JSON body into
+    return answer
+
+
+async def _roofline(request: Request, measure: bool = False) -> dict[str, Any]:
+    state = _state(request)
+    async with state.lab_gate.enter():
+        return await _in_lab_thread(state, machine_roofline, state.engine.engine.loaded.dtype,
+                                    measure)
 
 
 async def _in_lab_thread(state: ScopeState, fn: Callable[..., dict[str, Any]],

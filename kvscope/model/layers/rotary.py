@@ -7,10 +7,16 @@ import torch
 from kvscope.kernels.build import cpu_kernels
 
 
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """The rotation speed of each dimension pair (i, i + d/2), radians per position:
+    theta^(-2i/d), float32 [head_dim / 2]."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float()
+                            / head_dim))
+
+
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for every position: two float32 tensors [max_len, head_dim]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float()
-                                / head_dim))
+    inv_freq = inverse_frequencies(head_dim, theta)
     positions = torch.arange(max_len, dtype=torch.int64).float()
     freqs = torch.outer(positions, inv_freq)
     angles = torch.cat((freqs, freqs), dim=-1)
