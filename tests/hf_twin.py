@@ -10,14 +10,16 @@ import torch
 from kvscope.model.loader import LoadedModel
 
 
-def hf_twin(loaded: LoadedModel) -> Any:
+def hf_twin(loaded: LoadedModel, attn_implementation: str | None = None) -> Any:
     """transformers' Llama holding our loaded weights, unfused back to HF names: its own
-    forward pass over the same numbers (test_parity_hf checks the weights themselves)."""
+    forward pass over the same numbers (test_parity_hf checks the weights themselves).
+    `attn_implementation="eager"` makes it able to return attention probabilities."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     arch = loaded.arch
+    options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**loaded.hf_config),
-                                             dtype=torch.float32)
+                                             dtype=torch.float32, **options)
     ours = loaded.model.state_dict()
     q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
     state = {"model.embed_tokens.weight": ours["embed_tokens.weight"],
