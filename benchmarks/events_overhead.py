@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from baseline_tree import ROOT, report, run_worker, worktree
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULT_MARKER = "KVSCOPE_OVERHEAD_RESULT "
 VARIANTS = ("before events", "no listener", "JSONL recorder", "live SSE client")
 DEFAULT_BASELINE = "44a12e6"  # the last commit before engine events were typed and emitted
 
@@ -141,19 +139,12 @@ def _follow_live(server: Any, received: list[int], ready: Any) -> None:
 
 
 def run_variant(variant: str, args: argparse.Namespace, baseline_dir: Path) -> dict[str, Any]:
-    code_root = baseline_dir if variant == "before events" else ROOT
-    env = {**os.environ, "PYTHONPATH": str(code_root)}
-    if variant == "before events":  # its own kernel build: one shared build directory
-        # would be rebuilt at every switch between the two source trees
-        env["KVSCOPE_CACHE"] = str(Path.home() / ".cache" / f"kvscope-baseline-{args.baseline}")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant,
-           "--num-requests", str(args.num_requests), "--output-len", str(args.output_len)]
-    proc = subprocess.run(cmd, env=env, cwd=code_root, text=True, capture_output=True,
-                          timeout=1800, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-    if not lines:
-        raise RuntimeError(f"{variant} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_MARKER):])
+    before = variant == "before events"
+    return run_worker(Path(__file__).resolve(),
+                      [variant, "--num-requests", str(args.num_requests),
+                       "--output-len", str(args.output_len)],
+                      baseline_dir if before else ROOT,
+                      f"kvscope-baseline-{args.baseline}" if before else None)
 
 
 def render(best: dict[str, dict[str, Any]], rounds: int) -> str:
@@ -178,22 +169,14 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        result = worker(args.worker, args.num_requests, args.output_len)
-        print(RESULT_MARKER + json.dumps(result), flush=True)
+        report(worker(args.worker, args.num_requests, args.output_len))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        baseline_dir = Path(tmp) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
-                        str(baseline_dir), args.baseline], check=True)
-        try:
-            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-            for r in range(args.rounds):
-                for variant in VARIANTS:
-                    print(f"round {r + 1}: {variant}...", file=sys.stderr, flush=True)
-                    runs[variant].append(run_variant(variant, args, baseline_dir))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(baseline_dir)], check=False)
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    with worktree(args.baseline) as baseline_dir:
+        for r in range(args.rounds):
+            for variant in VARIANTS:
+                print(f"round {r + 1}: {variant}...", file=sys.stderr, flush=True)
+                runs[variant].append(run_variant(variant, args, baseline_dir))
     best = {v: min(rs, key=lambda r: r["wall_s"]) for v, rs in runs.items()}
     print(render(best, args.rounds))
     if args.save:
