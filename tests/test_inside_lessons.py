@@ -24,6 +24,7 @@ from kvscope.scope.inside.recompute import RecomputeRequest, recompute_lesson
 from kvscope.scope.inside.rope import RopeRequest, rope_lesson
 from kvscope.scope.inside.sampling import SamplingLessonRequest, sampling_lesson
 from kvscope.scope.inside.tokens import TokensRequest, tokens_lesson
+from kvscope.scope.lab_limits import LabBudget, LabLimits, LabStopped
 from tests.server_harness import running_server
 
 PROMPT = "The capital of France is"
@@ -257,3 +258,12 @@ def test_the_roofline_is_measured_once_then_kept(server) -> None:
                                            rel=1e-4)
     fresh = httpx.get(f"{server.url}/scope/api/inside/roofline?measure=true", timeout=60)
     assert fresh.status_code == 200 and fresh.json()["method"] == first["method"]
+
+
+def test_an_inside_run_is_held_to_the_lesson_budget(loaded_fp32: LoadedModel) -> None:
+    """Recomputing every token costs tokens fast: the lab's token cap stops it."""
+    budget = LabBudget(LabLimits(max_tokens=40))
+    with pytest.raises(LabStopped) as stopped:
+        recompute_lesson(loaded_fp32, RecomputeRequest(prompt=PROMPT, max_tokens=12), budget)
+    assert stopped.value.reason == "token_cap"
+    assert stopped.value.num_free_blocks == stopped.value.num_blocks

@@ -132,10 +132,16 @@ async def _replay(request: Request) -> FileResponse:
 async def _lab_run(body: LabRunRequest, request: Request) -> dict[str, Any]:
     state = _state(request)
     async with state.lab_gate.enter():
-        limits = state.lab_gate.limits
-        busy = (lambda: state.engine.is_busy) if limits.yield_to_serving else (lambda: False)
-        budget = LabBudget(limits, busy)
-        return await _in_lab_thread(state, run_lab, state.engine.engine.loaded, body, budget)
+        return await _in_lab_thread(state, run_lab, state.engine.engine.loaded, body,
+                                    _lab_budget(state))
+
+
+def _lab_budget(state: ScopeState) -> LabBudget:
+    """A lesson run's budget, waiting while the serving engine has work (unless the
+    server was told not to)."""
+    limits = state.lab_gate.limits
+    busy = (lambda: state.engine.is_busy) if limits.yield_to_serving else (lambda: False)
+    return LabBudget(limits, busy)
 
 
 async def _lab_attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
@@ -154,7 +160,8 @@ def _inside_route(body_type: type[StrictModel], lesson: Lesson) -> Callable[...,
     async def answer(body: Any, request: Request) -> dict[str, Any]:
         state = _state(request)
         async with state.lab_gate.enter():
-            return await _in_lab_thread(state, lesson, state.engine.engine.loaded, body)
+            return await _in_lab_thread(state, lesson, state.engine.engine.loaded, body,
+                                        _lab_budget(state))
 
     answer.__annotations__["body"] = body_type  # what FastAPI parses the JSON body into
     return answer

@@ -20,6 +20,7 @@ from kvscope.scope.inside.common import (
     tokenize,
 )
 from kvscope.scope.kv_sizes import kv_bytes_per_token
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TOKENS = 128
@@ -31,12 +32,13 @@ class AttentionHeadRequest(StrictModel):
     head: int = 0
 
 
-def attention_lesson(loaded: LoadedModel, req: AttentionHeadRequest) -> dict[str, Any]:
+def attention_lesson(loaded: LoadedModel, req: AttentionHeadRequest,
+                     budget: LabBudget | None = None) -> dict[str, Any]:
     arch = loaded.arch
     check_layer(arch, req.layer)
     check_head(arch, req.head)
     ids = tokenize(loaded, req.prompt, MAX_TOKENS)
-    run = probed_prefill(loaded, ids, layers={req.layer})
+    run = probed_prefill(loaded, ids, layers={req.layer}, budget=budget)
     run.engine.shutdown()
     probs = run.capture.layer(req.layer)["attention_probs"][req.head]  # [T, T]
     group_size = arch.num_heads // arch.num_kv_heads

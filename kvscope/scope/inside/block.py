@@ -22,6 +22,7 @@ from kvscope.scope.inside.common import (
     token_texts,
     tokenize,
 )
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TOKENS = 128
@@ -39,12 +40,13 @@ class BlockRequest(StrictModel):
     top_neurons: int = Field(8, ge=1, le=32)
 
 
-def block_lesson(loaded: LoadedModel, req: BlockRequest) -> dict[str, Any]:
+def block_lesson(loaded: LoadedModel, req: BlockRequest,
+                 budget: LabBudget | None = None) -> dict[str, Any]:
     arch = loaded.arch
     check_layer(arch, req.layer)
     ids = tokenize(loaded, req.prompt, MAX_TOKENS)
     position = resolve_position(req.position, len(ids))
-    run = probed_prefill(loaded, ids, layers=None)
+    run = probed_prefill(loaded, ids, layers=None, budget=budget)
     run.engine.shutdown()
     capture = run.capture
     assert capture.embedding is not None and capture.final_norm is not None

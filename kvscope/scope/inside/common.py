@@ -14,7 +14,9 @@ from kvscope.kv.kv_manager import blocks_needed
 from kvscope.model.arch import ModelArch
 from kvscope.model.loader import LoadedModel
 from kvscope.model.probe import ForwardProbe, StepCapture
+from kvscope.outputs import RequestOutput
 from kvscope.sampling_params import SamplingParams
+from kvscope.scope.lab_limits import LabBudget
 
 SIGNIFICANT_DIGITS = 6
 PROBED_REQUEST = "inside"
@@ -109,8 +111,21 @@ def lesson_engine(loaded: LoadedModel, max_model_len: int, block_size: int = 16,
     return LLMEngine(config, loaded=loaded)
 
 
+def wait_for_turn(engine: LLMEngine, budget: LabBudget | None) -> None:
+    """Before a lesson engine's step: wait while the serving engine has work, and stop
+    the run if it is past its token or time budget (lab_limits.py)."""
+    if budget is not None:
+        budget.before_step(engine)
+
+
+def lesson_step(engine: LLMEngine, budget: LabBudget | None) -> list[RequestOutput]:
+    wait_for_turn(engine, budget)
+    return engine.step()
+
+
 def probed_prefill(loaded: LoadedModel, token_ids: list[int], layers: set[int] | None,
-                   params: SamplingParams | None = None) -> ProbedRun:
+                   params: SamplingParams | None = None,
+                   budget: LabBudget | None = None) -> ProbedRun:
     """Prefill `token_ids` in a private engine with the probe on `layers` (None: all)
     and run the request to its end with `params` (default: one greedy token). The
     shared model is only read, so engines in other threads are not disturbed."""
@@ -121,7 +136,7 @@ def probed_prefill(loaded: LoadedModel, token_ids: list[int], layers: set[int] |
     engine.add_request(PROBED_REQUEST, token_ids, params)
     output: list[int] = []
     while engine.has_unfinished_requests():
-        for out in engine.step():
+        for out in lesson_step(engine, budget):
             output = list(out.outputs[0].token_ids)
     capture = probe.steps[0]
     if capture.num_tokens != len(token_ids):

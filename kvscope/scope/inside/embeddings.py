@@ -19,6 +19,7 @@ from kvscope.scope.inside.common import (
     token_texts,
     tokenize,
 )
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TOKENS = 64
@@ -31,13 +32,14 @@ class EmbeddingsRequest(StrictModel):
     neighbours: int = Field(5, ge=1, le=10)
 
 
-def embeddings_lesson(loaded: LoadedModel, req: EmbeddingsRequest) -> dict[str, Any]:
+def embeddings_lesson(loaded: LoadedModel, req: EmbeddingsRequest,
+                      budget: LabBudget | None = None) -> dict[str, Any]:
     hidden = loaded.arch.hidden_size
     if req.dim_start + req.dim_count > hidden:
         raise ValueError(f"dim_start + dim_count must be at most the hidden size {hidden}; "
                          f"got {req.dim_start} + {req.dim_count}")
     ids = tokenize(loaded, req.text, MAX_TOKENS)
-    run = probed_prefill(loaded, ids, layers=set())
+    run = probed_prefill(loaded, ids, layers=set(), budget=budget)
     run.engine.shutdown()
     rows = run.capture.embedding
     assert rows is not None

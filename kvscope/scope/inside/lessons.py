@@ -15,9 +15,10 @@ from kvscope.scope.inside.recompute import RecomputeRequest, recompute_lesson
 from kvscope.scope.inside.rope import RopeRequest, rope_lesson
 from kvscope.scope.inside.sampling import SamplingLessonRequest, sampling_lesson
 from kvscope.scope.inside.tokens import TokensRequest, tokens_lesson
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
-Lesson = Callable[[LoadedModel, Any], dict[str, Any]]
+Lesson = Callable[[LoadedModel, Any, LabBudget], dict[str, Any]]
 
 INSIDE_LESSONS: dict[str, tuple[type[StrictModel], Lesson]] = {
     "tokens": (TokensRequest, tokens_lesson),

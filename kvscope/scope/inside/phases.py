@@ -12,9 +12,10 @@ from pydantic import Field
 
 from kvscope.model.loader import LoadedModel
 from kvscope.sampling_params import SamplingParams
-from kvscope.scope.inside.common import lesson_engine, rounded, tokenize
+from kvscope.scope.inside.common import lesson_engine, rounded, tokenize, wait_for_turn
 from kvscope.scope.inside.cost_model import ModelCosts
 from kvscope.scope.inside.roofline import gpu_roofline, machine_roofline
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TOKENS = 256
@@ -26,11 +27,13 @@ class PhasesRequest(StrictModel):
     max_tokens: int = Field(16, ge=1, le=64)
 
 
-def phases_lesson(loaded: LoadedModel, req: PhasesRequest) -> dict[str, Any]:
+def phases_lesson(loaded: LoadedModel, req: PhasesRequest,
+                  budget: LabBudget | None = None) -> dict[str, Any]:
     ids = tokenize(loaded, req.prompt, MAX_TOKENS)
     costs = ModelCosts.of(loaded)
+    timed = _timed_run(loaded, ids, req.max_tokens, budget)
     steps = [_step_json(i, n, start, seconds, costs)
-             for i, (n, start, seconds) in enumerate(_timed_run(loaded, ids, req.max_tokens))]
+             for i, (n, start, seconds) in enumerate(timed)]
     decodes = [s for s in steps if s["phase"] == "decode"]
     prefill = steps[0]
     return {
@@ -48,8 +51,8 @@ def phases_lesson(loaded: LoadedModel, req: PhasesRequest) -> dict[str, Any]:
     }
 
 
-def _timed_run(loaded: LoadedModel, ids: list[int],
-               max_tokens: int) -> list[tuple[int, int, float]]:
+def _timed_run(loaded: LoadedModel, ids: list[int], max_tokens: int,
+               budget: LabBudget | None) -> list[tuple[int, int, float]]:
     """(tokens computed, first position, seconds) of every step of a greedy run."""
     engine = lesson_engine(loaded, len(ids) + max_tokens + 1)
     try:
@@ -57,6 +60,7 @@ def _timed_run(loaded: LoadedModel, ids: list[int],
             temperature=0, max_tokens=max_tokens, ignore_eos=True, detokenize=False))
         steps, computed = [], 0
         while engine.has_unfinished_requests():
+            wait_for_turn(engine, budget)  # not part of the step's time
             start = time.perf_counter()
             engine.step()
             seconds = time.perf_counter() - start

@@ -14,7 +14,8 @@ from pydantic import Field
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.model.loader import LoadedModel
 from kvscope.sampling_params import SamplingParams
-from kvscope.scope.inside.common import lesson_engine, rounded, tokenize
+from kvscope.scope.inside.common import lesson_engine, rounded, tokenize, wait_for_turn
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TOKENS = 128
@@ -25,12 +26,13 @@ class RecomputeRequest(StrictModel):
     max_tokens: int = Field(24, ge=1, le=64)
 
 
-def recompute_lesson(loaded: LoadedModel, req: RecomputeRequest) -> dict[str, Any]:
+def recompute_lesson(loaded: LoadedModel, req: RecomputeRequest,
+                     budget: LabBudget | None = None) -> dict[str, Any]:
     ids = tokenize(loaded, req.prompt, MAX_TOKENS)
     engine = lesson_engine(loaded, len(ids) + req.max_tokens + 1)
     try:
-        cached = _with_cache(engine, ids, req.max_tokens)
-        recompute = _recomputing(engine, ids, req.max_tokens)
+        cached = _with_cache(engine, ids, req.max_tokens, budget)
+        recompute = _recomputing(engine, ids, req.max_tokens, budget)
     finally:
         engine.shutdown()
     tokens = [row["token_id"] for row in cached]
@@ -50,11 +52,13 @@ def _greedy(max_tokens: int) -> SamplingParams:
                           detokenize=False)
 
 
-def _with_cache(engine: LLMEngine, ids: list[int], max_tokens: int) -> list[dict[str, Any]]:
+def _with_cache(engine: LLMEngine, ids: list[int], max_tokens: int,
+                budget: LabBudget | None) -> list[dict[str, Any]]:
     """One request; each step (the prefill, then one decode each) gives one token."""
     engine.add_request("cached", ids, _greedy(max_tokens))
     rows: list[dict[str, Any]] = []
     while engine.has_unfinished_requests():
+        wait_for_turn(engine, budget)
         before = engine.num_computed_tokens
         start = time.perf_counter()
         outputs = engine.step()
@@ -65,12 +69,14 @@ def _with_cache(engine: LLMEngine, ids: list[int], max_tokens: int) -> list[dict
     return rows
 
 
-def _recomputing(engine: LLMEngine, ids: list[int], max_tokens: int) -> list[dict[str, Any]]:
+def _recomputing(engine: LLMEngine, ids: list[int], max_tokens: int,
+                 budget: LabBudget | None) -> list[dict[str, Any]]:
     """A new request per token over the whole sequence so far; the engine has no
     prefix cache, so nothing computed for an earlier token is reused."""
     sequence = list(ids)
     rows: list[dict[str, Any]] = []
     for index in range(max_tokens):
+        wait_for_turn(engine, budget)
         before = engine.num_computed_tokens
         start = time.perf_counter()
         engine.add_request(f"recompute-{index}", sequence, _greedy(1))

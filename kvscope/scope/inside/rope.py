@@ -22,6 +22,7 @@ from kvscope.scope.inside.common import (
     token_texts,
     tokenize,
 )
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TOKENS = 128
@@ -36,7 +37,8 @@ class RopeRequest(StrictModel):
     max_distance: int = Field(256, ge=1, le=1024)
 
 
-def rope_lesson(loaded: LoadedModel, req: RopeRequest) -> dict[str, Any]:
+def rope_lesson(loaded: LoadedModel, req: RopeRequest,
+                budget: LabBudget | None = None) -> dict[str, Any]:
     arch = loaded.arch
     check_layer(arch, req.layer)
     check_head(arch, req.head)
@@ -46,7 +48,7 @@ def rope_lesson(loaded: LoadedModel, req: RopeRequest) -> dict[str, Any]:
     if k_pos > q_pos:
         raise ValueError(f"key_position ({k_pos}) must not come after query_position "
                          f"({q_pos}): a query attends only to earlier keys")
-    run = probed_prefill(loaded, ids, layers={req.layer})
+    run = probed_prefill(loaded, ids, layers={req.layer}, budget=budget)
     run.engine.shutdown()
     points = run.capture.layer(req.layer)
     kv_head = req.head // (arch.num_heads // arch.num_kv_heads)

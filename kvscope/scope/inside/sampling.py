@@ -21,6 +21,7 @@ from kvscope.scope.inside.common import (
     token_texts,
     tokenize,
 )
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TOKENS = 256
@@ -37,7 +38,8 @@ class SamplingLessonRequest(StrictModel):
     show: int = Field(20, ge=1, le=50)
 
 
-def sampling_lesson(loaded: LoadedModel, req: SamplingLessonRequest) -> dict[str, Any]:
+def sampling_lesson(loaded: LoadedModel, req: SamplingLessonRequest,
+                    budget: LabBudget | None = None) -> dict[str, Any]:
     vocab = loaded.arch.vocab_size
     if req.top_k > vocab:
         raise ValueError(f"top_k must be at most the vocabulary size {vocab}; got {req.top_k}")
@@ -45,7 +47,7 @@ def sampling_lesson(loaded: LoadedModel, req: SamplingLessonRequest) -> dict[str
     params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
                             min_p=req.min_p, seed=req.seed, max_tokens=1, ignore_eos=True,
                             detokenize=False)
-    run = probed_prefill(loaded, ids, layers=set(), params=params)
+    run = probed_prefill(loaded, ids, layers=set(), params=params, budget=budget)
     final = final_distribution(run.engine.sampler, run.capture.logits, params)
     run.engine.shutdown()
     logits = run.capture.logits

@@ -14,6 +14,7 @@ from kvscope.model.loader import LoadedModel
 from kvscope.model.tokenizer import apply_chat_template
 from kvscope.scope.inside.common import token_text
 from kvscope.scope.kv_sizes import kv_bytes_per_token
+from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
 MAX_TEXT_CHARS = 4000
@@ -26,7 +27,8 @@ class TokensRequest(StrictModel):
     system: str | None = Field(None, max_length=MAX_TEXT_CHARS)
 
 
-def tokens_lesson(loaded: LoadedModel, req: TokensRequest) -> dict[str, Any]:
+def tokens_lesson(loaded: LoadedModel, req: TokensRequest,
+                  budget: LabBudget | None = None) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
     if req.chat:
         messages = ([{"role": "system", "content": req.system}] if req.system else [])
