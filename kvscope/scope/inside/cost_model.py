@@ -54,6 +54,4 @@ def _params(module: Linear | QuantizedLinear) -> int:
 
 
 def _bytes(module: Linear | QuantizedLinear) -> int:
-    if isinstance(module, QuantizedLinear):
-        return module.weight.nbytes()
-    return module.weight.nbytes
+    return module.weight.nbytes  # a QuantizedTensor's: codes, scales and offsets
