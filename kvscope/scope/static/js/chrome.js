@@ -1,6 +1,8 @@
-// Page chrome shared by every page: a skip link, the header with navigation, and the
-// footer. Importing this module draws them; <body data-page data-root> says which
-// page this is and the relative path back to the site root.
+// Page chrome shared by every page: the <head> lines every page needs, a skip link,
+// the header with navigation, and the footer. Importing this module adds them;
+// <body data-page data-root> says which page this is and the relative path back to
+// the site root. An HTML file carries only what a static file must have (see
+// completeHead).
 
 import {h} from './dom.js';
 
@@ -46,10 +48,29 @@ export const LESSONS = [
 // Lessons waiting for an engine feature (the home page lists them; none right now).
 export const COMING = [];
 
+// The page stays transparent until the stylesheet has loaded, so nobody sees it
+// unstyled (opacity, not visibility: a hidden element could not take the focus).
+function completeHead(root) {
+  const head = document.head;
+  const missing = (selector) => !head.querySelector(selector);
+  if (missing('meta[name="viewport"]')) {
+    head.append(h('meta', {name: 'viewport', content: 'width=device-width, initial-scale=1'}));
+  }
+  if (missing('link[rel="icon"]')) head.append(h('link', {rel: 'icon', href: 'data:,'}));
+  if (missing('link[rel="stylesheet"]')) {
+    const page = document.documentElement.style;
+    const reveal = () => { page.opacity = ''; };
+    page.opacity = '0';
+    head.append(h('link', {rel: 'stylesheet', href: `${root}css/scope.css`,
+                           onload: reveal, onerror: reveal}));
+  }
+}
+
 function mount() {
   const body = document.body;
   const root = body.dataset.root ?? '';
   const current = body.dataset.page ?? '';
+  completeHead(root);
   const link = (page, text) => h('li', {},
     h('a', {href: `${root}${page === 'index' ? 'index.html' : page === 'monitor' ? 'monitor.html'
       : `lessons/${page}.html`}`, 'aria-current': page === current ? 'page' : null}, text));

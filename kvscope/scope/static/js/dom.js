@@ -46,23 +46,8 @@ export function replace(el, ...children) {
   return el;
 }
 
-// 1234567 -> "1,234,567" (fixed locale, so readouts are the same everywhere)
-export function int(n) {
-  return Math.round(n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ',');
-}
-
-// bytes with a binary unit, e.g. "22.5 KiB"
-export function bytes(n) {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
-  return i === 0 ? `${int(v)} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[i]}`;
-}
-
-export function pct(x) {
-  return `${(100 * x).toFixed(1)}%`;
-}
+// the number formats, for pages that import them from here
+export {int, bytes, pct} from './format.js';
 
 // Calls fn at most once per animation frame with the latest arguments.
 export function throttled(fn) {

@@ -2,12 +2,24 @@
 // and a player over that run's events.
 
 import {$} from './dom.js';
-import {runLab, showError} from './api.js';
+import {postJSON, runLab, showError} from './api.js';
 import {Timeline} from './timeline.js';
 import {Player} from './player.js';
 
 export function prompts(textarea) {
   return textarea.value.split('\n').map((line) => line.trim()).filter(Boolean);
+}
+
+// The prompt the engine gets: `text` alone, or wrapped in the model's chat template by
+// the server (`chat`); with its length in tokens.
+export async function chatPrompt(text, chat) {
+  if (!chat) {
+    const {count} = await postJSON('/tokenize', {prompt: text});
+    return {prompt: text, count};
+  }
+  const {tokens, count} = await postJSON('/tokenize', {messages: [{role: 'user', content: text}]});
+  const {prompt} = await postJSON('/detokenize', {tokens});
+  return {prompt, count};
 }
 
 export function num(id) {

@@ -2,7 +2,8 @@
 // block table, the swap space, requests by status, and the per-step chart. Each
 // view keeps its elements and only updates them, so redrawing every frame is cheap.
 
-import {h, replace, int, svg} from './dom.js';
+import {h, replace, svg} from './dom.js';
+import {int, plural} from './format.js';
 import {blockKind, owners, requestsByStatus} from './state.js';
 
 const PALETTE = 10;
@@ -19,8 +20,6 @@ function sharedBackground(state, rids) {
   const stops = colors.map((c, i) => `${c} ${i * band}px ${(i + 1) * band}px`);
   return `repeating-linear-gradient(45deg, ${stops.join(', ')})`;
 }
-
-const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 export function listIds(ids) {
   if (ids.length <= 1) return ids.join('');

@@ -2,20 +2,13 @@ import '../chrome.js';
 import {$, h, replace} from '../dom.js';
 import {API, getJSON} from '../api.js';
 import {labForm, num} from '../lab.js';
+import {Stepper} from '../stepper.js';
+import {list, phaseCount, phaseName, readoutLines, limitsText} from '../logic/attention-math.js';
 
 let data = null;
 let phase = 0;
-const slider = $('#phase');
 
-const list = (xs) => xs.map(String).join(', ');
 const numBlocks = () => data.blocks.length;
-const lastPhase = () => numBlocks() + 1;
-
-function phaseName(p) {
-  if (p < numBlocks()) return `block ${p + 1} of ${numBlocks()}`;
-  if (p === numBlocks()) return `softmax over all ${data.weights.length} scores`;
-  return 'weighted sum of values';
-}
 
 function bar(value, max, label) {
   const width = max > 0 ? Math.max(0, (100 * value) / max) : 0;
@@ -81,53 +74,14 @@ function drawWork() {
   }
 }
 
-function readout() {
-  const lines = [
-    `prompt: ${data.tokens.length} tokens; query position ${data.position} `
-      + `(${JSON.stringify(data.tokens[data.position])}), layer ${data.layer}, head ${data.head} `
-      + `(KV head ${data.kv_head}), head dim ${data.head_dim}, scale ${data.scale}`,
-    `block size ${data.block_size}, block table [${list(data.block_table)}]`,
-    `phase: ${phaseName(phase)}`,
-  ];
-  if (phase < numBlocks()) {
-    const b = data.blocks[phase];
-    lines.push(`logical block ${b.index} → physical block ${b.block_id}, positions ${b.start}–${b.end - 1}`,
-      `scores: ${list(b.scores)}`,
-      `block max: ${b.block_max}`,
-      `block sum exp: ${b.block_sum_exp}`,
-      `running max: ${b.running_max}, running sum exp: ${b.running_sum_exp}`);
-  } else if (phase === numBlocks()) {
-    const last = data.blocks[numBlocks() - 1];
-    lines.push(`max over blocks: ${last.running_max}`, `sum of exp: ${last.running_sum_exp}`,
-      `weights: ${list(data.weights)}`);
-  } else {
-    lines.push(`output block-wise (first 8): ${list(data.output_blockwise.slice(0, 8))}`,
-      `output contiguous (first 8): ${list(data.output_contiguous.slice(0, 8))}`,
-      `max abs diff, block-wise vs contiguous: ${data.max_abs_diff}`,
-      `max abs diff, online vs block-wise: ${data.max_abs_diff_online}`);
-  }
-  $('#readout').textContent = lines.join('\n');
-}
-
 function show(p) {
-  if (!data) return;
-  phase = Math.max(0, Math.min(lastPhase(), p));
-  slider.max = String(lastPhase());
-  slider.value = String(phase);
-  const text = `step ${phase + 1} of ${lastPhase() + 1}: ${phaseName(phase)}`;
-  slider.setAttribute('aria-valuetext', text);
-  $('#phase-text').textContent = text;
-  $('#prev').disabled = phase === 0;
-  $('#next').disabled = phase === lastPhase();
+  phase = p;
   drawContext();
   drawWork();
-  readout();
+  $('#readout').textContent = readoutLines(data, phase).join('\n');
 }
 
-$('#prev').addEventListener('click', () => show(phase - 1));
-$('#next').addEventListener('click', () => show(phase + 1));
-slider.addEventListener('input', () => show(Number(slider.value)));
-$('#phase-text').textContent = 'Compute attention to begin.';
+const stepper = new Stepper($('[data-stepper="phase"]'), show);
 $('#readout').textContent = 'No result yet.';
 
 const go = labForm($('#lab'), () => ({
@@ -138,17 +92,14 @@ const go = labForm($('#lab'), () => ({
   position: num('#position'),
 }), (response) => {
   data = response;
-  show(0);
+  stepper.load(phaseCount(data), (p) => phaseName(data, p));
 }, {path: 'lab/attention', label: 'Computing the attention'});
 
 try {
   const info = await getJSON(`${API}/info`);
   const e = info.engine;
   $('#layer').max = String(e.num_layers - 1);
-  const heads = e.num_heads ?? null;
-  if (heads) $('#head').max = String(heads - 1);
-  $('#limits').textContent = `The loaded model has ${e.num_layers} layers (0–${e.num_layers - 1})`
-    + (heads ? `, ${heads} query heads (0–${heads - 1})` : '')
-    + ` sharing ${e.num_kv_heads} KV heads of dimension ${e.head_dim}.`;
+  if (e.num_heads) $('#head').max = String(e.num_heads - 1);
+  $('#limits').textContent = limitsText(e);
 } catch { /* the limits are a convenience; the server checks every value */ }
 go();

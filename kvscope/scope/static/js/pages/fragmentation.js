@@ -1,22 +1,7 @@
 import '../chrome.js';
 import {$, h, replace, int, pct} from '../dom.js';
-import {poolSummary} from '../state.js';
 import {labForm, playerFor, loadRun, prompts, num, emptyReadout} from '../lab.js';
-
-const FIELDS = ['allocated_slots', 'filled_slots', 'reserved_max_model_len',
-                'reserved_own_length', 'tokens_held'];
-
-const waste = (reserved, used) => (reserved ? 1 - used / reserved : 0);
-
-// The three schemes on one measurement: [name, slots set aside, slots holding tokens].
-function schemes(f, engine) {
-  return [
-    ['paged', 'allocated', f.allocated_slots, f.filled_slots],
-    [`contiguous, max_model_len (${engine.max_model_len}) each`, 'reserved',
-     f.reserved_max_model_len, f.tokens_held],
-    ['contiguous, prompt + max_tokens each', 'reserved', f.reserved_own_length, f.tokens_held],
-  ];
-}
+import {waste, schemes, runTotals, readoutLines} from '../logic/fragmentation.js';
 
 // Each bar is one scheme's set-aside slots; the coloured part holds tokens.
 function bars(list, rows) {
@@ -28,37 +13,20 @@ function bars(list, rows) {
       h('div', {class: 'fill held', style: {width: `${set ? (100 * used) / set : 0}%`}})))));
 }
 
-function lineOf([name, verb, set, used]) {
-  return `${name}: ${set} slots ${verb}, ${used} hold tokens, ${pct(waste(set, used))} unused`;
-}
-
 function render(state, timeline) {
   if (!state.engine) {
     $('#readout').textContent = emptyReadout(timeline);
     return;
   }
-  const lines = [`event ${timeline.pos} of ${timeline.length}`];
   const last = state.steps[state.steps.length - 1];
-  if (!last) {
+  if (last) {
+    bars($('#now'), schemes(last.fragmentation, state.engine));
+    bars($('#total'), schemes(runTotals(state.steps), state.engine));
+  } else {
     replace($('#now'), h('li', {class: 'note'}, 'No step has run yet.'));
     replace($('#total'));
-    lines.push('no step has ended yet');
-    $('#readout').textContent = lines.join('\n');
-    return;
   }
-  const now = schemes(last.fragmentation, state.engine);
-  bars($('#now'), now);
-  lines.push(`after step ${last.step} (${last.num_running} running, ${last.num_waiting} waiting):`);
-  now.forEach((row) => lines.push(`  ${lineOf(row)}`));
-  lines.push(`  external waste, paged: none by construction (any of the ${poolSummary(state).freeCount} `
-    + 'free blocks can extend any request); contiguous: not simulated');
-  const sum = Object.fromEntries(FIELDS.map((k) => [k, 0]));
-  for (const s of state.steps) for (const k of FIELDS) sum[k] += s.fragmentation[k];
-  const total = schemes(sum, state.engine);
-  bars($('#total'), total);
-  lines.push(`run so far (slot-steps, steps ${state.steps[0].step}–${last.step}):`);
-  total.forEach((row) => lines.push(`  ${lineOf(row)}`));
-  $('#readout').textContent = lines.join('\n');
+  $('#readout').textContent = readoutLines(state, timeline).join('\n');
 }
 
 const player = playerFor($('#player'), render, {label: 'Fragmentation run'});

@@ -1,14 +1,10 @@
 import '../chrome.js';
-import {$, h, replace, int, bytes, svg} from '../dom.js';
+import {$, h, replace, bytes, svg} from '../dom.js';
 import {API, getJSON, showError} from '../api.js';
 import {labForm, playerFor, loadRun, num, emptyReadout} from '../lab.js';
+import {formulaText, requestCache, growthLabel, readoutLines} from '../logic/kv-cache.js';
 
 let sizes = null;
-
-function formulaText(m) {
-  return `2 × ${m.num_layers} layers × ${m.num_kv_heads} KV heads × ${m.head_dim} head dim × `
-    + `${m.dtype_bytes} bytes (${m.dtype}) = ${m.kv_bytes_per_token} bytes per token`;
-}
 
 function drawModels(data) {
   const row = (m, source) => h('tr', {},
@@ -26,12 +22,7 @@ function drawGrowth(state) {
   const W = 600;
   const H = 140;
   const maxBytes = Math.max(1, ...steps.map((s) => s.fragmentation.allocated_slots * bpt));
-  const last = steps[steps.length - 1];
-  const label = last
-    ? `After step ${last.step}: ${int(last.fragmentation.tokens_held * bpt)} bytes of keys and values `
-      + `held for ${last.fragmentation.tokens_held} tokens, in blocks totalling `
-      + `${int(last.fragmentation.allocated_slots * bpt)} bytes.`
-    : 'No step has run yet.';
+  const label = growthLabel(state);
   const chart = svg('svg', {viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': label});
   const n = Math.max(steps.length, 8);
   const bw = W / n;
@@ -48,41 +39,30 @@ function drawGrowth(state) {
   replace($('#growth'), chart, h('p', {class: 'note'}, label));
 }
 
-function render(state, timeline) {
-  if (!state.engine) {
-    $('#readout').textContent = emptyReadout(timeline);
-    return;
-  }
+function drawBars(state) {
   const bpt = state.engine.kv_bytes_per_token;
   const bs = state.engine.block_size;
-  drawGrowth(state);
-  const lines = [];
-  if (sizes) {
-    const m = sizes.loaded;
-    lines.push(`KV bytes per token: 2 × ${m.num_layers} × ${m.num_kv_heads} × ${m.head_dim} × `
-      + `${m.dtype_bytes} = ${m.kv_bytes_per_token}`);
-  }
-  lines.push(`step ${timeline.lastEvent ? state.step : 0}, event ${timeline.pos} of ${timeline.length}`);
-  const bars = [];
-  for (const rid of state.order) {
-    const req = state.requests[rid];
-    const inCache = state.tables[rid] ? req.numComputed : 0;  // a finished request's blocks are gone
-    const blocks = (state.tables[rid] ?? []).length;
-    const total = req.promptTokenIds.length + (req.maxTokens ?? 0);
-    lines.push(`request ${rid} (${req.status}${req.status === 'finished' ? ', blocks returned to the pool' : ''}): ${inCache} tokens in cache × ${bpt} B = `
-      + `${inCache * bpt} B (prompt ${req.promptTokenIds.length} tokens, `
-      + `${req.outputTokenIds.length} generated)`);
-    lines.push(`  blocks held: ${blocks} × ${bs} slots × ${bpt} B = ${blocks * bs * bpt} B`);
-    bars.push(h('li', {},
+  const bars = state.order.map((rid) => {
+    const {inCache, blocks, total} = requestCache(state, rid);
+    return h('li', {},
       h('div', {class: 'bar-label'}, `request ${rid}: ${inCache} tokens = ${bytes(inCache * bpt)} `
         + `(in ${blocks} blocks = ${bytes(blocks * bs * bpt)})`),
       h('div', {class: 'track', role: 'img',
                 'aria-label': `${inCache} of at most ${total} tokens cached`},
         h('div', {class: 'fill reserved', style: {width: `${(100 * Math.min(total, blocks * bs)) / total}%`}}),
-        h('div', {class: 'fill', style: {width: `${(100 * inCache) / total}%`}}))));
-  }
+        h('div', {class: 'fill', style: {width: `${(100 * inCache) / total}%`}})));
+  });
   replace($('#bars'), bars.length ? bars : h('li', {class: 'note'}, 'No request has arrived yet.'));
-  $('#readout').textContent = lines.join('\n');
+}
+
+function render(state, timeline) {
+  if (!state.engine) {
+    $('#readout').textContent = emptyReadout(timeline);
+    return;
+  }
+  drawGrowth(state);
+  drawBars(state);
+  $('#readout').textContent = readoutLines(sizes, state, timeline).join('\n');
 }
 
 const player = playerFor($('#player'), render, {label: 'KV cache growth run'});

@@ -1,12 +1,11 @@
 import '../chrome.js';
-import {$, h, replace, pct, reducedMotion} from '../dom.js';
+import {$, h, replace, reducedMotion} from '../dom.js';
 import {API, getJSON, getNdjson, followEvents, showError, clearError} from '../api.js';
-import {poolSummary, hitRate, requestsByStatus} from '../state.js';
 import {Timeline} from '../timeline.js';
 import {Player} from '../player.js';
 import {PoolGrid, drawStatusColumns, drawStepChart} from '../views.js';
+import {monitorStats, readoutLines} from '../logic/monitor.js';
 
-const READOUT_REQUESTS = 30;
 const pool = new PoolGrid($('#pool'), {label: "The server's KV pool"});
 
 function stat(name, value) {
@@ -18,37 +17,11 @@ function render(state, timeline) {
     $('#readout').textContent = 'Waiting for the first event…';
     return;
   }
-  const s = poolSummary(state);
-  const groups = requestsByStatus(state);
-  const c = state.counters;
-  const generated = state.order.reduce((n, rid) => n + state.requests[rid].outputTokenIds.length, 0);
-  replace($('#stats'),
-    stat('step', String(state.step)),
-    stat('waiting', String(groups.waiting.length)),
-    stat('running', String(groups.running.length)),
-    stat('preempted / swapped', `${groups.preempted.length} / ${groups.swapped.length}`),
-    stat('finished', String(groups.finished.length + groups.aborted.length)),
-    stat('blocks held', `${s.used + s.shared} of ${s.total}`),
-    stat('prefix-cache hit rate', pct(hitRate(state))),
-    stat('preemptions', String(c.preemptions)));
+  replace($('#stats'), monitorStats(state).map(([name, value]) => stat(name, value)));
   drawStatusColumns($('#columns'), state);
   pool.update(state);
   drawStepChart($('#chart'), state.steps);
-  const lines = [
-    `step ${state.step}, event ${timeline.pos} of ${timeline.length}`,
-    `pool: ${s.total} blocks: ${s.used} held by one request, ${s.shared} shared, `
-      + `${s.cached} cached, ${s.free} free`,
-    `prefix cache: ${c.hitTokens} of ${c.queriedTokens} tokens hit (${pct(hitRate(state))})`,
-    `preemptions: ${c.preemptions}; tokens generated (requests shown): ${generated}`,
-    `requests (latest ${READOUT_REQUESTS}):`,
-  ];
-  for (const rid of state.order.slice(-READOUT_REQUESTS)) {
-    const r = state.requests[rid];
-    const status = r.finishReason && r.status === 'finished' ? `finished (${r.finishReason})` : r.status;
-    lines.push(`${rid}: ${status}, prompt ${r.promptTokenIds.length} tokens, `
-      + `${r.outputTokenIds.length} generated`);
-  }
-  $('#readout').textContent = lines.join('\n');
+  $('#readout').textContent = readoutLines(state, timeline).join('\n');
 }
 
 async function replay(player) {

@@ -2,195 +2,21 @@ import '../chrome.js';
 import {$, h, replace, svg, int, bytes, pct} from '../dom.js';
 import {API, getJSON, runLab, showError} from '../api.js';
 import {prompts, num} from '../lab.js';
-
-// The row-parallel linears the workers watch, and what a check of their sums allows.
-const WATCHED = [
-  {key: 'o_proj', title: 'o_proj: attention output → hidden', input: 'attention output'},
-  {key: 'down_proj', title: 'down_proj: MLP neurons → hidden', input: 'MLP activations'},
-];
-const TOLERANCE = 1e-4;
-const LINEARS = ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'];  // one layer's weights
+import {WATCHED, f4, ms, shape, counted, tensorRun, weightShares, reduction, kvPoolSize, timingLine,
+  readoutText, weightLayout} from '../logic/tensor-parallelism.js';
 
 const form = $('#lab');
 const layerInput = $('#layer');
 const statusEl = $('#status');
 const errorEl = $('#error');
-
-// -- formatting (fixed decimals, so a readout is the same in every browser) ---------------
-
-const f4 = (x) => x.toFixed(4);
-const ms = (x, digits = 1) => `${x.toFixed(digits)} ms`;
-const shape = (dims) => dims.join('×');
-// [start, stop) as "0–5", or "2" for one
-const span = ([start, stop]) => (stop - start === 1 ? `${start}` : `${start}–${stop - 1}`);
-// "query heads 0–5" / "KV head 2"
-const counted = (noun, range) => `${noun}${range[1] - range[0] === 1 ? '' : 's'} ${span(range)}`;
-// a sum of signed terms: "0.8759 + (-0.7191)"
-const terms = (texts) => texts.map((t, i) => (i && t.startsWith('-') ? `(${t})` : t)).join(' + ');
 const rankClass = (r) => `tp-r${r % 2}`;
 
-// -- what the run says -------------------------------------------------------------------
-
-function analyse(data) {
-  const start = data.events[0];
-  const order = [];
-  const blocks = new Map();
-  for (const e of data.events) {
-    if (e.kind === 'request_arrived') {
-      order.push(e.request_id);
-      blocks.set(e.request_id, []);
-    } else if (e.kind === 'blocks_allocated') {
-      if (!blocks.has(e.request_id)) {
-        order.push(e.request_id);
-        blocks.set(e.request_id, []);
-      }
-      blocks.get(e.request_id).push(...e.block_ids);
-    }
-  }
-  const steps = data.events.filter((e) => e.kind === 'step_end');
-  // bytes of one KV element: the engine's bytes per token over its elements per token
-  const elementBytes = start.kv_bytes_per_token / (2 * start.num_layers * start.num_kv_heads * start.head_dim);
-  return {start, ranks: start.ranks, order, blocks, steps, elementBytes,
-          watched: data.tensor_parallel ?? null, outputs: data.outputs};
-}
-
-const weightsOf = (rank) => LINEARS.reduce((sum, name) => sum + rank.weights[name][0] * rank.weights[name][1], 0);
-
-// For one watched linear: every rank's record, the sum of the partials, and whether
-// that sum is the all-reduced vector on every rank.
-function reduction(run, key) {
-  const recs = run.watched.ranks.map((r) => r[key]);
-  const dims = recs[0].partial.length;
-  const sum = [];
-  let agrees = true;
-  for (let d = 0; d < dims; d++) {
-    sum.push(recs.reduce((s, rec) => s + rec.partial[d], 0));
-    for (const rec of recs) if (Math.abs(sum[d] - rec.reduced[d]) >= TOLERANCE) agrees = false;
-  }
-  return {recs, sum, dims, agrees};
-}
-
-// -- the readout ---------------------------------------------------------------------------
-
-function rankLines(run) {
-  const lines = [];
-  for (const r of run.ranks) {
-    lines.push(`rank ${r.rank}: ${counted('query head', r.q_heads)}, ${counted('KV head', r.kv_heads)}, `
-      + `${counted('MLP neuron', r.intermediate)}, vocabulary ids ${span(r.vocab)}`);
-    lines.push(`  weights: ${Object.entries(r.weights).map(([name, dims]) => `${name} ${shape(dims)}`).join(', ')}`);
-    lines.push(`  KV pool: ${shape(r.kv_pool_shape)}`);
-  }
-  const counts = run.ranks.map(weightsOf);
-  const total = counts.reduce((a, b) => a + b, 0);
-  lines.push(`per layer: ${run.ranks.map((r, i) => `rank ${r.rank} holds ${int(counts[i])}`
-    + `${i ? '' : ' weights'} (${pct(counts[i] / total)})`).join(', ')}`);
-  return lines;
-}
-
-function watchedLines(run) {
-  const w = run.watched;
-  if (!w) return ['no layer was watched'];
-  const lines = [`layer ${w.layer}, step ${w.step} (the batch's last token row):`];
-  let agree = true;
-  for (const {key} of WATCHED) {
-    const {recs, sum, agrees} = reduction(run, key);
-    agree = agree && agrees;
-    lines.push(`  ${key}: ${recs.map((rec) => rec.input_columns).join(' + ')} input columns; dim 0: `
-      + `${terms(recs.map((rec) => f4(rec.partial[0])))} = ${f4(sum[0])} (all-reduced ${f4(recs[0].reduced[0])})`);
-  }
-  const dims = reduction(run, WATCHED[0].key).dims;
-  lines.push(agree
-    ? `  all ${dims} dims of both: the partials add up to the all-reduced vector within 1e-4, on every rank`
-    : `  MISMATCH: in some of the ${dims} dims the partials do not add up to the all-reduced vector`);
-  for (const {key} of WATCHED) {
-    const recs = w.ranks.map((r) => r[key]);
-    lines.push(`  ${key} time: ${recs.map((rec, i) => `rank ${i} matmul ${ms(rec.matmul_ms, 3)}, `
-      + `all-reduce ${ms(rec.all_reduce_ms, 3)}`).join('; ')}`);
-  }
-  return lines;
-}
-
-function kvLines(run) {
-  const where = run.ranks.map((r) => `${counted('KV head', r.kv_heads)} on rank ${r.rank}`).join(', ');
-  const lines = [`KV blocks (each block on every rank: ${where}):`];
-  for (const rid of run.order) {
-    const ids = run.blocks.get(rid);
-    lines.push(`  request ${rid}: ${ids.length ? `blocks ${ids.join(', ')}` : 'no blocks'}`);
-  }
-  return lines;
-}
-
-function timingLine(run) {
-  const counts = run.steps.map((s) => s.num_collectives);
-  const low = Math.min(...counts);
-  const high = Math.max(...counts);
-  const coll = run.steps.reduce((s, e) => s + e.collective_ms, 0);
-  const fwd = run.steps.reduce((s, e) => s + e.forward_ms, 0);
-  return `collectives: ${low === high ? low : `${low}–${high}`} per step, ${run.steps.length} steps; `
-    + `rank 0 spent ${ms(coll)} in them of ${ms(fwd)} forward (${pct(coll / fwd)})`;
-}
-
-function readout(run) {
-  const s = run.start;
-  return [
-    `tensor_parallel_size ${s.tensor_parallel_size} (split: ${run.ranks[0].split}): ${s.num_heads} query heads `
-      + `and ${s.num_kv_heads} KV heads of dim ${s.head_dim}, ${s.num_layers} layers`,
-    ...rankLines(run), ...watchedLines(run), ...kvLines(run), timingLine(run),
-  ].join('\n');
-}
-
 // -- 1. the weight map ---------------------------------------------------------------------
-
-// The parts of a weight along its split dimension, in the order of the full matrix:
-// {rank, size, label}. Fused weights (q/k/v, gate/up) put each rank's piece of every part.
-function weightParts(run, name) {
-  const {ranks} = run;
-  const hd = run.start.head_dim;
-  const size = ([a, b]) => b - a;
-  switch (name) {
-    case 'qkv_proj':
-      return [
-        ...ranks.map((r) => ({rank: r.rank, size: size(r.q_heads) * hd, label: `q ${span(r.q_heads)}`})),
-        ...ranks.map((r) => ({rank: r.rank, size: size(r.kv_heads) * hd, label: `k ${span(r.kv_heads)}`})),
-        ...ranks.map((r) => ({rank: r.rank, size: size(r.kv_heads) * hd, label: `v ${span(r.kv_heads)}`})),
-      ];
-    case 'o_proj':
-      return ranks.map((r) => ({rank: r.rank, size: size(r.q_heads) * hd, label: `heads ${span(r.q_heads)}`}));
-    case 'gate_up_proj':
-      return [
-        ...ranks.map((r) => ({rank: r.rank, size: size(r.intermediate), label: `gate ${span(r.intermediate)}`})),
-        ...ranks.map((r) => ({rank: r.rank, size: size(r.intermediate), label: `up ${span(r.intermediate)}`})),
-      ];
-    case 'down_proj':
-      return ranks.map((r) => ({rank: r.rank, size: size(r.intermediate), label: `neurons ${span(r.intermediate)}`}));
-    default:  // embed_tokens, lm_head: by vocabulary
-      return ranks.map((r) => ({rank: r.rank, size: size(r.vocab), label: `ids ${span(r.vocab)}`}));
-  }
-}
-
-const WEIGHT_INFO = {
-  qkv_proj: {kind: 'column-parallel', axis: 0, what: 'fused q | k | v, split by head'},
-  o_proj: {kind: 'row-parallel', axis: 1, what: 'split by the heads its input comes from'},
-  gate_up_proj: {kind: 'column-parallel', axis: 0, what: 'fused gate | up, split by neuron'},
-  down_proj: {kind: 'row-parallel', axis: 1, what: 'split by the neurons its input comes from'},
-  embed_tokens: {kind: 'vocabulary-parallel', axis: 0, what: 'split by token id; one all-reduce'},
-  lm_head: {kind: 'vocabulary-parallel', axis: 0, what: 'split by token id; logits gathered'},
-};
 
 function drawWeights(run) {
   const names = Object.keys(run.ranks[0].weights);
   const items = names.map((name) => {
-    const info = WEIGHT_INFO[name] ?? {kind: 'split', axis: 0, what: ''};
-    const parts = weightParts(run, name);
-    const local = run.ranks.map((r) => r.weights[name]);
-    // the full matrix: the split dimension summed over the ranks, the other one shared
-    const full = [...local[0]];
-    full[info.axis] = local.reduce((s, dims) => s + dims[info.axis], 0);
-    const along = info.axis === 0 ? 'output rows' : 'input columns';
-    // the parts must add up to the shapes the workers reported; if not, draw one per rank
-    const drawn = run.ranks.every((r) => parts.filter((p) => p.rank === r.rank)
-      .reduce((s, p) => s + p.size, 0) === r.weights[name][info.axis])
-      ? parts : run.ranks.map((r) => ({rank: r.rank, size: r.weights[name][info.axis], label: `rank ${r.rank}`}));
+    const {info, local, full, along, drawn} = weightLayout(run, name);
     const bar = h('div', {class: 'tp-bar', role: 'img',
                           'aria-label': `${name}, ${full[info.axis]} ${along}: `
                             + drawn.map((p) => `${p.label} (${p.size}) on rank ${p.rank}`).join(', ')},
@@ -205,12 +31,10 @@ function drawWeights(run) {
       h('p', {class: 'tp-shapes'}, run.ranks.map((r, i) => h('span', {class: `tp-shape ${rankClass(r.rank)}`},
         `rank ${r.rank}: ${shape(local[i])}`))));
   });
-  const counts = run.ranks.map(weightsOf);
-  const total = counts.reduce((a, b) => a + b, 0);
   replace($('#weights'),
     h('ul', {class: 'tp-weights'}, items),
-    h('p', {class: 'note'}, `One layer's four projections: ${run.ranks.map((r, i) => `rank ${r.rank} holds `
-      + `${int(counts[i])} weights (${pct(counts[i] / total)})`).join(', ')}. The norms are copied to every rank. `
+    h('p', {class: 'note'}, `One layer's four projections: ${weightShares(run).map((w) => `rank ${w.rank} holds `
+      + `${int(w.count)} weights (${pct(w.share)})`).join(', ')}. The norms are copied to every rank. `
       + `Worker processes: ${run.ranks.map((r) => `rank ${r.rank} pid ${r.pid}, shard loaded in ${r.load_s.toFixed(2)} s`).join('; ')}.`));
 }
 
@@ -279,13 +103,12 @@ function drawReduce(run) {
         h('span', {class: 'vector'}, red.recs[0].reduced.slice(0, 3).map(f4).join(', '), ', …')));
     const rows = [];
     for (let d = 0; d < red.dims; d++) {
-      const same = red.recs.every((rec) => Math.abs(red.sum[d] - rec.reduced[d]) < TOLERANCE);
       rows.push(h('tr', {},
         h('td', {}, String(d)),
         red.recs.map((rec) => h('td', {}, f4(rec.partial[d]))),
         h('td', {}, f4(red.sum[d])),
         red.recs.map((rec) => h('td', {}, f4(rec.reduced[d]))),
-        h('td', {}, same ? '✓ equal' : '✕ differs')));
+        h('td', {}, red.same[d] ? '✓ equal' : '✕ differs')));
     }
     const caption = `${key}: the first ${red.dims} of its ${run.ranks[0].weights[key][0]} output dims`;
     const id = `${key}-caption`;
@@ -314,11 +137,11 @@ function drawReduce(run) {
 
 function drawKv(run) {
   const pools = run.ranks.map((r) => {
-    const elements = r.kv_pool_shape.reduce((a, b) => a * b, 1);
+    const size = kvPoolSize(run, r);
     return h('li', {class: `tp-pool ${rankClass(r.rank)}`},
       h('span', {class: 'who'}, `rank ${r.rank}`),
       ` pool [${r.kv_pool_shape.join(', ')}]: layers × K,V × blocks × slots × KV heads × dims = `,
-      `${int(elements)} values, ${bytes(elements * run.elementBytes)}; holds ${counted('KV head', r.kv_heads)}`);
+      `${int(size.elements)} values, ${bytes(size.bytes)}; holds ${counted('KV head', r.kv_heads)}`);
   });
   const requests = run.order.map((rid) => {
     const ids = run.blocks.get(rid);
@@ -398,13 +221,13 @@ function drawOutputs(run) {
 }
 
 function show(data) {
-  const run = analyse(data);
+  const run = tensorRun(data);
   drawWeights(run);
   drawReduce(run);
   drawKv(run);
   drawTiming(run);
   drawOutputs(run);
-  $('#readout').textContent = readout(run);
+  $('#readout').textContent = readoutText(run);
 }
 
 // -- the form ---------------------------------------------------------------------------
