@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-import kvscope.scope.attention_math as attention_math
+import kvscope.scope.inside.common as inside_common
 from kvscope.config import EngineConfig
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.model.loader import LoadedModel
@@ -37,7 +37,7 @@ class _RecordingEngine(LLMEngine):
 @pytest.fixture
 def recorded_tables(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     _RecordingEngine.tables = []
-    monkeypatch.setattr(attention_math, "LLMEngine", _RecordingEngine)
+    monkeypatch.setattr(inside_common, "LLMEngine", _RecordingEngine)  # lesson_engine's
     return _RecordingEngine.tables
 
 

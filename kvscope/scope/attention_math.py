@@ -21,17 +21,23 @@ from typing import Any
 
 import torch
 
-from kvscope.config import EngineConfig
-from kvscope.engine.llm_engine import LLMEngine
-from kvscope.kv.kv_manager import blocks_needed
 from kvscope.model.arch import ModelArch
 from kvscope.model.loader import LoadedModel
 from kvscope.model.probe import ForwardProbe
 from kvscope.sampling_params import SamplingParams
+from kvscope.scope.inside.common import (
+    check_head,
+    check_layer,
+    is_int,
+    lesson_engine,
+    resolve_position,
+    rounded,
+    rounded_all,
+    tokenize,
+)
 
 MAX_PROMPT_TOKENS = 256
 MAX_BLOCK_SIZE = 64
-SIGNIFICANT_DIGITS = 6
 _REQUEST_ID = "attention-math"
 
 
@@ -68,8 +74,8 @@ def block_attention_math(loaded: LoadedModel, prompt: str, layer: int, head: int
     token) at `layer`/`head` over the paged KV pool. Raises ValueError on bad input."""
     arch = loaded.arch
     _check_layout_args(arch, layer, head, block_size)
-    token_ids = _tokenize(loaded, prompt)
-    position = _resolve_position(position, len(token_ids))
+    token_ids = tokenize(loaded, prompt, MAX_PROMPT_TOKENS)
+    position = resolve_position(position, len(token_ids))
     prefill = _run_prefill(loaded, token_ids, layer, block_size)
     kv_head = head // (arch.num_heads // arch.num_kv_heads)
     query = prefill.queries[position, head].float()
@@ -83,66 +89,31 @@ def block_attention_math(loaded: LoadedModel, prompt: str, layer: int, head: int
     return {
         "tokens": [loaded.tokenizer.decode([t]) for t in token_ids],
         "token_ids": token_ids, "position": position, "layer": layer, "head": head,
-        "kv_head": kv_head, "head_dim": arch.head_dim, "scale": _round(scale),
+        "kv_head": kv_head, "head_dim": arch.head_dim, "scale": rounded(scale),
         "block_size": block_size, "block_table": prefill.block_table,
-        "query": _round_all(query),
+        "query": rounded_all(query),
         "blocks": [_block_json(b, m, z) for b, (m, z) in zip(blocks, running, strict=True)],
-        "weights": _round_all(weights),
-        "output_blockwise": _round_all(blockwise),
-        "output_online": _round_all(online),
-        "output_contiguous": _round_all(contiguous),
-        "max_abs_diff": _round((blockwise - contiguous).abs().max().item()),
-        "max_abs_diff_online": _round((online - blockwise).abs().max().item()),
+        "weights": rounded_all(weights),
+        "output_blockwise": rounded_all(blockwise),
+        "output_online": rounded_all(online),
+        "output_contiguous": rounded_all(contiguous),
+        "max_abs_diff": rounded((blockwise - contiguous).abs().max().item()),
+        "max_abs_diff_online": rounded((online - blockwise).abs().max().item()),
     }
 
 
 # -- input checks ---------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_layout_args(arch: ModelArch, layer: int, head: int, block_size: int) -> None:
-    if not _is_int(layer) or not 0 <= layer < arch.num_layers:
-        raise ValueError(f"layer must be an integer in [0, {arch.num_layers}); got {layer!r}")
-    if not _is_int(head) or not 0 <= head < arch.num_heads:
-        raise ValueError(f"head must be an integer in [0, {arch.num_heads}); got {head!r}")
-    if not _is_int(block_size) or not 1 <= block_size <= MAX_BLOCK_SIZE:
+    check_layer(arch, layer)
+    check_head(arch, head)
+    if not is_int(block_size) or not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise ValueError(
             f"block_size must be an integer in [1, {MAX_BLOCK_SIZE}]; got {block_size!r}")
 
 
-def _tokenize(loaded: LoadedModel, prompt: str) -> list[int]:
-    """Token ids exactly as the engine makes them from a text prompt."""
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError("prompt must be a non-empty string")
-    ids = list(loaded.tokenizer.encode(prompt, add_special_tokens=True))
-    if not ids:
-        raise ValueError("prompt has no tokens")
-    if len(ids) > MAX_PROMPT_TOKENS:
-        raise ValueError(f"prompt has {len(ids)} tokens; at most {MAX_PROMPT_TOKENS} allowed")
-    return ids
-
-
-def _resolve_position(position: int, length: int) -> int:
-    if not _is_int(position) or not -length <= position < length:
-        raise ValueError(f"position must be an integer in [{-length}, {length}) for this "
-                         f"{length}-token prompt (-1 = the last token); got {position!r}")
-    return position % length
-
-
 # -- the real run -----------------------------------------------------------------------
-
-
-def _engine_config(loaded: LoadedModel, block_size: int, max_model_len: int) -> EngineConfig:
-    """A pool just big enough for one request of max_model_len tokens, and a token
-    budget that takes the whole prompt in one step."""
-    per_block = loaded.arch.kv_bytes_per_token(loaded.dtype.itemsize) * block_size
-    return EngineConfig.from_kwargs(
-        dtype=loaded.dtype, block_size=block_size, max_model_len=max_model_len,
-        kv_cache_memory=per_block * blocks_needed(max_model_len, block_size),
-        max_num_batched_tokens=max_model_len, enable_prefix_caching=False)
 
 
 def _run_prefill(loaded: LoadedModel, token_ids: list[int], layer: int,
@@ -151,7 +122,7 @@ def _run_prefill(loaded: LoadedModel, token_ids: list[int], layer: int,
     read, so engines in other threads running the same weights are not disturbed.
     Two tokens are asked for so that the block table is still held after the first
     step (the prefill, which samples token one)."""
-    engine = LLMEngine(_engine_config(loaded, block_size, len(token_ids) + 2), loaded=loaded)
+    engine = lesson_engine(loaded, len(token_ids) + 2, block_size)
     probe = engine.runner.probe = ForwardProbe(_REQUEST_ID, layers={layer})
     params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, detokenize=False)
     engine.add_request(_REQUEST_ID, token_ids, params)
@@ -232,19 +203,11 @@ def _contiguous_attention(prefill: _Prefill, query: torch.Tensor, kv_head: int,
 # -- JSON ----------------------------------------------------------------------------
 
 
-def _round(value: float) -> float:
-    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
-
-
-def _round_all(values: torch.Tensor) -> list[float]:
-    return [_round(v) for v in values.tolist()]
-
-
 def _block_json(block: _Block, running_max: float, running_sum_exp: float) -> dict[str, Any]:
     return {
         "index": block.index, "block_id": block.block_id, "start": block.start,
-        "end": block.end, "scores": _round_all(block.scores),
-        "block_max": _round(block.block_max), "block_sum_exp": _round(block.block_sum_exp),
-        "partial_output": _round_all(block.partial_output),
-        "running_max": _round(running_max), "running_sum_exp": _round(running_sum_exp),
+        "end": block.end, "scores": rounded_all(block.scores),
+        "block_max": rounded(block.block_max), "block_sum_exp": rounded(block.block_sum_exp),
+        "partial_output": rounded_all(block.partial_output),
+        "running_max": rounded(running_max), "running_sum_exp": rounded(running_sum_exp),
     }
