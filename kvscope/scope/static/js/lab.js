@@ -2,9 +2,10 @@
 // and a player over that run's events.
 
 import {$} from './dom.js';
-import {postJSON, runLab, showError} from './api.js';
+import {API, getJSON, postJSON, runLab, showError} from './api.js';
 import {Timeline} from './timeline.js';
 import {Player} from './player.js';
+import {clampIndex} from './logic/attention-heads.js';
 
 export function prompts(textarea) {
   return textarea.value.split('\n').map((line) => line.trim()).filter(Boolean);
@@ -25,6 +26,32 @@ export async function chatPrompt(text, chat) {
 export function num(id) {
   const text = $(id).value.trim();
   return text === '' ? NaN : Number(text);
+}
+
+// The #layer and #head inputs of a page that probes one attention head. boundLayerHead
+// bounds them by the loaded model from /info: their max and `limits` ({layers, heads},
+// Infinity until then); it returns the engine's description, or null when /info does not
+// answer (the bounds are a convenience: the server checks every value). readLayerHead
+// reads them, pulling a value out of range back into `limits`.
+export async function boundLayerHead(limits) {
+  try {
+    const e = (await getJSON(`${API}/info`)).engine;
+    limits.layers = e.num_layers;
+    limits.heads = e.num_heads;
+    $('#layer').max = String(e.num_layers - 1);
+    $('#head').max = String(e.num_heads - 1);
+    return e;
+  } catch {
+    return null;
+  }
+}
+
+export function readLayerHead(limits) {
+  const layer = clampIndex(Number($('#layer').value), limits.layers);
+  const head = clampIndex(Number($('#head').value), limits.heads);
+  $('#layer').value = String(layer);
+  $('#head').value = String(head);
+  return {layer, head};
 }
 
 // Wire `form` to run the lab with build()'s body (build may be async: a page that

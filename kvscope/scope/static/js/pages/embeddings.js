@@ -1,16 +1,18 @@
 import '../chrome.js';
 import {$, h, replace} from '../dom.js';
 import {runLab} from '../api.js';
+import {HeatGrid} from '../heatgrid.js';
 import {cellText, clampStart, heatColor, neighboursText, readout, sliceLabel, stripMove}
   from '../logic/embeddings.js';
 import {debounce, latestOnly, showWhitespace} from '../logic/tokens.js';
 
-const strip = $('#strip');
-const detail = $('#cell-detail');
 const startInput = $('#dim-start');
 let data = null;
 let hidden = null;  // the model's hidden size, from the first response
-let focus = {row: 0, col: 0};
+const strip = new HeatGrid($('#strip'), $('#cell-detail'), {
+  rowAttr: 'r', colAttr: 'c', text: (r, c) => cellText(data, r, c),
+  move: (focus, key) => stripMove(focus, key, data),
+});
 
 const dimCount = () => Number($('#dim-count').value);
 
@@ -25,31 +27,14 @@ function syncStart() {
   startInput.setAttribute('aria-valuetext', text);
 }
 
-const cellEl = ({row, col}) => strip.querySelector(`[data-r="${row}"][data-c="${col}"]`);
-
-function select(cell, moveFocus) {
-  const old = cellEl(focus);
-  if (old) old.tabIndex = -1;
-  focus = cell;
-  const el = cellEl(cell);
-  el.tabIndex = 0;
-  if (moveFocus) el.focus();
-  detail.textContent = cellText(data, cell.row, cell.col);
-}
-
 function draw() {
-  focus = {row: 0, col: 0};
   const max = data.slice_abs_max;
-  replace(strip, data.rows.map((row, r) => h('div', {role: 'row', class: 'hm-row'},
-    h('span', {role: 'rowheader', class: 'hm-label', title: row.text}, `${row.position} ${showWhitespace(row.text)}`),
-    row.slice.map((v, c) => h('span', {
-      role: 'gridcell', class: 'hm-cell', tabindex: r === 0 && c === 0 ? '0' : '-1',
-      'data-r': String(r), 'data-c': String(c), 'aria-label': cellText(data, r, c),
-      style: {background: heatColor(v, max)},
-    })))));
+  strip.draw(data.rows.map((row) => ({
+    label: `${row.position} ${showWhitespace(row.text)}`, title: row.text,
+    colors: row.slice.map((v) => heatColor(v, max)),
+  })), 'Hover over or focus a cell to see its token, dimension and value.');
   $('#strip-caption').textContent = `${sliceLabel(data)}; colour from −${max} (blue) through 0 (white) `
     + `to +${max} (orange).`;
-  detail.textContent = 'Hover over or focus a cell to see its token, dimension and value.';
   replace($('#rows'), data.rows.map((row) => h('tr', {},
     h('td', {}, String(row.position)),
     h('td', {class: 'mono'}, showWhitespace(row.text)),
@@ -106,22 +91,6 @@ $('#lab').addEventListener('submit', (event) => {
   event.preventDefault();
   later.cancel();
   trigger();
-});
-
-strip.addEventListener('mouseover', (event) => {
-  const el = event.target.closest?.('.hm-cell');
-  if (el) detail.textContent = cellText(data, Number(el.dataset.r), Number(el.dataset.c));
-});
-strip.addEventListener('focusin', (event) => {
-  const el = event.target.closest?.('.hm-cell');
-  if (el) select({row: Number(el.dataset.r), col: Number(el.dataset.c)}, false);
-});
-strip.addEventListener('keydown', (event) => {
-  if (!data) return;
-  const next = stripMove(focus, event.key, data);
-  if (!next) return;
-  event.preventDefault();
-  select(next, true);
 });
 
 $('#readout').textContent = 'No result yet.';

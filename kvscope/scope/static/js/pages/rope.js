@@ -1,41 +1,25 @@
 import '../chrome.js';
 import {$, h, replace, svg} from '../dom.js';
-import {API, getJSON, runLab} from '../api.js';
-import {clampIndex} from '../logic/attention-heads.js';
+import {runLab} from '../api.js';
+import {HeatGrid} from '../heatgrid.js';
+import {boundLayerHead, readLayerHead} from '../lab.js';
 import {angleColor, angleMove, angleText, chartGeometry, pointText, readout, scoreAt}
   from '../logic/rope.js';
 import {latestOnly} from '../logic/tokens.js';
 
-const grid = $('#angles');
-const angleDetail = $('#angle-detail');
 const inspect = $('#inspect');
 let data = null;
 let geometry = null;
-let focus = {row: 0, col: 0};
 const limits = {layers: Infinity, heads: Infinity};
-
-const cellEl = ({row, col}) => grid.querySelector(`[data-p="${row}"][data-i="${col}"]`);
-
-function select(cell, moveFocus) {
-  const old = cellEl(focus);
-  if (old) old.tabIndex = -1;
-  focus = cell;
-  const el = cellEl(cell);
-  el.tabIndex = 0;
-  if (moveFocus) el.focus();
-  angleDetail.textContent = angleText(data, cell.row, cell.col);
-}
+const grid = new HeatGrid($('#angles'), $('#angle-detail'), {
+  rowAttr: 'p', colAttr: 'i', text: (p, i) => angleText(data, p, i),
+  move: (focus, key) => angleMove(focus, key, data),
+});
 
 function drawAngles() {
-  focus = {row: 0, col: 0};
-  replace(grid, data.angle_positions.map((pos, p) => h('div', {role: 'row', class: 'hm-row'},
-    h('span', {role: 'rowheader', class: 'hm-label'}, `pos ${pos}`),
-    data.angles[p].map((a, i) => h('span', {
-      role: 'gridcell', class: 'hm-cell', tabindex: p === 0 && i === 0 ? '0' : '-1',
-      'data-p': String(p), 'data-i': String(i), 'aria-label': angleText(data, p, i),
-      style: {background: angleColor(a)},
-    })))));
-  angleDetail.textContent = 'Hover over or focus a cell to see its angle and wavelength.';
+  grid.draw(data.angle_positions.map((pos, p) => ({
+    label: `pos ${pos}`, colors: data.angles[p].map(angleColor),
+  })), 'Hover over or focus a cell to see its angle and wavelength.');
   replace($('#pairs'), data.pairs.map((pair) => h('tr', {},
     h('td', {}, String(pair.pair)), h('td', {}, `${pair.dims[0]}, ${pair.dims[1]}`),
     h('td', {}, String(pair.inv_freq)), h('td', {}, String(pair.wavelength)))));
@@ -86,10 +70,7 @@ let shown = false;
 let shownKey = null;  // the body of the run on show: the same again would change nothing
 // the request the form describes; a layer or head out of range is pulled back into it
 function bodyOf() {
-  const layer = clampIndex(Number($('#layer').value), limits.layers);
-  const head = clampIndex(Number($('#head').value), limits.heads);
-  $('#layer').value = String(layer);
-  $('#head').value = String(head);
+  const {layer, head} = readLayerHead(limits);
   const int = (id, fallback) => {
     const v = Math.trunc(Number($(id).value.trim() || NaN));
     return Number.isFinite(v) ? v : fallback;
@@ -130,31 +111,11 @@ for (const id of ['#layer', '#head', '#query-position', '#key-position', '#max-d
 }
 inspect.addEventListener('input', showPoint);
 
-grid.addEventListener('mouseover', (event) => {
-  const el = event.target.closest?.('.hm-cell');
-  if (el) angleDetail.textContent = angleText(data, Number(el.dataset.p), Number(el.dataset.i));
-});
-grid.addEventListener('focusin', (event) => {
-  const el = event.target.closest?.('.hm-cell');
-  if (el) select({row: Number(el.dataset.p), col: Number(el.dataset.i)}, false);
-});
-grid.addEventListener('keydown', (event) => {
-  if (!data) return;
-  const next = angleMove(focus, event.key, data);
-  if (!next) return;
-  event.preventDefault();
-  select(next, true);
-});
-
 $('#readout').textContent = 'No result yet.';
-try {
-  const e = (await getJSON(`${API}/info`)).engine;
-  limits.layers = e.num_layers;
-  limits.heads = e.num_heads;
-  $('#layer').max = String(e.num_layers - 1);
-  $('#head').max = String(e.num_heads - 1);
+const e = await boundLayerHead(limits);
+if (e) {
   $('#limits').textContent = `The loaded model has ${e.num_layers} layers (0–${e.num_layers - 1}) `
     + `and ${e.num_heads} query heads (0–${e.num_heads - 1}) of dimension ${e.head_dim}: `
     + `${e.head_dim / 2} rotated pairs per head.`;
-} catch { /* the limits are a convenience; the server checks every value */ }
+}
 trigger();
