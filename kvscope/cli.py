@@ -1,7 +1,8 @@
 """The `kvscope` command line: `kvscope serve` runs the OpenAI-compatible server with
 the scope at `/`, `kvscope scope` the same for exploring (and replaying a recorded
-run), `kvscope generate` runs prompts offline, `kvscope trace` turns a recorded run
-into a Perfetto / Chrome trace, `kvscope bench serve` benchmarks a server."""
+run), `kvscope router` spreads requests over several servers, `kvscope generate` runs
+prompts offline, `kvscope trace` turns a recorded run into a Perfetto / Chrome trace,
+`kvscope bench serve` benchmarks a server."""
 
 from __future__ import annotations
 
@@ -147,6 +148,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from kvscope.serve.router.app import build_router_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = build_router_app(args.worker, args.policy, args.api_key, args.worker_api_key,
+                           args.health_interval)
+    logging.getLogger("kvscope.router").info(
+        "routing to %d worker(s) by %s at http://%s:%d/v1", len(args.worker), args.policy,
+        args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _router_parser(sub: argparse._SubParsersAction) -> None:
+    from kvscope.serve.router.policies import POLICIES
+
+    router = sub.add_parser("router", help="an OpenAI-compatible front spreading requests "
+                                           "over several servers (data parallelism)")
+    router.add_argument("--worker", action="append", required=True, metavar="URL",
+                        help="a server's base URL, e.g. http://127.0.0.1:8001 (repeatable)")
+    router.add_argument("--policy", choices=POLICIES, default="cache_aware")
+    router.add_argument("--host", default="127.0.0.1")
+    router.add_argument("--port", type=int, default=8080)
+    router.add_argument("--api-key", default=os.environ.get("KVSCOPE_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on every route but "
+                             "/health (default: $KVSCOPE_API_KEY, else no key)")
+    router.add_argument("--worker-api-key", default=os.environ.get("KVSCOPE_WORKER_API_KEY"),
+                        help="the key the workers want (default: $KVSCOPE_WORKER_API_KEY)")
+    router.add_argument("--health-interval", type=float, default=2.0,
+                        help="seconds between two /health checks of every worker")
+    router.set_defaults(func=cmd_router)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from kvscope.perfetto import export_chrome_trace
 
@@ -231,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _router_parser(sub)
     gen = sub.add_parser("generate", help="complete prompts offline and print throughput")
     _engine_args(gen)
     gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")

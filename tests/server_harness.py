@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -44,6 +45,16 @@ def running_server(loaded: LoadedModel, api_key: str | None = None,
     engine = AsyncEngine(LLMEngine(config, sink=live, loaded=loaded), max_waiting_requests)
     app = build_app(engine, MODEL_NAME, api_key, max_body_bytes, live=live if scope else None,
                     public_metrics=public_metrics, scope=scope, lab_limits=lab_limits)
+    try:
+        with serving_in_thread(app) as (server, port):
+            yield RunningServer(engine, server, port, live)
+    finally:
+        engine.shutdown()
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: Any) -> Iterator[tuple[uvicorn.Server, int]]:
+    """uvicorn serving `app` on a free loopback port in a daemon thread: (server, port)."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -53,10 +64,18 @@ def running_server(loaded: LoadedModel, api_key: str | None = None,
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield RunningServer(engine, server, port, live)
+        yield server, server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(10)
-        engine.shutdown()
+
+
+@contextlib.contextmanager
+def running_router(worker_urls: list[str], policy: str, **options: Any) -> Iterator[str]:
+    """`kvscope router`'s app over `worker_urls`, in a thread; yields its base URL."""
+    from kvscope.serve.router.app import build_router_app
+
+    app = build_router_app(worker_urls, policy, **options)
+    with serving_in_thread(app) as (_, port):
+        yield f"http://127.0.0.1:{port}"

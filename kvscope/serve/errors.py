@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 _TYPES = {400: "invalid_request_error", 401: "authentication_error",
           404: "not_found_error", 405: "invalid_request_error",
           413: "invalid_request_error", 429: "rate_limit_error", 503: "server_overloaded",
-          500: "internal_error"}
+          500: "internal_error", 502: "server_error"}
 
 
 class APIError(Exception):

@@ -1,0 +1,73 @@
+"""Forwarding one request to a worker and its answer back, streams included.
+
+A worker that cannot be reached, or whose connection breaks, is marked down: the
+request gets a 502 with an OpenAI-style body (or, once a stream has started, a final
+`data: {"error": ...}` event and `data: [DONE]`), never a hang. A request that never
+reached any worker (the connection was refused) is tried once on another one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi.responses import Response, StreamingResponse
+
+from kvscope.serve.errors import error_body, error_response
+from kvscope.serve.router.workers import Worker
+
+WORKER_HEADER = "x-kvscope-worker"
+_PASSED_HEADERS = ("content-type", "retry-after")
+
+
+class WorkerFailed(Exception):
+    def __init__(self, worker: Worker, cause: Exception, reached: bool) -> None:
+        super().__init__(f"worker {worker.url} failed: {type(cause).__name__}: {cause}")
+        self.worker = worker
+        self.reached = reached  # False: the request never got to the worker
+
+
+async def forward(client: httpx.AsyncClient, worker: Worker, path: str, body: dict[str, Any],
+                  headers: dict[str, str]) -> Response:
+    """POST `body` to the worker; the answer as the client should get it. Raises
+    WorkerFailed when the worker cannot be reached (then nothing was answered)."""
+    request = client.build_request("POST", f"{worker.url}{path}", json=body, headers=headers)
+    worker.in_flight += 1
+    worker.requests += 1
+    try:
+        upstream = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        worker.in_flight -= 1
+        worker.mark_down()
+        never_reached = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        raise WorkerFailed(worker, exc, reached=not never_reached) from exc
+    kept = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_HEADERS}
+    kept[WORKER_HEADER] = worker.url
+    if not body.get("stream") or upstream.status_code != 200:
+        try:
+            content = await upstream.aread()
+        except httpx.HTTPError as exc:
+            worker.mark_down()
+            return error_response(502, str(WorkerFailed(worker, exc, True)),
+                                  headers={WORKER_HEADER: worker.url})
+        finally:
+            await upstream.aclose()
+            worker.in_flight -= 1
+        return Response(content, status_code=upstream.status_code, headers=kept)
+    return StreamingResponse(_relay(upstream, worker), status_code=200, headers=kept)
+
+
+async def _relay(upstream: httpx.Response, worker: Worker) -> AsyncIterator[bytes]:
+    """The worker's stream, chunk by chunk; a break ends it with an error event."""
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        worker.mark_down()
+        failure = error_body(502, f"{WorkerFailed(worker, exc, True)} during the stream")
+        yield f"data: {json.dumps(failure)}\n\ndata: [DONE]\n\n".encode()
+    finally:
+        await upstream.aclose()
+        worker.in_flight -= 1
