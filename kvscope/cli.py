@@ -136,6 +136,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kvscope.scope.lab_limits import LabLimits
     from kvscope.serve.server import serve
 
+    if args.data_parallel_size > 1:
+        from kvscope.serve.data_parallel import serve_data_parallel
+
+        if args.record is not None or getattr(args, "replay", None) is not None:
+            raise ValueError("--record and --replay are about one engine's events; they do "
+                             "not go with --data-parallel-size (each replica has its own)")
+
+        serve_data_parallel(args.argv, args.data_parallel_size, args.host, args.port,
+                            args.api_key)
+        return 0
+    if args.data_parallel_replica:  # started by a data-parallel front: end with it
+        from kvscope.worker.worker import die_with_parent
+
+        die_with_parent()
     if args.no_scope and getattr(args, "replay", None) is not None:
         raise ValueError("--replay plays a run in the scope; it does not go with --no-scope")
     lab = LabLimits(queue=args.scope_lab_queue, max_tokens=args.scope_lab_max_tokens,
@@ -260,6 +274,12 @@ def _server_args(serve: argparse.ArgumentParser) -> None:
                        help="answer 413 to larger request bodies")
     serve.add_argument("--record", type=Path, default=None,
                        help="write every engine event to this JSONL file")
+    serve.add_argument("-dp", "--data-parallel-size", type=_positive, default=1,
+                       help="run this many engine replicas (processes, each with its own KV "
+                            "pool) behind this server, each request going to the one with "
+                            "the fewest in flight")
+    serve.add_argument("--data-parallel-replica", action="store_true",
+                       help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
 
@@ -287,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # after the command: what a data-parallel replica is started with
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -1,8 +1,9 @@
-"""`kvscope router` over real kvscope servers on 127.0.0.1: two in this process (each
-its own engine and KV pool) and, for the failure test, one in its own process killed
-mid-stream. Outputs equal one engine's; cache_aware keeps a prefix on one worker and
-hits the prefix cache more than round_robin; a dead worker's clients get an
-OpenAI-style error, the rest are served, nothing hangs."""
+"""`kvscope router` over real kvscope servers on 127.0.0.1 (two in this process, each
+its own engine and KV pool), and `kvscope serve --data-parallel-size 2` (the same
+router in front of two replica processes). Outputs equal one engine's; cache_aware
+keeps a prefix on one worker and hits the prefix cache more than round_robin; a
+replica killed mid-stream fails its clients with an OpenAI-style error while the rest
+are served, nothing hangs, and no process outlives the front."""
 
 from __future__ import annotations
 
@@ -161,55 +162,106 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_worker_process(port: int) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvscope.cli", "serve", "--port", str(port), "--no-scope",
-         "--kv-cache-memory", str(KV), "--max-model-len", "512", "--served-model-name",
-         MODEL_NAME], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the worker process did not start")
-
-
-def test_a_worker_killed_mid_stream_fails_its_clients_only(workers) -> None:
+@pytest.fixture(scope="module")
+def data_parallel():
+    """`kvscope serve --data-parallel-size 2` in its own process (two replica processes
+    behind it), dense fp32 like the in-process workers; yields (its URL, its process)."""
     port = _free_port()
-    doomed = _start_worker_process(port)
-    doomed_url = f"http://127.0.0.1:{port}"
+    front = subprocess.Popen(
+        [sys.executable, "-m", "kvscope.cli", "serve", "-dp", "2", "--port", str(port),
+         "--dtype", "float32", "--quantization", "none", "--kv-cache-memory", str(KV),
+         "--max-model-len", "512", "--served-model-name", MODEL_NAME],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while not _answers(url):
+        if time.monotonic() > deadline or front.poll() is not None:
+            front.kill()
+            raise RuntimeError("kvscope serve -dp 2 did not start")
+        time.sleep(0.5)
     try:
-        with running_router([workers[0].url, doomed_url], "round_robin") as url:
-            results = asyncio.run(asyncio.wait_for(_kill_during_streams(url, doomed), 120))
-            after = [httpx.post(f"{url}/v1/completions", json=completion("After the crash"),
-                                timeout=60) for _ in range(4)]
-            state = httpx.get(f"{url}/router/workers").json()
+        yield url, front
     finally:
-        doomed.kill()
-        doomed.wait(30)
-    on_doomed = [r for r in results if r[1] == doomed_url]
-    on_alive = [r for r in results if r[1] == workers[0].url]
+        front.kill()
+        front.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_data_parallel_replicas_answer_like_one_engine(workers, data_parallel) -> None:
+    url, _ = data_parallel
+    prompts = [f"Name one thing that is the colour number {i}." for i in range(32)]
+    expected = [httpx.post(f"{workers[0].url}/v1/completions", json=completion(p),
+                           timeout=120).json()["choices"][0]["text"] for p in prompts]
+
+    async def clients() -> list[tuple[str, str, list]]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(stream_text(client, url, completion(p, stream=True))
+                                          for p in prompts))
+
+    results = asyncio.run(clients())
+    assert [text for text, _, _ in results] == expected
+    state = httpx.get(f"{url}/router/workers").json()
+    assert state["policy"] == "least_load" and len(state["workers"]) == 2
+    assert {worker for _, worker, _ in results} == {w["url"] for w in state["workers"]}
+    # every other path is replica 0's: the scope and its API
+    assert httpx.get(f"{url}/scope/api/info").json()["model"] == MODEL_NAME
+    assert "<title>" in httpx.get(f"{url}/").text
+
+
+def test_a_replica_killed_mid_stream_fails_its_clients_only(data_parallel) -> None:
+    url, front = data_parallel
+    replicas = httpx.get(f"{url}/router/workers").json()["workers"]
+    doomed = replicas[1]
+    results = asyncio.run(asyncio.wait_for(_kill_during_streams(url, doomed["pid"]), 120))
+    after = [httpx.post(f"{url}/v1/completions", json=completion("After the crash"),
+                        timeout=60) for _ in range(4)]
+    state = httpx.get(f"{url}/router/workers").json()
+    on_doomed = [r for r in results if r[1] == doomed["url"]]
+    on_alive = [r for r in results if r[1] != doomed["url"]]
     assert len(on_doomed) == len(on_alive) == 3
     for _, _, errors in on_doomed:  # cut off, told why, in an OpenAI error body
         assert len(errors) == 1 and errors[0]["type"] == "server_error"
-        assert doomed_url in errors[0]["message"]
+        assert doomed["url"] in errors[0]["message"]
     for text, _, errors in on_alive:
         assert not errors and len(text) > 0
     assert [r.status_code for r in after] == [200] * 4
-    assert {r.headers["x-kvscope-worker"] for r in after} == {workers[0].url}
-    dead = next(w for w in state["workers"] if w["url"] == doomed_url)
+    assert {r.headers["x-kvscope-worker"] for r in after} == {replicas[0]["url"]}
+    dead = state["workers"][1]
     assert dead["healthy"] is False and dead["failures"] >= 1 and dead["in_flight"] == 0
+    # the front ends, and its last replica with it: no process is left behind
+    front.send_signal(signal.SIGTERM)
+    assert front.wait(60) == 0
+    deadline = time.monotonic() + 30
+    while _alive(replicas[0]["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(replicas[0]["pid"]) and not _alive(doomed["pid"])
 
 
-async def _kill_during_streams(url: str, doomed: subprocess.Popen) -> list:
+async def _kill_during_streams(url: str, pid: int) -> list:
+    """Six streams round the two replicas (least load alternates while they are equal),
+    then the second replica is killed while they run."""
     async with httpx.AsyncClient(timeout=120) as client:
-        tasks = [asyncio.create_task(stream_text(client, url, completion(
-            f"Count slowly from one to one hundred, stream {i}:", max_tokens=160, stream=True)))
-            for i in range(6)]
+        tasks = []
+        for i in range(6):
+            tasks.append(asyncio.create_task(stream_text(client, url, completion(
+                f"Count slowly from one to one hundred, stream {i}:", max_tokens=160,
+                stream=True))))
+            await asyncio.sleep(0.2)
         await asyncio.sleep(1.5)  # every stream has started
-        doomed.send_signal(signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
         return await asyncio.gather(*tasks)

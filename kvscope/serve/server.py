@@ -28,7 +28,7 @@ def default_model_name(path: Path) -> str:
     return path.name.split(".")[0] if path.is_file() else path.name
 
 
-class _Server(uvicorn.Server):
+class Server(uvicorn.Server):
     """uvicorn's server, saying once where it listens after the socket is bound, and
     returning normally after SIGINT/SIGTERM (uvicorn would re-raise the signal once
     it is down, killing the process before the engine thread is stopped)."""
@@ -80,7 +80,7 @@ def serve(engine_options: dict[str, Any], host: str, port: int, api_key: str | N
     async_engine = AsyncEngine(engine, max_waiting_requests)
     app = build_app(async_engine, name, api_key, max_body_bytes, live=live, replay=replay,
                     public_metrics=public_metrics, scope=scope, lab_limits=lab_limits)
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="info",
                                     timeout_graceful_shutdown=5))
     server.model_name = name
     server.scope = scope

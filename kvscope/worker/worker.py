@@ -51,7 +51,7 @@ class WorkerSpec:
 def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
     """A rank's whole life: join the group, load the shard, serve commands until
     told to stop (rank 0 relays them from the engine through `conn`)."""
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(spec.threads)
     dist.init_process_group("gloo", init_method=spec.init_method, rank=rank,
                             world_size=spec.world_size,
@@ -162,7 +162,7 @@ def _receive(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """End this process soon after the engine's process dies, however it dies (a
     SIGKILL included): a thread watches for this process being handed to another parent."""
     parent = os.getppid()

@@ -1,7 +1,8 @@
 """The router's FastAPI app: /v1/completions and /v1/chat/completions forwarded to a
 worker chosen by the policy, /v1/models from a healthy worker, /health (200 while any
 worker is up), /metrics (per-worker counts, the policy's decisions and the share the
-prefix decided) and /router/workers (each worker's state, as JSON)."""
+prefix decided) and /router/workers (each worker's state, as JSON). With
+`fallback_url` (the data-parallel front) every other path goes to that server."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from kvscope import __version__
+from kvscope.scope.routes import STATIC_DIR
 from kvscope.serve.auth import ApiKeyMiddleware
 from kvscope.serve.body_limit import BodyLimitMiddleware
 from kvscope.serve.errors import APIError, install_error_handlers
 from kvscope.serve.router.policies import CacheAware, LeastLoad, RoundRobin, make_policy
-from kvscope.serve.router.proxy import WorkerFailed, forward
+from kvscope.serve.router.proxy import PASSED_METHODS, WorkerFailed, forward, pass_through
 from kvscope.serve.router.workers import WorkerPool
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
@@ -32,13 +34,17 @@ class RouterState:
     pool: WorkerPool
     policy: RoundRobin | LeastLoad | CacheAware
     client: httpx.AsyncClient
+    fallback_url: str | None = None
+    pids: list[int] | None = None  # the workers' processes, when the front started them
     decisions: Counter[str] = field(default_factory=Counter)
 
 
 def build_router_app(worker_urls: list[str], policy: str = "cache_aware",
                      api_key: str | None = None, worker_api_key: str | None = None,
                      health_interval_s: float = 2.0,
-                     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+                     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                     fallback_url: str | None = None,
+                     pids: list[int] | None = None) -> FastAPI:
     headers = {"Authorization": f"Bearer {worker_api_key}"} if worker_api_key else {}
     pool = WorkerPool(worker_urls, headers, health_interval_s)
     chosen = make_policy(policy)
@@ -48,7 +54,7 @@ def build_router_app(worker_urls: list[str], policy: str = "cache_aware",
         timeout = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            app.state.router = RouterState(pool, chosen, client)
+            app.state.router = RouterState(pool, chosen, client, fallback_url, pids)
             await pool.check(client)
             pool.start(client)
             try:
@@ -64,9 +70,12 @@ def build_router_app(worker_urls: list[str], policy: str = "cache_aware",
     app.add_api_route("/health", _health, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     app.add_api_route("/router/workers", _workers, methods=["GET"])
+    if fallback_url is not None:
+        app.add_api_route("/{path:path}", pass_through, methods=PASSED_METHODS)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
-    if api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    if api_key is not None:  # the scope's pages stay public, as on `kvscope serve`
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key,
+                           static_dir=STATIC_DIR if fallback_url is not None else None)
     return app
 
 
@@ -150,8 +159,11 @@ async def _health(request: Request) -> Response:
 
 async def _workers(request: Request) -> dict[str, Any]:
     state = _state(request)
+    workers = [w.snapshot() for w in state.pool.workers]
+    for worker, pid in zip(workers, state.pids or [], strict=False):
+        worker["pid"] = pid
     return {"policy": state.policy.name, "decisions": dict(state.decisions),
-            "workers": [w.snapshot() for w in state.pool.workers]}
+            "workers": workers}
 
 
 async def _metrics(request: Request) -> Response:

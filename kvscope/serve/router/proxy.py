@@ -13,13 +13,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from kvscope.serve.errors import error_body, error_response
 from kvscope.serve.router.workers import Worker
 
 WORKER_HEADER = "x-kvscope-worker"
 _PASSED_HEADERS = ("content-type", "retry-after")
+PASSED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_PASSED_REQUEST_HEADERS = ("authorization", "accept", "content-type", "last-event-id")
+_PASSED_BACK_HEADERS = ("content-type", "cache-control", "retry-after", "www-authenticate",
+                        "x-accel-buffering")
 
 
 class WorkerFailed(Exception):
@@ -71,3 +77,24 @@ async def _relay(upstream: httpx.Response, worker: Worker) -> AsyncIterator[byte
     finally:
         await upstream.aclose()
         worker.in_flight -= 1
+
+
+async def pass_through(request: Request, path: str) -> Response:
+    """Any other path, as the fallback server answers it (streamed: the scope's live
+    events are a stream that does not end)."""
+    state = request.app.state.router
+    url = f"{state.fallback_url}/{path}"
+    if request.url.query:
+        url += f"?{request.url.query}"
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() in _PASSED_REQUEST_HEADERS}
+    outgoing = state.client.build_request(request.method, url, headers=headers,
+                                          content=await request.body())
+    try:
+        upstream = await state.client.send(outgoing, stream=True)
+    except httpx.HTTPError as exc:
+        return error_response(502, f"the server at {state.fallback_url} did not answer: "
+                                   f"{type(exc).__name__}: {exc}")
+    kept = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_BACK_HEADERS}
+    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
+                             headers=kept, background=BackgroundTask(upstream.aclose))
