@@ -1,7 +1,7 @@
 """The FastAPI app of `kvscope serve`: OpenAI routes under /v1, /health, /version,
-/metrics, /stats, /tokenize, /detokenize, /tokenizer_info, and the scope (pages at
-`/`, its API under /scope/api). With an API key, one middleware puts every route
-but /health behind it (see auth.py)."""
+/metrics, /stats, /tokenize, /detokenize, /tokenizer_info, /reset_prefix_cache, and
+the scope (pages at `/`, its API under /scope/api). With an API key, one middleware
+puts every route but /health behind it (see auth.py)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         ("/metrics", _metrics, ["GET"]), ("/stats", _stats, ["GET"]),
         ("/tokenize", _tokenize, ["POST"]), ("/detokenize", _detokenize, ["POST"]),
         ("/tokenizer_info", _tokenizer_info, ["GET"]),
+        ("/reset_prefix_cache", _reset_prefix_cache, ["POST"]),
     ]:
         app.add_api_route(path, endpoint, methods=methods)
     if scope:
@@ -90,6 +91,13 @@ async def _metrics(request: Request) -> Response:
 async def _stats(request: Request) -> dict[str, Any]:
     """The engine's counters as of its latest step (what /metrics is made from)."""
     return server_state(request).engine.stats()
+
+
+async def _reset_prefix_cache(request: Request) -> dict[str, int]:
+    """Forget every cached prefix block (between benchmark runs, as vLLM's route);
+    blocks that running requests hold stay theirs."""
+    dropped = await server_state(request).engine.call(lambda engine: engine.reset_prefix_cache())
+    return {"dropped_blocks": dropped}
 
 
 async def _tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
