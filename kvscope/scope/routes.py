@@ -5,9 +5,15 @@ run to replay, and the lesson endpoints that run a small real engine.
     GET  /scope/api/live          Server-Sent Events: a snapshot, then every engine event
     GET  /scope/api/replay        the recorded run (`kvscope scope --replay FILE`), as JSONL
     GET  /scope/api/kv-sizes      KV bytes per token: the loaded model and well-known ones
+    GET  /scope/api/parallel-math expert and context parallelism computed (not run) from
+                                  published MoE configs and the loaded model's
+                                  (?model=&ep=&batch=&cp=&seq_len=)
     POST /scope/api/lab/run       a lesson's workload on a fresh small engine: its events
                                   (with speculative_config: token texts, and with
                                   compare_plain the same run without speculation)
+    POST /scope/api/lab/routing   a shared-prefix workload over 2-4 replica engines, routed
+                                  by the router's round_robin and cache_aware policies:
+                                  where each request went and each replica's cache hits
     POST /scope/api/lab/attention one query's block-wise attention, with real Q, K, V
     POST /scope/api/inside/NAME   a lesson on the model's insides (scope/inside/lessons.py:
                                   tokens, embeddings, attention, rope, block, sampling,
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
@@ -40,6 +46,8 @@ from kvscope.scope.kv_sizes import kv_sizes
 from kvscope.scope.lab import LabRunRequest, run_lab
 from kvscope.scope.lab_limits import LabBudget, LabGate, LabLimits, LabStopped
 from kvscope.scope.live import Listener, LiveEvents
+from kvscope.scope.parallel_math import MAX_BATCH, MAX_RANKS, MAX_SEQ_LEN, parallel_math
+from kvscope.scope.routing_lab import RoutingLabRequest, routing_lesson
 from kvscope.serve.errors import APIError
 from kvscope.serve.protocol import StrictModel
 
@@ -76,7 +84,9 @@ def install_scope(app: FastAPI, engine: AsyncEngine, model_name: str,
     router.add_api_route("/live", _live, methods=["GET"])
     router.add_api_route("/replay", _replay, methods=["GET"])
     router.add_api_route("/kv-sizes", _kv_sizes, methods=["GET"])
+    router.add_api_route("/parallel-math", _parallel_math, methods=["GET"])
     router.add_api_route("/lab/run", _lab_run, methods=["POST"])
+    router.add_api_route("/lab/routing", _lab_routing, methods=["POST"])
     router.add_api_route("/lab/attention", _lab_attention, methods=["POST"])
     for name, (body_type, lesson) in INSIDE_LESSONS.items():
         router.add_api_route(f"/inside/{name}", _inside_route(body_type, lesson),
@@ -121,6 +131,19 @@ async def _kv_sizes(request: Request) -> dict[str, Any]:
     return kv_sizes(state.engine.engine.loaded, state.model_name)
 
 
+async def _parallel_math(request: Request, model: str = "mixtral-8x7b",
+                         ep: int = Query(8, ge=1, le=MAX_RANKS),
+                         batch: int = Query(256, ge=1, le=MAX_BATCH),
+                         cp: int = Query(4, ge=1, le=MAX_RANKS),
+                         seq_len: int = Query(131072, ge=2, le=MAX_SEQ_LEN)) -> dict[str, Any]:
+    state = _state(request)
+    try:
+        return parallel_math(state.engine.engine.loaded, state.model_name, model, ep, batch,
+                             cp, seq_len)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from exc
+
+
 async def _replay(request: Request) -> FileResponse:
     state = _state(request)
     if state.replay is None:
@@ -133,6 +156,13 @@ async def _lab_run(body: LabRunRequest, request: Request) -> dict[str, Any]:
     state = _state(request)
     async with state.lab_gate.enter():
         return await _in_lab_thread(state, run_lab, state.engine.engine.loaded, body,
+                                    _lab_budget(state))
+
+
+async def _lab_routing(body: RoutingLabRequest, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    async with state.lab_gate.enter():
+        return await _in_lab_thread(state, routing_lesson, state.engine.engine.loaded, body,
                                     _lab_budget(state))
 
 

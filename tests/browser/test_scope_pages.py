@@ -17,9 +17,11 @@ expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not in
 LESSONS = ["tokens", "embeddings", "attention-heads", "rope", "transformer-block",
            "sampling", "prefill-decode", "why-kv-cache", "kv-cache", "paged-attention",
            "attention-math", "fragmentation", "prefix-caching", "preemption",
-           "parallel-sampling", "beam-search", "speculative-decoding", "tensor-parallelism"]
-# lessons whose engine run waits for the reader's button (starting their workers takes seconds)
-RUN_ON_REQUEST = {"tensor-parallelism"}
+           "parallel-sampling", "beam-search", "speculative-decoding", "tensor-parallelism",
+           "data-parallel", "expert-context-parallelism"]
+# lessons whose engine run waits for the reader's button (starting their workers, or
+# stepping several replicas, takes seconds)
+RUN_ON_REQUEST = {"tensor-parallelism", "data-parallel"}
 
 
 def slider(page):
