@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -59,15 +60,19 @@ def start(cmd: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
     raise RuntimeError(f"{cmd[0]} did not start")
 
 
-def workload() -> list[str]:
-    """Question-major: consecutive requests have different system prompts."""
+def workload(seed: int = 0) -> list[str]:
+    """Every question under every system prompt, in a shuffled (seeded) order: with the
+    prompts in a fixed rotation, round_robin would send each system prompt to the same
+    worker every time whenever the worker count divides the prompt count."""
     sys.path.insert(0, str(HERE))
     from throughput import corpus_text
 
     text = corpus_text()
     systems = [text[i * SYSTEM_CHARS:(i + 1) * SYSTEM_CHARS] for i in range(NUM_SYSTEMS)]
-    return [f"{system}\n\nQuestion {q}: summarise the passage above in one line.\nAnswer:"
-            for q in range(NUM_QUESTIONS) for system in systems]
+    prompts = [f"{system}\n\nQuestion {q}: summarise the passage above in one line.\nAnswer:"
+               for q in range(NUM_QUESTIONS) for system in systems]
+    random.Random(seed).shuffle(prompts)
+    return prompts
 
 
 async def one_request(client: httpx.AsyncClient, url: str, prompt: str,
