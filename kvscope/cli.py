@@ -50,6 +50,16 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=1,
                         help="shard the model over this many worker processes (torch."
                              "distributed, gloo on CPU); 1: run it in this process")
+    parser.add_argument("--nnodes", type=int, default=int(os.environ.get("NNODES", 1)),
+                        help="machines the tensor-parallel ranks are spread over (each "
+                             "runs tp / nnodes of them)")
+    parser.add_argument("--node-rank", type=int, default=int(os.environ.get("NODE_RANK", 0)),
+                        help="this machine's index: 0 runs the engine and the API, the "
+                             "others only their ranks")
+    parser.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                        help="where the ranks meet (node 0's address)")
+    parser.add_argument("--master-port", type=int,
+                        default=int(os.environ.get("MASTER_PORT", 29500)))
     parser.add_argument("--quantization", choices=["auto", "none", "int8", "int4"],
                         default="auto",
                         help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized; "
@@ -83,6 +93,8 @@ def engine_options(args: argparse.Namespace) -> dict:
         "model": args.model, "enable_prefix_caching": args.enable_prefix_caching,
         "preemption_mode": args.preemption_mode, "policy": args.policy,
         "tensor_parallel_size": args.tensor_parallel_size,
+        "nnodes": args.nnodes, "node_rank": args.node_rank,
+        "master_addr": args.master_addr, "master_port": args.master_port,
         "quantization": args.quantization,
         "quantized_activations": args.quantized_activations,
     }
@@ -146,6 +158,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve_data_parallel(args.argv, args.data_parallel_size, args.host, args.port,
                             args.api_key)
         return 0
+    if args.node_rank > 0:  # this machine runs tensor-parallel ranks, not the engine
+        from kvscope.config import EngineConfig
+        from kvscope.distributed.nodes import run_ranks_of_this_node
+
+        return run_ranks_of_this_node(EngineConfig.from_kwargs(**engine_options(args)))
     if args.data_parallel_replica:  # started by a data-parallel front: end with it
         from kvscope.worker.worker import die_with_parent
 

@@ -143,6 +143,9 @@ class SchedulerConfig:
             )
 
 
+NODE_FIELDS = ("nnodes", "node_rank", "master_addr", "master_port")
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """Everything the engine needs; built from LLM(**kwargs) or the CLI."""
@@ -164,6 +167,14 @@ class EngineConfig:
     # 2x the float kernel at one row); "float" keeps float32 / bf16 activations. 8-bit
     # weights always take float activations (bound by memory at one row already).
     quantized_activations: str = "int8"
+    # tensor-parallel ranks spread over several machines: this one is node `node_rank`
+    # of `nnodes`, each running tensor_parallel_size / nnodes ranks; node 0 runs the
+    # engine and rank 0, the others only their ranks (distributed/nodes.py). The ranks
+    # meet at master_addr:master_port (torch.distributed's TCP rendezvous).
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
@@ -171,7 +182,8 @@ class EngineConfig:
         cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
         sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
         own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config",
-                      "tensor_parallel_size", "quantization", "quantized_activations"}
+                      "tensor_parallel_size", "quantization", "quantized_activations",
+                      *NODE_FIELDS}
         unknown = set(kwargs) - cache_fields - sched_fields - own_fields
         if unknown:
             known = sorted(cache_fields | sched_fields | own_fields)
@@ -189,6 +201,7 @@ class EngineConfig:
             tensor_parallel_size=kwargs.get("tensor_parallel_size", 1),
             quantization=kwargs.get("quantization") or "auto",
             quantized_activations=kwargs.get("quantized_activations") or "int8",
+            **{name: kwargs[name] for name in NODE_FIELDS if kwargs.get(name) is not None},
         )
         config.validate()
         return config
@@ -222,6 +235,20 @@ class EngineConfig:
         if tp > 1 and self.quantization in ("int8", "int4"):
             raise ConfigError("quantization int8/int4 does not combine with "
                               "tensor_parallel_size > 1 yet; use quantization='none'")
+        self._validate_nodes()
+
+    def _validate_nodes(self) -> None:
+        nnodes, rank = self.nnodes, self.node_rank
+        if not isinstance(nnodes, int) or isinstance(nnodes, bool) or nnodes < 1:
+            raise ConfigError(f"nnodes must be an integer >= 1; got {nnodes!r}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < nnodes:
+            raise ConfigError(f"node_rank must be an integer in [0, {nnodes}); got {rank!r}")
+        if nnodes > 1 and self.tensor_parallel_size % nnodes:
+            raise ConfigError(f"tensor_parallel_size ({self.tensor_parallel_size}) must be a "
+                              f"multiple of nnodes ({nnodes}): every node runs as many ranks")
+        port = self.master_port
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ConfigError(f"master_port must be a TCP port number; got {port!r}")
 
 
 def _speculative(options: Any) -> SpeculativeConfig | None:

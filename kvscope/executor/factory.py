@@ -34,10 +34,19 @@ def make_executor(config: EngineConfig, loaded: LoadedModel, num_blocks: int,
         raise ConfigError(str(exc)) from exc
     weights = write_weights(loaded.model)
     try:
+        local_ranks = tp // config.nnodes
         spec = WorkerSpec(str(loaded.path), config.dtype, num_blocks, block_size,
-                          max_model_len, num_swap_blocks, tp, free_tcp_init_method(),
-                          threads=max(1, torch.get_num_threads() // tp),
-                          weights_file=str(weights), arch=arch)
+                          max_model_len, num_swap_blocks, tp, _init_method(config),
+                          threads=max(1, torch.get_num_threads() // local_ranks),
+                          weights_file=str(weights), arch=arch, nnodes=config.nnodes)
         return MultiprocExecutor(spec, progress), None
     finally:
         weights.unlink()  # every worker holds its shard now (or none started)
+
+
+def _init_method(config: EngineConfig) -> str:
+    """Where the ranks meet: a free loopback port on one machine, the master's
+    address when they span several (every node is told the same one)."""
+    if config.nnodes == 1:
+        return free_tcp_init_method()
+    return f"tcp://{config.master_addr}:{config.master_port}"

@@ -53,7 +53,7 @@ class MultiprocExecutor:
         self.workers = [subprocess.Popen(
             [sys.executable, "-m", "kvscope.worker", "--rank", str(rank),
              "--address", f"{host}:{port}"], env=env, stdin=subprocess.DEVNULL)
-            for rank in range(spec.world_size)]
+            for rank in range(spec.world_size // spec.nnodes)]  # the other nodes start theirs
         try:
             self._conn = self._connect(listener)
             self.ranks: list[dict[str, Any]] = self._receive(STARTUP_TIMEOUT_S, "start")

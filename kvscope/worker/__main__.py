@@ -1,6 +1,12 @@
 """`python -m kvscope.worker --rank R --address HOST:PORT`: one tensor-parallel rank,
 started by the engine's MultiprocExecutor (the key to its address comes in the
-environment). It connects back, says its rank, receives its WorkerSpec and runs."""
+environment). It connects back, says its rank, receives its WorkerSpec and runs.
+
+`python -m kvscope.worker --rank R --join tcp://HOST:PORT --world-size W --nnodes N
+--model PATH ...`: a rank on another machine (started by `kvscope serve --node-rank`,
+distributed/nodes.py). It joins the ranks' group at the master's address, receives
+rank 0's WorkerSpec over it, and loads its shard from its own copy of the model.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,24 @@ import os
 import pickle
 from multiprocessing.connection import Client
 
-from kvscope.worker.worker import AUTHKEY_ENV, worker_main
+from kvscope.config import parse_dtype
+from kvscope.worker.worker import AUTHKEY_ENV, WorkerSpec, worker_main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m kvscope.worker")
     parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--address", required=True, help="the engine's HOST:PORT")
+    parser.add_argument("--address", help="the engine's HOST:PORT (a rank on its machine)")
+    parser.add_argument("--join", help="the ranks' rendezvous, tcp://HOST:PORT (another node)")
+    parser.add_argument("--world-size", type=int)
+    parser.add_argument("--nnodes", type=int)
+    parser.add_argument("--model")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.join is not None:
+        worker_main(args.rank, _joining_spec(args), None)
+        return
     host, port = args.address.rsplit(":", 1)
     conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop(AUTHKEY_ENV)))
     conn.send_bytes(pickle.dumps(args.rank))
@@ -24,6 +40,13 @@ def main() -> None:
     if args.rank != 0:  # only rank 0 talks to the engine; the rest follow it
         conn.close()
     worker_main(args.rank, spec, conn if args.rank == 0 else None)
+
+
+def _joining_spec(args: argparse.Namespace) -> WorkerSpec:
+    """Enough to join the group; the rest comes from rank 0 once joined."""
+    return WorkerSpec(args.model, parse_dtype(args.dtype), num_blocks=0, block_size=0,
+                      max_model_len=0, num_swap_blocks=0, world_size=args.world_size,
+                      init_method=args.join, threads=args.threads, nnodes=args.nnodes)
 
 
 if __name__ == "__main__":

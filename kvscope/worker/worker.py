@@ -11,6 +11,7 @@ the all-reduces. A rank that fails stops its process; the engine then ends them 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import pickle
@@ -46,6 +47,7 @@ class WorkerSpec:
     weights_file: str | None = None  # the engine's weights (worker/weights.py); None:
     # read the checkpoint at model_path
     arch: Any = None  # the model's ModelArch, with weights_file
+    nnodes: int = 1  # >1: ranks on other machines get this spec from rank 0 (below)
 
 
 def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
@@ -56,6 +58,8 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
     dist.init_process_group("gloo", init_method=spec.init_method, rank=rank,
                             world_size=spec.world_size,
                             timeout=datetime.timedelta(seconds=spec.timeout_s))
+    if spec.nnodes > 1:
+        spec = _shared_spec(rank, spec)
     try:
         runner, info = _build(rank, spec)
         infos: list[Any] = [None] * spec.world_size
@@ -69,6 +73,18 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _shared_spec(rank: int, spec: WorkerSpec) -> WorkerSpec:
+    """Rank 0's spec, on every rank. A rank on another node came up knowing only how
+    to join the group and where its own copy of the checkpoint is: it reads that copy
+    (the engine's weights file is on the engine's machine)."""
+    box: list[Any] = [spec if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    shared: WorkerSpec = box[0]
+    if spec.weights_file is not None and Path(spec.weights_file).exists():
+        return shared
+    return dataclasses.replace(shared, model_path=spec.model_path, weights_file=None)
 
 
 def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
