@@ -4,6 +4,7 @@ the test process, serving an engine built on the session's already-loaded model.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +51,13 @@ def running_server(loaded: LoadedModel, api_key: str | None = None,
             yield RunningServer(engine, server, port, live)
     finally:
         engine.shutdown()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -7,11 +7,11 @@ process's, and when the engine stops, node 1 ends by itself."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 from kvscope import LLM, SamplingParams
+from tests.server_harness import free_port
 
 PROMPTS = ["The history of the printing press begins", "def quicksort(items):",
            "Three facts about the planet Mars:", "Once upon a time in a small village",
@@ -19,15 +19,9 @@ PROMPTS = ["The history of the printing press begins", "def quicksort(items):",
 GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_nodes_give_the_output_of_one_process(make_llm, loaded_fp32) -> None:
     expected = [o.outputs[0].token_ids for o in make_llm().generate(PROMPTS, GREEDY)]
-    port = _free_port()
+    port = free_port()
     node1 = subprocess.Popen(
         [sys.executable, "-m", "kvscope.cli", "serve", "-tp", "2", "--nnodes", "2",
          "--node-rank", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),

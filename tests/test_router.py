@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from collections import defaultdict
 import httpx
 import pytest
 
-from tests.server_harness import MODEL_NAME, running_router, running_server
+from tests.server_harness import MODEL_NAME, free_port, running_router, running_server
 
 KV = 64 * 1024 * 1024
 SYSTEMS = [
@@ -161,17 +160,11 @@ def test_bad_body_and_no_worker_up_get_openai_errors(workers) -> None:
         assert models["data"][0]["id"] == MODEL_NAME
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def data_parallel():
     """`kvscope serve --data-parallel-size 2` in its own process (two replica processes
     behind it), dense fp32 like the in-process workers; yields (its URL, its process)."""
-    port = _free_port()
+    port = free_port()
     front = subprocess.Popen(
         [sys.executable, "-m", "kvscope.cli", "serve", "-dp", "2", "--port", str(port),
          "--dtype", "float32", "--quantization", "none", "--kv-cache-memory", str(KV),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,7 @@ import psutil
 import pytest
 
 from kvscope import SamplingParams
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from tests.server_harness import free_port
 
 SPECULATIVE = '{"method": "ngram", "num_speculative_tokens": 3}'
 

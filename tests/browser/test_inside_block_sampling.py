@@ -6,40 +6,16 @@ prints must equal what the API answered, formatted here in Python from the JSON.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from tests.browser.scope_fold import js_number as js
 from tests.browser.scope_fold import screenshot
 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
 FIRST_RUN_MS = 180_000  # the first forward pass of a test process is slow
-
-
-def js(x: Any) -> str:
-    """A JSON number as JavaScript's String(x) writes it (1.0 -> "1", 1e-05 ->
-    "0.00001", 1e21 -> "1e+21")."""
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if isinstance(x, int):
-        return str(x)
-    if x == 0:
-        return "0"
-    sign, digits, exp = Decimal(repr(x)).normalize().as_tuple()
-    s = "".join(map(str, digits))
-    k, n = len(s), exp + len(s)  # the value is 0.s × 10^n
-    if k <= n <= 21:
-        out = s + "0" * (n - k)
-    elif 0 < n <= 21:
-        out = f"{s[:n]}.{s[n:]}"
-    elif -6 < n <= 0:
-        out = "0." + "0" * -n + s
-    else:
-        e = n - 1
-        out = s[0] + (f".{s[1:]}" if k > 1 else "") + f"e{'+' if e > 0 else '-'}{abs(e)}"
-    return ("-" if sign else "") + out
 
 
 def test_js_number_formatting():

@@ -12,38 +12,12 @@ from typing import Any
 import pytest
 
 from tests.browser.scope_fold import js_fixed, screenshot
+from tests.browser.scope_fold import js_number as js_num
 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
 
 # -- formatting as the pages do it ------------------------------------------------------------
-
-
-def js_num(x: float | int) -> str:
-    """Number.prototype.toString of a JSON number (shortest round-trip digits)."""
-    if isinstance(x, int) or x == 0:
-        return str(int(x))
-    text = repr(float(x))
-    sign = "-" if text.startswith("-") else ""
-    mantissa, _, exp = text.lstrip("-").partition("e")
-    whole, _, frac = mantissa.partition(".")
-    digits = whole + frac
-    n = len(whole) + int(exp or 0)  # the decimal point's place in `digits`
-    while digits.startswith("0") and len(digits) > 1:
-        digits, n = digits[1:], n - 1
-    digits = digits.rstrip("0") or "0"
-    k = len(digits)
-    if k <= n <= 21:
-        body = digits + "0" * (n - k)
-    elif 0 < n <= 21:
-        body = f"{digits[:n]}.{digits[n:]}"
-    elif -6 < n <= 0:
-        body = "0." + "0" * -n + digits
-    else:
-        e = n - 1
-        mantissa = digits if k == 1 else f"{digits[0]}.{digits[1:]}"
-        body = f"{mantissa}e{'+' if e > 0 else '-'}{abs(e)}"
-    return sign + body
 
 
 def q(text: str) -> str:
