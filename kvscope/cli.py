@@ -148,25 +148,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kvscope.scope.lab_limits import LabLimits
     from kvscope.serve.server import serve
 
-    if args.data_parallel_size > 1:
+    if args.data_parallel_replica:  # started by a data-parallel front: end with it, and
+        from kvscope.worker.worker import die_with_parent  # never start replicas itself
+
+        die_with_parent()
+    elif args.data_parallel_size > 1:
         from kvscope.serve.data_parallel import serve_data_parallel
 
         if args.record is not None or getattr(args, "replay", None) is not None:
             raise ValueError("--record and --replay are about one engine's events; they do "
                              "not go with --data-parallel-size (each replica has its own)")
-
+        if args.nnodes > 1:
+            raise ValueError("--data-parallel-size does not combine with --nnodes yet")
         serve_data_parallel(args.argv, args.data_parallel_size, args.host, args.port,
-                            args.api_key)
+                            args.api_key, args.max_body_bytes)
         return 0
     if args.node_rank > 0:  # this machine runs tensor-parallel ranks, not the engine
         from kvscope.config import EngineConfig
         from kvscope.distributed.nodes import run_ranks_of_this_node
 
         return run_ranks_of_this_node(EngineConfig.from_kwargs(**engine_options(args)))
-    if args.data_parallel_replica:  # started by a data-parallel front: end with it
-        from kvscope.worker.worker import die_with_parent
-
-        die_with_parent()
     if args.no_scope and getattr(args, "replay", None) is not None:
         raise ValueError("--replay plays a run in the scope; it does not go with --no-scope")
     lab = LabLimits(queue=args.scope_lab_queue, max_tokens=args.scope_lab_max_tokens,
@@ -188,7 +189,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = build_router_app(args.worker, args.policy, args.api_key, args.worker_api_key,
-                           args.health_interval)
+                           args.health_interval, read_timeout_s=args.read_timeout)
     logging.getLogger("kvscope.router").info(
         "routing to %d worker(s) by %s at http://%s:%d/v1", len(args.worker), args.policy,
         args.host, args.port)
@@ -213,6 +214,9 @@ def _router_parser(sub: argparse._SubParsersAction) -> None:
                         help="the key the workers want (default: $KVSCOPE_WORKER_API_KEY)")
     router.add_argument("--health-interval", type=float, default=2.0,
                         help="seconds between two /health checks of every worker")
+    router.add_argument("--read-timeout", type=float, default=600.0,
+                        help="seconds a worker may stay silent (no answer, no stream chunk) "
+                             "before its request fails with 502")
     router.set_defaults(func=cmd_router)
 
 

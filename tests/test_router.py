@@ -263,3 +263,16 @@ async def _kill_during_streams(url: str, pid: int) -> list:
         await asyncio.sleep(1.5)  # every stream has started
         os.kill(pid, signal.SIGKILL)
         return await asyncio.gather(*tasks)
+
+
+def test_a_replica_never_starts_replicas_of_its_own() -> None:
+    """However the front was told its size (abbreviated too), a replica's arguments
+    parse to one engine on its own port, marked as a replica."""
+    from kvscope.cli import build_parser
+    from kvscope.serve.data_parallel import replica_argv
+
+    for front in (["-dp", "2"], ["--data-parallel-size=2"], ["--data-parallel-s", "2"]):
+        argv = replica_argv([*front, "--port", "8000", "--host", "0.0.0.0", "--seed", "3"], 4321)
+        args = build_parser().parse_args(["serve", *argv])
+        assert (args.data_parallel_size, args.data_parallel_replica) == (1, True)
+        assert (args.port, args.host, args.seed) == (4321, "127.0.0.1", 3)

@@ -55,7 +55,7 @@ class ModelRunner:
                              for item, begin, end in _prompt_logprob_rows(ordered)]
         sampled_ids = [s.request_id for s in sampled]
         if meta.probe is not None:
-            self._end_probe(meta.probe, logits, sampled_ids)
+            self._end_probe(meta.probe, logits, sampled)
         self.num_steps += 1
         return ModelRunnerOutput(logits, sampled_ids, prompt_logits)
 
@@ -72,9 +72,15 @@ class ModelRunner:
             row += item.num_tokens
 
     @staticmethod
-    def _end_probe(probe: ForwardProbe, logits: torch.Tensor, sampled_ids: list[str]) -> None:
-        if probe.request_id in sampled_ids:  # the last row of its chunk sampled
-            probe.record_logits(logits[sampled_ids.index(probe.request_id)])
+    def _end_probe(probe: ForwardProbe, logits: torch.Tensor,
+                   sampled: list[ScheduledTokens]) -> None:
+        """Keep the logits row the request's next token is drawn from: the last of its
+        sampling rows (a verification chunk has one row per draft, plus one)."""
+        row = 0
+        for item in sampled:
+            row += item.num_sample_rows
+            if item.request_id == probe.request_id:
+                probe.record_logits(logits[row - 1])
         probe.end_step()
 
     def forward_decode_rows(self, token_ids: list[int], positions: list[int],

@@ -83,8 +83,7 @@ class LabBudget:
     def before_step(self, engine: LLMEngine) -> None:
         """Wait while the serving engine has work, then stop the run (raise LabStopped)
         if it is over its token cap or its time."""
-        while self.serving_busy() and time.monotonic() < self.deadline:
-            time.sleep(YIELD_POLL_S)
+        self.wait_for_serving()
         spent = self.spent_before + engine.num_computed_tokens
         if spent > self.limits.max_tokens:
             self._stop(engine, "token_cap",
@@ -96,6 +95,11 @@ class LabBudget:
             self._stop(engine, "timeout",
                        f"the lesson run was stopped after {self.limits.timeout_s:g} s (the "
                        "limit of one run; it waits while the server serves requests)")
+
+    def wait_for_serving(self) -> None:
+        """Sleep while the serving engine has work (up to the run's deadline)."""
+        while self.serving_busy() and time.monotonic() < self.deadline:
+            time.sleep(YIELD_POLL_S)
 
     def engine_done(self, engine: LLMEngine) -> None:
         """The run moves on to another engine (a comparison run)."""

@@ -12,7 +12,7 @@ work takes one step before the next arrival; at the end the replicas step until 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
@@ -23,6 +23,7 @@ from kvscope.kv.kv_manager import blocks_needed
 from kvscope.model.loader import LoadedModel
 from kvscope.request import RequestError
 from kvscope.sampling_params import SamplingParams
+from kvscope.scope.inside.common import MAX_PROMPT_CHARS
 from kvscope.scope.lab import MAX_PROMPT_TOKENS, MAX_STEPS, LabRunRequest, build_lab_engine
 from kvscope.scope.lab_limits import LabBudget, LabLimits, LabStopped
 from kvscope.serve.protocol import StrictModel
@@ -62,11 +63,14 @@ QUESTIONS = [
 ]
 
 
+Text = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]  # refused before tokenizing
+
+
 class RoutingLabRequest(StrictModel):
-    systems: list[str] = Field(default_factory=lambda: list(SYSTEMS), min_length=2,
-                               max_length=6)
-    questions: list[str] = Field(default_factory=lambda: list(QUESTIONS), min_length=2,
-                                 max_length=8)
+    systems: list[Text] = Field(default_factory=lambda: list(SYSTEMS), min_length=2,
+                                max_length=6)
+    questions: list[Text] = Field(default_factory=lambda: list(QUESTIONS), min_length=2,
+                                  max_length=8)
     replicas: int = Field(3, ge=2, le=4)
     max_tokens: int = Field(4, ge=1, le=16)
     block_size: int = Field(16, ge=4, le=64)

@@ -46,11 +46,14 @@ def replica_argv(argv: Sequence[str], port: int) -> list[str]:
             skip = "=" not in arg
             continue
         kept.append(arg)
-    return [*kept, "--host", "127.0.0.1", "--port", str(port), REPLICA_FLAG]
+    # the last value of an option wins: whatever the front was given (abbreviated too),
+    # a replica runs one engine on its own port
+    return [*kept, "--host", "127.0.0.1", "--port", str(port), "--data-parallel-size", "1",
+            REPLICA_FLAG]
 
 
 def serve_data_parallel(argv: Sequence[str], size: int, host: str, port: int,
-                        api_key: str | None) -> None:
+                        api_key: str | None, max_body_bytes: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ports = [_free_port() for _ in range(size)]
     threads = max(1, (os.cpu_count() or 1) // size)
@@ -63,7 +66,7 @@ def serve_data_parallel(argv: Sequence[str], size: int, host: str, port: int,
         _wait_until_healthy(urls, replicas, api_key)
         logger.info("%d replicas up (%d threads each): %s", size, threads, ", ".join(urls))
         app = build_router_app(urls, "least_load", api_key, api_key, fallback_url=urls[0],
-                               pids=[r.pid for r in replicas])
+                               pids=[r.pid for r in replicas], max_body_bytes=max_body_bytes)
         server = Server(uvicorn.Config(app, host=host, port=port, log_level="info",
                                        timeout_graceful_shutdown=5))
         server.model_name = f"{size} data-parallel replicas (the scope: replica 0's)"

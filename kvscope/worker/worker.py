@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 PARENT_POLL_S = 0.5
+COMMAND_WAIT_S = 30 * 24 * 3600.0  # how long a rank waits for the next command
 AUTHKEY_ENV = "KVSCOPE_WORKER_AUTHKEY"  # how a worker learns the key to the engine's address
 
 
@@ -58,15 +59,19 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
     dist.init_process_group("gloo", init_method=spec.init_method, rank=rank,
                             world_size=spec.world_size,
                             timeout=datetime.timedelta(seconds=spec.timeout_s))
+    # waiting for the engine's next command (an idle server) or for a rank still
+    # loading its shard is no failure: those go through a group without the step's
+    # timeout (a dead peer still fails them at once: its connection closes)
+    commands = dist.new_group(timeout=datetime.timedelta(seconds=COMMAND_WAIT_S))
     if spec.nnodes > 1:
-        spec = _shared_spec(rank, spec)
+        spec = _shared_spec(rank, spec, commands)
     try:
         runner, info = _build(rank, spec)
         infos: list[Any] = [None] * spec.world_size
-        dist.all_gather_object(infos, info)
+        dist.all_gather_object(infos, info, group=commands)
         if conn is not None:
             _send(conn, ("ready", infos))
-        _serve(rank, runner, conn)
+        _serve(rank, runner, conn, commands)
     except Exception:
         if conn is not None:
             _send(conn, ("error", traceback.format_exc()))
@@ -75,12 +80,12 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
         dist.destroy_process_group()
 
 
-def _shared_spec(rank: int, spec: WorkerSpec) -> WorkerSpec:
+def _shared_spec(rank: int, spec: WorkerSpec, group: Any) -> WorkerSpec:
     """Rank 0's spec, on every rank. A rank on another node came up knowing only how
     to join the group and where its own copy of the checkpoint is: it reads that copy
     (the engine's weights file is on the engine's machine)."""
     box: list[Any] = [spec if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     shared: WorkerSpec = box[0]
     if spec.weights_file is not None and Path(spec.weights_file).exists():
         return shared
@@ -101,6 +106,9 @@ def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
     else:
         full = load_model(spec.model_path, spec.dtype).model
     arch = full.arch
+    if spec.arch is not None and arch != spec.arch:
+        raise RuntimeError(f"rank {rank} read a different model from {spec.model_path} than "
+                           f"the engine's ({arch} against {spec.arch})")
     plan = partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
                      arch.vocab_size, spec.world_size)
     group = TPGroup(rank, spec.world_size, dist.group.WORLD)
@@ -130,10 +138,10 @@ def _weight_shapes(model: Any) -> dict[str, list[int]]:
             "lm_head": list(model.lm_head.weight.shape)}
 
 
-def _serve(rank: int, runner: Any, conn: Connection | None) -> None:
+def _serve(rank: int, runner: Any, conn: Connection | None, commands: Any) -> None:
     while True:
         box: list[Any] = [_receive(conn) if conn is not None else None]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=commands)
         command = box[0]
         if command[0] == "stop":
             return

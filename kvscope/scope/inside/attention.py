@@ -11,6 +11,7 @@ from pydantic import Field
 
 from kvscope.model.loader import LoadedModel
 from kvscope.scope.inside.common import (
+    MAX_PROMPT_CHARS,
     check_head,
     check_layer,
     probed_prefill,
@@ -27,7 +28,7 @@ MAX_TOKENS = 128
 
 
 class AttentionHeadRequest(StrictModel):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     layer: int = 0
     head: int = 0
 

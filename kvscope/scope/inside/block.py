@@ -14,6 +14,7 @@ from pydantic import Field
 from kvscope.model.loader import LoadedModel
 from kvscope.model.probe import StepCapture
 from kvscope.scope.inside.common import (
+    MAX_PROMPT_CHARS,
     check_layer,
     norm,
     probed_prefill,
@@ -34,7 +35,7 @@ PATH = (("residual in", "residual_in"), ("input RMSNorm", "input_norm"),
 
 
 class BlockRequest(StrictModel):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     layer: int = 0
     position: int = -1
     top_neurons: int = Field(8, ge=1, le=32)

@@ -20,6 +20,7 @@ from kvscope.scope.lab_limits import LabBudget
 
 SIGNIFICANT_DIGITS = 6
 PROBED_REQUEST = "inside"
+MAX_PROMPT_CHARS = 16384  # refused before tokenizing; the token limits are far below
 
 
 # -- input checks ---------------------------------------------------------------------
@@ -135,9 +136,13 @@ def probed_prefill(loaded: LoadedModel, token_ids: list[int], layers: set[int] |
     probe = engine.runner.probe = ForwardProbe(PROBED_REQUEST, layers)
     engine.add_request(PROBED_REQUEST, token_ids, params)
     output: list[int] = []
-    while engine.has_unfinished_requests():
-        for out in lesson_step(engine, budget):
-            output = list(out.outputs[0].token_ids)
+    try:
+        while engine.has_unfinished_requests():
+            for out in lesson_step(engine, budget):
+                output = list(out.outputs[0].token_ids)
+    except BaseException:
+        engine.shutdown()
+        raise
     capture = probe.steps[0]
     if capture.num_tokens != len(token_ids):
         raise RuntimeError(f"the prefill step ran {capture.num_tokens} of "

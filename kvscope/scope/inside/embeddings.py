@@ -11,6 +11,7 @@ from pydantic import Field
 
 from kvscope.model.loader import LoadedModel
 from kvscope.scope.inside.common import (
+    MAX_PROMPT_CHARS,
     norm,
     probed_prefill,
     rounded,
@@ -26,7 +27,7 @@ MAX_TOKENS = 64
 
 
 class EmbeddingsRequest(StrictModel):
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     dim_start: int = Field(0, ge=0)
     dim_count: int = Field(32, ge=1, le=64)
     neighbours: int = Field(5, ge=1, le=10)

@@ -12,7 +12,13 @@ from pydantic import Field
 
 from kvscope.model.loader import LoadedModel
 from kvscope.sampling_params import SamplingParams
-from kvscope.scope.inside.common import lesson_engine, rounded, tokenize, wait_for_turn
+from kvscope.scope.inside.common import (
+    MAX_PROMPT_CHARS,
+    lesson_engine,
+    rounded,
+    tokenize,
+    wait_for_turn,
+)
 from kvscope.scope.inside.cost_model import ModelCosts
 from kvscope.scope.inside.roofline import gpu_roofline, machine_roofline
 from kvscope.scope.lab_limits import LabBudget
@@ -23,7 +29,7 @@ _REQUEST_ID = "phases"
 
 
 class PhasesRequest(StrictModel):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     max_tokens: int = Field(16, ge=1, le=64)
 
 

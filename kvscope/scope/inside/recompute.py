@@ -14,7 +14,13 @@ from pydantic import Field
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.model.loader import LoadedModel
 from kvscope.sampling_params import SamplingParams
-from kvscope.scope.inside.common import lesson_engine, rounded, tokenize, wait_for_turn
+from kvscope.scope.inside.common import (
+    MAX_PROMPT_CHARS,
+    lesson_engine,
+    rounded,
+    tokenize,
+    wait_for_turn,
+)
 from kvscope.scope.lab_limits import LabBudget
 from kvscope.serve.protocol import StrictModel
 
@@ -22,7 +28,7 @@ MAX_TOKENS = 128
 
 
 class RecomputeRequest(StrictModel):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     max_tokens: int = Field(24, ge=1, le=64)
 
 

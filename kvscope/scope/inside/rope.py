@@ -14,6 +14,7 @@ from pydantic import Field
 from kvscope.model.layers.rotary import apply_rope, inverse_frequencies, rope_tables
 from kvscope.model.loader import LoadedModel
 from kvscope.scope.inside.common import (
+    MAX_PROMPT_CHARS,
     check_head,
     check_layer,
     probed_prefill,
@@ -29,7 +30,7 @@ MAX_TOKENS = 128
 
 
 class RopeRequest(StrictModel):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     layer: int = 0
     head: int = 0
     query_position: int = -1

@@ -15,6 +15,7 @@ from kvscope.model.loader import LoadedModel
 from kvscope.sample.sampler import Sampler
 from kvscope.sampling_params import SamplingParams
 from kvscope.scope.inside.common import (
+    MAX_PROMPT_CHARS,
     probed_prefill,
     rounded,
     token_text,
@@ -29,7 +30,7 @@ MAX_SURVIVORS_LISTED = 1000
 
 
 class SamplingLessonRequest(StrictModel):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

@@ -27,6 +27,8 @@ from kvscope.serve.router.workers import WorkerPool
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 ROUTED = ("/v1/completions", "/v1/chat/completions")
+KEY_CHARS = 8192  # how much of a prompt the cache-aware policy compares
+DEFAULT_READ_TIMEOUT_S = 600.0  # a worker silent this long (no answer, no stream chunk) failed
 
 
 @dataclass(slots=True)
@@ -44,14 +46,15 @@ def build_router_app(worker_urls: list[str], policy: str = "cache_aware",
                      health_interval_s: float = 2.0,
                      max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                      fallback_url: str | None = None,
-                     pids: list[int] | None = None) -> FastAPI:
+                     pids: list[int] | None = None,
+                     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> FastAPI:
     headers = {"Authorization": f"Bearer {worker_api_key}"} if worker_api_key else {}
     pool = WorkerPool(worker_urls, headers, health_interval_s)
     chosen = make_policy(policy)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)
+        timeout = httpx.Timeout(connect=5.0, read=read_timeout_s, write=30.0, pool=None)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             app.state.router = RouterState(pool, chosen, client, fallback_url, pids)
@@ -120,15 +123,16 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 def prompt_key(body: dict[str, Any]) -> str:
     """The text the cache-aware policy compares: the prompt (token ids as text), or
-    the chat messages role by role."""
+    the chat messages role by role; only its first KEY_CHARS characters, so a huge
+    prompt costs the router no more than a long one."""
     if "messages" in body:
         messages = body["messages"] if isinstance(body["messages"], list) else []
-        return "".join(f"<{m.get('role')}>{_content(m.get('content'))}" for m in messages
-                       if isinstance(m, dict))
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list):
-        return ",".join(str(p) for p in prompt)
-    return str(prompt)
+        key = "".join(f"<{m.get('role')}>{_content(m.get('content'))}" for m in messages
+                      if isinstance(m, dict))
+    else:
+        prompt = body.get("prompt", "")
+        key = ",".join(str(p) for p in prompt) if isinstance(prompt, list) else str(prompt)
+    return key[:KEY_CHARS]
 
 
 def _content(content: Any) -> str:

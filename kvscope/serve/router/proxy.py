@@ -1,9 +1,10 @@
 """Forwarding one request to a worker and its answer back, streams included.
 
-A worker that cannot be reached, or whose connection breaks, is marked down: the
-request gets a 502 with an OpenAI-style body (or, once a stream has started, a final
-`data: {"error": ...}` event and `data: [DONE]`), never a hang. A request that never
-reached any worker (the connection was refused) is tried once on another one.
+A worker that cannot be reached, whose connection breaks, or that stays silent past
+the read timeout is marked down: the request gets a 502 with an OpenAI-style body (or,
+once a stream has started, a final `data: {"error": ...}` event and `data: [DONE]`),
+never a hang. A request that never reached a worker (the connection was refused) is
+tried on the next healthy one.
 """
 
 from __future__ import annotations
