@@ -106,6 +106,25 @@ def test_32_streaming_clients_through_round_robin_equal_one_engine(workers) -> N
     assert f'kvscope_router_requests_total{{worker="{workers[1].url}"}} 16' in metrics
 
 
+def test_a_caller_that_leaves_a_plain_request_stops_its_work(workers) -> None:
+    """Not streamed: the router holds the answer back until it is complete, so it
+    watches the caller meanwhile; when the caller leaves, it closes the worker's
+    connection and the worker aborts the request (its blocks come back)."""
+    with running_router([workers[0].url], "least_load") as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json=completion("Count to a thousand:", 900),
+                       timeout=httpx.Timeout(5.0, read=1.5))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = httpx.get(f"{url}/router/workers").json()["workers"][0]
+            stats = httpx.get(f"{workers[0].url}/stats").json()
+            if state["in_flight"] == 0 and stats["num_running"] == 0:
+                break
+            time.sleep(0.2)
+        assert state["in_flight"] == 0 and stats["num_running"] == 0
+        assert stats["num_free_blocks"] == stats["num_blocks"]  # free or evictable
+
+
 def _prefix_workload(systems: list[str]) -> list[str]:
     """Every question under every system prompt, the prompts interleaved."""
     return [s + q for q in QUESTIONS for s in systems]

@@ -102,7 +102,7 @@ def _routed(path: str) -> Any:
             state.decisions[decision.reason] += 1
             try:
                 return await forward(state.client, decision.worker, path, body,
-                                     state.pool.headers)
+                                     state.pool.headers, request)
             except WorkerFailed as exc:
                 if exc.reached:  # the worker may have started on it: do not run it twice
                     raise APIError(502, str(exc), code="worker_failed") from exc

@@ -9,9 +9,11 @@ tried on the next healthy one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import Request
@@ -22,6 +24,9 @@ from kvscope.serve.errors import error_body, error_response
 from kvscope.serve.router.workers import Worker
 
 WORKER_HEADER = "x-kvscope-worker"
+CLIENT_LEFT = 499  # the status nobody receives, for the access log
+DISCONNECT_POLL_S = 0.5  # how often a waiting request checks that its caller is still there
+T = TypeVar("T")
 _PASSED_HEADERS = ("content-type", "retry-after")
 PASSED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 _PASSED_REQUEST_HEADERS = ("authorization", "accept", "content-type", "last-event-id")
@@ -37,24 +42,31 @@ class WorkerFailed(Exception):
 
 
 async def forward(client: httpx.AsyncClient, worker: Worker, path: str, body: dict[str, Any],
-                  headers: dict[str, str]) -> Response:
+                  headers: dict[str, str], caller: Request) -> Response:
     """POST `body` to the worker; the answer as the client should get it. Raises
-    WorkerFailed when the worker cannot be reached (then nothing was answered)."""
+    WorkerFailed when the worker cannot be reached (then nothing was answered). A
+    caller that leaves before the answer closes the worker's connection, so the
+    worker aborts the request (a stream's does the same when its relay stops)."""
     request = client.build_request("POST", f"{worker.url}{path}", json=body, headers=headers)
     worker.in_flight += 1
     worker.requests += 1
     try:
-        upstream = await client.send(request, stream=True)
+        upstream = await _unless_caller_left(client.send(request, stream=True), caller)
     except httpx.HTTPError as exc:
         worker.in_flight -= 1
         worker.mark_down()
         never_reached = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
         raise WorkerFailed(worker, exc, reached=not never_reached) from exc
+    if upstream is None:
+        worker.in_flight -= 1
+        return Response(status_code=CLIENT_LEFT)
     kept = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_HEADERS}
     kept[WORKER_HEADER] = worker.url
     if not body.get("stream") or upstream.status_code != 200:
         try:
-            content = await upstream.aread()
+            content = await _unless_caller_left(upstream.aread(), caller)
+            if content is None:
+                return Response(status_code=CLIENT_LEFT)
         except httpx.HTTPError as exc:
             worker.mark_down()
             return error_response(502, str(WorkerFailed(worker, exc, True)),
@@ -64,6 +76,21 @@ async def forward(client: httpx.AsyncClient, worker: Worker, path: str, body: di
             worker.in_flight -= 1
         return Response(content, status_code=upstream.status_code, headers=kept)
     return StreamingResponse(_relay(upstream, worker), status_code=200, headers=kept)
+
+
+async def _unless_caller_left(work: Awaitable[T], caller: Request) -> T | None:
+    """`work`'s result, or None once the caller has disconnected (`work` cancelled:
+    the worker's connection closes, and it aborts the request)."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await caller.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await task
+            return None
 
 
 async def _relay(upstream: httpx.Response, worker: Worker) -> AsyncIterator[bytes]:
