@@ -235,9 +235,13 @@ def test_data_parallel_replicas_answer_like_one_engine(workers, data_parallel) -
     state = httpx.get(f"{url}/router/workers").json()
     assert state["policy"] == "least_load" and len(state["workers"]) == 2
     assert {worker for _, worker, _ in results} == {w["url"] for w in state["workers"]}
-    # every other path is replica 0's: the scope and its API
+    # every other path is replica 0's: the scope and its API; a cache reset is everyone's
     assert httpx.get(f"{url}/scope/api/info").json()["model"] == MODEL_NAME
     assert "<title>" in httpx.get(f"{url}/").text
+    httpx.post(f"{url}/v1/completions", json=completion(SYSTEMS[0]), timeout=60)  # 3 blocks
+    dropped = httpx.post(f"{url}/reset_prefix_cache").json()["dropped_blocks"]
+    replica_stats = [httpx.get(f"{w['url']}/stats").json() for w in state["workers"]]
+    assert dropped > 0 and all(s["num_cached_blocks"] == 0 for s in replica_stats)
 
 
 def test_a_replica_killed_mid_stream_fails_its_clients_only(data_parallel) -> None:

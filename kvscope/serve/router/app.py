@@ -73,7 +73,8 @@ def build_router_app(worker_urls: list[str], policy: str = "cache_aware",
     app.add_api_route("/health", _health, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     app.add_api_route("/router/workers", _workers, methods=["GET"])
-    if fallback_url is not None:
+    if fallback_url is not None:  # the data-parallel front: its replicas are its engine
+        app.add_api_route("/reset_prefix_cache", _reset_every_cache, methods=["POST"])
         app.add_api_route("/{path:path}", pass_through, methods=PASSED_METHODS)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     if api_key is not None:  # the scope's pages stay public, as on `kvscope serve`
@@ -153,6 +154,20 @@ async def _models(request: Request) -> Response:
         return Response(upstream.content, status_code=upstream.status_code,
                         media_type="application/json")
     raise APIError(503, "no worker is up to list the models", code="no_worker")
+
+
+async def _reset_every_cache(request: Request) -> dict[str, Any]:
+    """Every replica forgets its cached prefix blocks; the sum of what they dropped."""
+    state = _state(request)
+    dropped = 0
+    for worker in state.pool.healthy():
+        try:
+            answer = await state.client.post(f"{worker.url}/reset_prefix_cache",
+                                             headers=state.pool.headers)
+            dropped += answer.json().get("dropped_blocks", 0)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise APIError(502, f"{worker.url} did not reset its cache: {exc}") from exc
+    return {"dropped_blocks": dropped}
 
 
 async def _health(request: Request) -> Response:
