@@ -62,9 +62,11 @@ class ModelRunner:
     def _begin_probe(self, meta: AttentionMetadata, ordered: list[ScheduledTokens]) -> None:
         """Point the step's metadata at the probe when the step computes its request."""
         probe = self.probe
+        if probe is None:
+            return
         row = 0
         for item in ordered:
-            if probe is not None and item.request_id == probe.request_id:
+            if item.request_id == probe.request_id:
                 probe.begin_step(self.num_steps, row, item.num_tokens, item.start,
                                  item.block_ids)
                 meta.probe = probe
