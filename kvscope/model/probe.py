@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvscope.attention.cpu_backend import gather_context
+
 # what every probed layer records (names of LayerCapture's tensors)
 LAYER_POINTS = ("residual_in", "input_norm", "q_pre_rope", "k_pre_rope", "q", "k", "v",
                 "attention_probs", "attention_output", "residual_mid", "post_attention_norm",
@@ -116,7 +118,7 @@ class ForwardProbe:
         assert rows is not None
         start, n = rows.capture.start_pos, rows.capture.num_tokens
         queries = q[rows.begin:rows.end].float()  # [n, H, d]
-        keys = _context_keys(k_cache, rows.block_table, start + n)  # [ctx, kvh, d]
+        keys = gather_context(k_cache, rows.block_table)[:start + n].float()  # [ctx, kvh, d]
         heads, kv_heads, dim = queries.shape[1], keys.shape[1], queries.shape[2]
         keys = keys.repeat_interleave(heads // kv_heads, dim=1)  # query head h reads h // group
         scores = torch.einsum("nhd,chd->hnc", queries, keys) * dim ** -0.5
@@ -128,12 +130,3 @@ class ForwardProbe:
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to(torch.float32, copy=True)
-
-
-def _context_keys(k_cache: torch.Tensor, block_table: torch.Tensor,
-                  length: int) -> torch.Tensor:
-    """Keys of positions [0, length) gathered from the pool by the block table."""
-    block_size = k_cache.shape[1]
-    positions = torch.arange(length)
-    slots = block_table[positions // block_size] * block_size + positions % block_size
-    return k_cache.reshape(-1, *k_cache.shape[2:])[slots].float()
