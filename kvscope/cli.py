@@ -50,6 +50,9 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=1,
                         help="shard the model over this many worker processes (torch."
                              "distributed, gloo on CPU); 1: run it in this process")
+    parser.add_argument("-pp", "--pipeline-parallel-size", type=int, default=1,
+                        help="split the layers into this many stages, each on its own "
+                             "worker processes, with up to that many steps in flight")
     parser.add_argument("--nnodes", type=int, default=int(os.environ.get("NNODES", 1)),
                         help="machines the tensor-parallel ranks are spread over (each "
                              "runs tp / nnodes of them)")
@@ -93,6 +96,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         "model": args.model, "enable_prefix_caching": args.enable_prefix_caching,
         "preemption_mode": args.preemption_mode, "policy": args.policy,
         "tensor_parallel_size": args.tensor_parallel_size,
+        "pipeline_parallel_size": args.pipeline_parallel_size,
         "nnodes": args.nnodes, "node_rank": args.node_rank,
         "master_addr": args.master_addr, "master_port": args.master_port,
         "quantization": args.quantization,

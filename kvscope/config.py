@@ -158,6 +158,9 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig | None = None  # None: no speculative decoding
     tensor_parallel_size: int = 1  # >1: the model is sharded over that many worker processes
+    # >1: the layers are split into that many stages, each on its own worker processes
+    # (tensor_parallel_size of them), with up to that many steps in flight at once
+    pipeline_parallel_size: int = 1
     # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized, "none"
     # dequantizes them at load, "int8"/"int4" quantize every linear from float at load
     # (model/quant.py)
@@ -167,8 +170,8 @@ class EngineConfig:
     # 2x the float kernel at one row); "float" keeps float32 / bf16 activations. 8-bit
     # weights always take float activations (bound by memory at one row already).
     quantized_activations: str = "int8"
-    # tensor-parallel ranks spread over several machines: this one is node `node_rank`
-    # of `nnodes`, each running tensor_parallel_size / nnodes ranks; node 0 runs the
+    # the model's ranks spread over several machines: this one is node `node_rank`
+    # of `nnodes`, each running world_size / nnodes ranks; node 0 runs the
     # engine and rank 0, the others only their ranks (distributed/nodes.py). The ranks
     # meet at master_addr:master_port (torch.distributed's TCP rendezvous).
     nnodes: int = 1
@@ -182,8 +185,8 @@ class EngineConfig:
         cache_fields = {f.name for f in dataclasses.fields(CacheConfig)}
         sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
         own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config",
-                      "tensor_parallel_size", "quantization", "quantized_activations",
-                      *NODE_FIELDS}
+                      "tensor_parallel_size", "pipeline_parallel_size", "quantization",
+                      "quantized_activations", *NODE_FIELDS}
         unknown = set(kwargs) - cache_fields - sched_fields - own_fields
         if unknown:
             known = sorted(cache_fields | sched_fields | own_fields)
@@ -199,6 +202,7 @@ class EngineConfig:
             scheduler=sched,
             speculative=_speculative(kwargs.get("speculative_config")),
             tensor_parallel_size=kwargs.get("tensor_parallel_size", 1),
+            pipeline_parallel_size=kwargs.get("pipeline_parallel_size", 1),
             quantization=kwargs.get("quantization") or "auto",
             quantized_activations=kwargs.get("quantized_activations") or "int8",
             **{name: kwargs[name] for name in NODE_FIELDS if kwargs.get(name) is not None},
@@ -208,10 +212,15 @@ class EngineConfig:
 
     def load_quantization(self) -> str:
         """What the model is loaded with: "auto" keeps a GGUF's quantized weights only
-        where one process runs the whole model (tensor-parallel shards are dense)."""
-        if self.quantization == "auto" and self.tensor_parallel_size > 1:
+        where one process runs the whole model (worker processes get dense weights)."""
+        if self.quantization == "auto" and self.world_size > 1:
             return "none"
         return self.quantization
+
+    @property
+    def world_size(self) -> int:
+        """The model's worker processes: tensor_parallel_size × pipeline_parallel_size."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def validate(self) -> None:
         self.cache.validate()
@@ -232,9 +241,17 @@ class EngineConfig:
             raise ConfigError("quantized_activations must be one of "
                               f"{', '.join(QUANTIZED_ACTIVATIONS)}; "
                               f"got {self.quantized_activations!r}")
-        if tp > 1 and self.quantization in ("int8", "int4"):
+        pp = self.pipeline_parallel_size
+        if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
+            raise ConfigError(f"pipeline_parallel_size must be an integer >= 1; got {pp!r}")
+        if self.world_size > 1 and self.quantization in ("int8", "int4"):
             raise ConfigError("quantization int8/int4 does not combine with "
-                              "tensor_parallel_size > 1 yet; use quantization='none'")
+                              "tensor_parallel_size or pipeline_parallel_size > 1 yet; use "
+                              "quantization='none'")
+        if pp > 1 and self.speculative is not None:
+            raise ConfigError("speculative decoding does not combine with "
+                              "pipeline_parallel_size > 1 yet: a step's drafts need the "
+                              "previous step's token, which is still in the pipeline")
         self._validate_nodes()
 
     def _validate_nodes(self) -> None:
@@ -243,9 +260,10 @@ class EngineConfig:
             raise ConfigError(f"nnodes must be an integer >= 1; got {nnodes!r}")
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < nnodes:
             raise ConfigError(f"node_rank must be an integer in [0, {nnodes}); got {rank!r}")
-        if nnodes > 1 and self.tensor_parallel_size % nnodes:
-            raise ConfigError(f"tensor_parallel_size ({self.tensor_parallel_size}) must be a "
-                              f"multiple of nnodes ({nnodes}): every node runs as many ranks")
+        if nnodes > 1 and self.world_size % nnodes:
+            raise ConfigError(f"tensor_parallel_size × pipeline_parallel_size "
+                              f"({self.world_size}) must be a multiple of nnodes ({nnodes}): "
+                              "every node runs as many ranks")
         port = self.master_port
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ConfigError(f"master_port must be a TCP port number; got {port!r}")

@@ -80,6 +80,7 @@ class EngineStarted(Event):
     preemption_mode: str
     policy: str
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     # with tensor parallelism, what each rank holds: its query/KV head, MLP neuron and
     # vocabulary ranges [start, stop), its weight shapes and its KV pool's shape
     ranks: list[dict[str, Any]] = field(default_factory=list)
@@ -144,6 +145,21 @@ class ScheduledChunk:
 
 
 @dataclass(slots=True, kw_only=True)
+class StageTime:
+    """One pipeline stage's part of a step."""
+
+    stage: int
+    start: float
+    end: float
+    num_collectives: int = 0
+    collective_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "start": self.start, "end": self.end,
+                "num_collectives": self.num_collectives, "collective_ms": self.collective_ms}
+
+
+@dataclass(slots=True, kw_only=True)
 class StepEnd(Event):
     """What one step ran and what each part took (milliseconds)."""
 
@@ -161,6 +177,11 @@ class StepEnd(Event):
     fragmentation: dict[str, int] = field(default_factory=dict)
     num_collectives: int = 0  # tensor parallelism: all-reduces and gathers rank 0 made
     collective_ms: float = 0.0  # and the time it spent in them (part of forward_ms)
+    # pipeline parallelism: batches in the pipeline when this one started (itself
+    # included), and each stage's compute of this batch, in seconds on the run's clock
+    # (`time`; a stage on another machine has its own clock: only its duration counts)
+    batches_in_flight: int = 1
+    stages: list[StageTime] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -430,7 +451,12 @@ class Emitter:
         return self.sink.enabled
 
     def elapsed(self) -> float:
-        return round(time.perf_counter() - self._start, 6)
+        return self.on_run_clock(time.perf_counter())
+
+    def on_run_clock(self, perf_counter_time: float) -> float:
+        """A time.perf_counter() value as seconds since the run began (the `time` of
+        events); a worker on this machine reads the same clock."""
+        return round(perf_counter_time - self._start, 6)
 
     def emit(self, event: Event) -> None:
         event.step = self.step

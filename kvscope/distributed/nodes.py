@@ -1,12 +1,12 @@
-"""A node that runs only tensor-parallel ranks: `kvscope serve -tp T --nnodes N
+"""A node that runs only worker ranks: `kvscope serve -tp T [-pp S] --nnodes N
 --node-rank R --master-addr A --master-port P` with R > 0.
 
 Node 0 runs the engine (scheduler, KV manager, sampler, the API) and its ranks; node R
-starts ranks R·T/N … (R+1)·T/N − 1, which join the same torch.distributed group at
-A:P, take rank 0's spec from it and load their shards from this node's copy of the
-model. They follow rank 0's commands until the engine stops them; this process ends
-with them. The rendezvous has no authentication (like torchrun's): use it on a
-network you trust.
+starts ranks R·W/N … (R+1)·W/N − 1 of the W = T·S, which join the same
+torch.distributed group at A:P, take rank 0's spec from it and load their shards from
+this node's copy of the model. They follow rank 0's commands until the engine stops
+them; this process ends with them. The rendezvous has no authentication (like
+torchrun's): use it on a network you trust.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ logger = logging.getLogger("kvscope.nodes")
 
 
 def local_ranks(config: EngineConfig) -> range:
-    per_node = config.tensor_parallel_size // config.nnodes
+    per_node = config.world_size // config.nnodes
     return range(config.node_rank * per_node, (config.node_rank + 1) * per_node)
 
 
@@ -37,7 +37,7 @@ def run_ranks_of_this_node(config: EngineConfig) -> int:
     model = str(resolve_model_path(config.model))
     workers = [subprocess.Popen(
         [sys.executable, "-m", "kvscope.worker", "--rank", str(rank), "--join", address,
-         "--world-size", str(config.tensor_parallel_size), "--nnodes", str(config.nnodes),
+         "--world-size", str(config.world_size), "--nnodes", str(config.nnodes),
          "--model", model, "--dtype", str(config.dtype).removeprefix("torch."),
          "--threads", str(threads)], stdin=subprocess.DEVNULL) for rank in ranks]
     logger.info("node %d of %d: tensor-parallel ranks %d-%d joining %s", config.node_rank,

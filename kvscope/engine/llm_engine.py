@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,17 @@ from kvscope.sampling_params import BeamSearchParams, SamplingParams
 from kvscope.sched.output import ModelRunnerOutput, PromptLogits
 from kvscope.sched.scheduler import NewTokens, Schedule, Scheduler
 from kvscope.speculative.proposer import Proposer
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A batch the pipeline is computing: its schedule, what scheduling it took, when it
+    was submitted, and how many batches were in flight then (itself included)."""
+
+    sched: Schedule
+    schedule_s: float
+    submitted: float
+    depth: int
 
 
 @dataclass(slots=True)
@@ -97,6 +109,7 @@ class LLMEngine:
             self.speculator = Speculator(config.speculative, self._proposer(draft_loaded),
                                          self.sampler, self.max_model_len)
         self._tracked: dict[str, TrackedRequest] = {}
+        self._in_flight: deque[InFlight] = deque()  # pipelined batches not yet collected
         self._ids = itertools.count()
         self.last_timings = StepTimings()
         self._step_time = 0.0  # monotonic time of the current step's update
@@ -245,7 +258,7 @@ class LLMEngine:
             self.speculator.forget(request_id)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or bool(self._in_flight)
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached prefix block; returns how many were dropped."""
@@ -254,19 +267,54 @@ class LLMEngine:
     # -- one step -----------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one engine step; returns outputs of the requests that made progress."""
+        """Run one engine step; returns outputs of the requests that made progress.
+        With pipeline stages a step may only start a batch (the outputs come when the
+        pipeline hands its oldest batch back, up to `pipeline_parallel_size` later)."""
+        if self.config.pipeline_parallel_size > 1:
+            return self._pipelined_step()
         t0 = time.perf_counter()
-        self.events.step = self.scheduler.num_steps
-        if self.events.enabled:
-            self.events.emit(StepBegin())
-        if self.speculator is not None:
-            self._propose()
-        sched = self.scheduler.schedule()
+        sched = self._schedule()
         t1 = time.perf_counter()
         if sched.is_empty:
             self.events.step = self.scheduler.num_steps
             return []
         result = self.executor.execute(sched.output())
+        return self._finish_step(sched, result, t1 - t0, t1)
+
+    def _schedule(self) -> Schedule:
+        self.events.step = self.scheduler.num_steps
+        if self.events.enabled:
+            self.events.emit(StepBegin())
+        if self.speculator is not None:
+            self._propose()
+        return self.scheduler.schedule()
+
+    def _pipelined_step(self) -> list[RequestOutput]:
+        """The batch queue: schedule a batch of requests in no unfinished batch and
+        start it; collect the oldest batch once the pipeline is full, or when nothing
+        new could start."""
+        t0 = time.perf_counter()
+        sched = self._schedule()
+        t1 = time.perf_counter()
+        if not sched.is_empty:
+            self.executor.submit(sched.output())
+            self.scheduler.in_flight.update(s.request.request_id for s in sched.scheduled)
+            self._in_flight.append(InFlight(sched, t1 - t0, t1, len(self._in_flight) + 1))
+        if not self._in_flight or (
+                not sched.is_empty and len(self._in_flight) < self.config.pipeline_parallel_size):
+            self.events.step = self.scheduler.num_steps
+            return []
+        batch = self._in_flight.popleft()
+        result = self.executor.collect()
+        self.scheduler.in_flight.difference_update(
+            s.request.request_id for s in batch.sched.scheduled)
+        return self._finish_step(batch.sched, result, batch.schedule_s, batch.submitted,
+                                 batch.depth)
+
+    def _finish_step(self, sched: Schedule, result: ModelRunnerOutput, schedule_s: float,
+                     submitted: float, in_flight: int = 1) -> list[RequestOutput]:
+        """Sample from a step's logits and apply its results; its events carry its step."""
+        self.events.step = sched.step
         t2 = time.perf_counter()
         self._record_prompt_logprobs(result.prompt_logits)
         logits, requests, verified = self._route_rows(sched, result)
@@ -279,8 +327,9 @@ class LLMEngine:
         self.last_fragmentation = measure(self.kv, self.scheduler.running, self.max_model_len)
         self.run_fragmentation.add(self.last_fragmentation)
         t4 = time.perf_counter()
-        self.last_timings = StepTimings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
-        self._emit_step(sched)
+        self.last_timings = StepTimings(schedule_s, t2 - submitted, t3 - t2, t4 - t3)
+        if self.events.enabled:
+            self.events.emit(reports.step_end(self, sched, in_flight))
         self.events.step = self.scheduler.num_steps  # what happens next belongs to the next step
         return outputs
 
@@ -297,7 +346,9 @@ class LLMEngine:
         row = 0
         for request_id in result.sampled:
             item = by_id[request_id]
-            if item.draft_token_ids:
+            if item.request.is_finished:  # aborted while its batch was in the pipeline
+                pass
+            elif item.draft_token_ids:
                 assert self.speculator is not None
                 v = self.speculator.verify(item, result.logits[row:row + item.num_sample_rows])
                 verified.append(NewTokens(item.request, v.token_ids, v.logprobs,
@@ -412,10 +463,6 @@ class LLMEngine:
     def snapshot(self) -> Snapshot:
         """The whole KV and request state now, for a listener joining mid-run."""
         return reports.snapshot(self)
-
-    def _emit_step(self, sched: Schedule) -> None:
-        if self.events.enabled:
-            self.events.emit(reports.step_end(self, sched))
 
     def _emit_verified(self, new: NewTokens) -> None:
         assert new.verified is not None and self.config.speculative is not None

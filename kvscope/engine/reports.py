@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvscope.events import EngineStarted, ScheduledChunk, Snapshot, StepEnd
+from kvscope.events import EngineStarted, ScheduledChunk, Snapshot, StageTime, StepEnd
 from kvscope.kernels.build import cpu_kernels
 from kvscope.sched.scheduler import Schedule, ScheduledRequest
 
@@ -64,6 +64,7 @@ def describe(engine: LLMEngine) -> EngineStarted:
         enable_prefix_caching=engine.kv.enable_caching,
         preemption_mode=config.scheduler.preemption_mode, policy=config.scheduler.policy,
         tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size,
         ranks=list(getattr(engine.executor, "ranks", [])), weights=engine.loaded.weights,
         kernels=kernels.isa() if (kernels := cpu_kernels()) is not None else "")
 
@@ -94,9 +95,13 @@ def snapshot(engine: LLMEngine) -> Snapshot:
                   "num_steps": sched.num_steps})
 
 
-def step_end(engine: LLMEngine, sched: Schedule) -> StepEnd:
+def step_end(engine: LLMEngine, sched: Schedule, in_flight: int = 1) -> StepEnd:
     t = engine.last_timings
     collectives, collective_s = engine.executor.collective_stats()
+    clock = engine.events.on_run_clock
+    stages = [StageTime(stage=stage, start=clock(start), end=clock(end), num_collectives=n,
+                        collective_ms=round(seconds * 1e3, 3))
+              for stage, start, end, n, seconds in engine.executor.stage_times()]
     return StepEnd(
         batch=[ScheduledChunk(request_id=s.request.request_id, start=s.start,
                               num_tokens=s.num_tokens, phase=phase(s),
@@ -108,7 +113,8 @@ def step_end(engine: LLMEngine, sched: Schedule) -> StepEnd:
         num_running=len(engine.scheduler.running), num_waiting=len(engine.scheduler.waiting),
         num_swapped=len(engine.scheduler.swapped),
         fragmentation=engine.last_fragmentation.as_dict(),
-        num_collectives=collectives, collective_ms=round(collective_s * 1e3, 3))
+        num_collectives=collectives, collective_ms=round(collective_s * 1e3, 3),
+        batches_in_flight=in_flight, stages=stages)
 
 
 def phase(item: ScheduledRequest) -> str:

@@ -20,6 +20,11 @@ class Executor(Protocol):
     def forward_decode_rows(self, token_ids: list[int], positions: list[int],
                             block_tables: list[list[int]], num_layers: int) -> torch.Tensor: ...
 
+    def stage_times(self) -> list[tuple]:
+        """Pipeline stages of the latest step: (stage, start, end, collectives,
+        collective seconds) each; empty with one stage."""
+        ...
+
     def collective_stats(self) -> tuple[int, float]:
         """(collectives, seconds in them) of the latest step."""
         ...

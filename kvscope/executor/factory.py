@@ -1,5 +1,5 @@
-"""The executor an engine gets: its model runner in the engine's process (tp=1), or
-tensor-parallel worker processes holding the model's shards."""
+"""The executor an engine gets: its model runner in the engine's process (tp = pp = 1),
+or worker processes holding the model's shards and stages."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from kvscope.config import ConfigError, EngineConfig
 from kvscope.distributed.partition import PartitionError, partition
+from kvscope.distributed.pipeline import stage_layers
 from kvscope.executor.base import Executor
 from kvscope.executor.multiproc import MultiprocExecutor, free_tcp_init_method
 from kvscope.executor.uniproc import UniprocExecutor
@@ -20,9 +21,9 @@ def make_executor(config: EngineConfig, loaded: LoadedModel, num_blocks: int,
                   max_model_len: int, num_swap_blocks: int,
                   progress: bool = False) -> tuple[Executor, ModelRunner | None]:
     """(executor, the runner in this process or None when the workers hold the model)."""
-    tp = config.tensor_parallel_size
+    tp, pp = config.tensor_parallel_size, config.pipeline_parallel_size
     block_size = config.cache.block_size
-    if tp == 1:
+    if tp == 1 and pp == 1:
         runner = ModelRunner(loaded.model, num_blocks, block_size, max_model_len,
                              config.dtype, num_swap_blocks)
         return UniprocExecutor(runner), runner
@@ -30,15 +31,17 @@ def make_executor(config: EngineConfig, loaded: LoadedModel, num_blocks: int,
     try:  # fail here, with the head counts, before any process starts
         partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
                   arch.vocab_size, tp)
-    except PartitionError as exc:
+        stage_layers(arch.num_layers, pp)
+    except (PartitionError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
     weights = write_weights(loaded.model)
     try:
-        local_ranks = tp // config.nnodes
+        local_ranks = config.world_size // config.nnodes
         spec = WorkerSpec(str(loaded.path), config.dtype, num_blocks, block_size,
-                          max_model_len, num_swap_blocks, tp, _init_method(config),
+                          max_model_len, num_swap_blocks, config.world_size,
+                          _init_method(config),
                           threads=max(1, torch.get_num_threads() // local_ranks),
-                          weights_file=str(weights), arch=arch, nnodes=config.nnodes)
+                          weights_file=str(weights), arch=arch, nnodes=config.nnodes, pp=pp)
         return MultiprocExecutor(spec, progress), None
     finally:
         weights.unlink()  # every worker holds its shard now (or none started)

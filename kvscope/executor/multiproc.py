@@ -1,5 +1,5 @@
-"""Tensor parallelism over worker processes: one per rank, all in one torch.distributed
-group (gloo on CPU).
+"""Tensor (and pipeline) parallelism over worker processes: one per rank, all in one
+torch.distributed group (gloo on CPU).
 
 The engine keeps the scheduler, the KV manager (one set of block ids for every rank)
 and the sampler; each step's SchedulerOutput goes to rank 0 over a local connection, rank 0
@@ -7,7 +7,9 @@ broadcasts it to the others, every rank runs its shard of the forward pass, and 
 sends back the logits (the LM head's columns already gathered). While it waits the
 engine watches every worker: one that dies, or a step that raises, makes the executor
 unusable at once (ExecutorError), and it ends the remaining workers, so no process is
-left behind.
+left behind. With pipeline stages (worker/pipeline_stage.py) rank 0 takes the step for
+the first stage, the last stage's logits come back through rank 0, and the engine may
+`submit` several steps before it `collect`s the oldest.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class MultiprocExecutor:
         self.spec = spec
         self._error: str | None = None
         self._last_stats: tuple[int, float] = (0, 0.0)
+        self._last_stage_times: list[tuple] = []
         start = time.perf_counter()
         # workers are fresh interpreters (`python -m kvscope.worker`), so nothing of this
         # process (its threads, its __main__) is copied into them
@@ -64,7 +67,8 @@ class MultiprocExecutor:
             listener.close()
         self.startup_s = time.perf_counter() - start
         for info in self.ranks:
-            message = (f"tensor-parallel rank {info['rank']} (pid {info['pid']}): query heads "
+            message = (f"rank {info['rank']} (pid {info['pid']}, stage {info['stage']}: layers "
+                       f"{info['layers'][0]}-{info['layers'][1] - 1}): query heads "
                        f"{info['q_heads'][0]}-{info['q_heads'][1] - 1}, KV heads "
                        f"{info['kv_heads'][0]}-{info['kv_heads'][1] - 1}, loaded in "
                        f"{info['load_s']:.1f} s")
@@ -107,6 +111,19 @@ class MultiprocExecutor:
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         return self._call(("execute", out))
 
+    def submit(self, out: SchedulerOutput) -> None:
+        """Start a step without waiting for it (pipeline parallelism keeps several in
+        flight); `collect` gives back the oldest one's result."""
+        self._send(("execute", out))
+
+    def collect(self) -> ModelRunnerOutput:
+        return self._answer("execute")
+
+    def stage_times(self) -> list[tuple]:
+        """(stage, start, end, collectives, collective seconds) of each stage for the
+        latest collected step (perf_counter times on the stage's machine)."""
+        return self._last_stage_times
+
     def forward_decode_rows(self, token_ids: list[int], positions: list[int],
                             block_tables: list[list[int]], num_layers: int) -> torch.Tensor:
         return self._call(("decode_rows", token_ids, positions, block_tables, num_layers))
@@ -139,13 +156,20 @@ class MultiprocExecutor:
             self._error = "shut down"
 
     def _call(self, command: tuple) -> Any:
+        self._send(command)
+        return self._answer(command[0])
+
+    def _send(self, command: tuple) -> None:
         if self._error is not None:
-            raise ExecutorError(f"the tensor-parallel workers are not running ({self._error})")
+            raise ExecutorError(f"the model's workers are not running ({self._error})")
         try:
             self._conn.send_bytes(pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:
             self._fail(f"rank 0 cannot be reached: {exc}")
-        result, self._last_stats = self._receive(None, command[0])
+
+    def _answer(self, what: str) -> Any:
+        result, self._last_stats, *stage_times = self._receive(None, what)
+        self._last_stage_times = stage_times[0] if stage_times else []
         return result
 
     def _check_workers(self) -> None:
@@ -171,7 +195,7 @@ class MultiprocExecutor:
             self._fail(f"rank 0 raised {rest[0].strip().splitlines()[-1]}")
         if status == "ready":
             return rest[0]
-        return rest[0], rest[1]
+        return rest  # the result, the collective stats (and, pipelined, stage times)
 
     def _fail(self, why: str) -> None:
         self._error = why

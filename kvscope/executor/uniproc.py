@@ -15,6 +15,9 @@ class UniprocExecutor:
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute(out)
 
+    def stage_times(self) -> list[tuple]:
+        return []
+
     def forward_decode_rows(self, token_ids: list[int], positions: list[int],
                             block_tables: list[list[int]], num_layers: int) -> torch.Tensor:
         return self.runner.forward_decode_rows(token_ids, positions, block_tables, num_layers)

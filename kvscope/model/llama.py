@@ -131,13 +131,31 @@ class LlamaModel(nn.Module):
         """Returns the final hidden states [T, hidden] (logits are taken only where
         needed). `num_layers` exits early: only the first layers run, then the final
         norm (the self-draft proposer of speculative decoding)."""
+        x = self.embed(input_ids, meta)
+        layers = len(self.layers) if num_layers is None else num_layers
+        x, residual = self.run_layers(x, None, meta, kv_caches[:layers], layers)
+        return self.final_norm(x, residual, meta)
+
+    def embed(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         if meta.probe is not None:
             meta.probe.record_model("embedding", x)
-        residual = None
+        return x
+
+    def run_layers(self, x: torch.Tensor, residual: torch.Tensor | None,
+                   meta: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                   num_layers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder layers this model holds (a pipeline stage holds a range of
+        them), or the first `num_layers`: (the last layer's output, the residual
+        stream), not yet summed. `residual` is None when x is the embedding."""
         layers = self.layers if num_layers is None else self.layers[:num_layers]
-        for layer, kv_cache in zip(layers, kv_caches[:len(layers)], strict=True):
+        for layer, kv_cache in zip(layers, kv_caches, strict=True):
             x, residual = layer(x, residual, meta, kv_cache)
+        assert residual is not None, "a model runs at least one layer"
+        return x, residual
+
+    def final_norm(self, x: torch.Tensor, residual: torch.Tensor,
+                   meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.norm(x, residual)
         if meta.probe is not None:
             meta.probe.record_model("final_norm", hidden)

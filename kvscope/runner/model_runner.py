@@ -28,10 +28,11 @@ class ModelRunner:
         arch = model.arch
         self.model = model
         self.block_size = block_size
-        shape = (arch.num_layers, 2, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+        # one pool for the layers this model holds (all of them, or a pipeline stage's)
+        num_layers = len(model.layers)
+        shape = (num_layers, 2, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
         self.kv_pool = torch.zeros(shape, dtype=dtype)
-        self.kv_caches = [(self.kv_pool[i, 0], self.kv_pool[i, 1])
-                          for i in range(arch.num_layers)]
+        self.kv_caches = [(self.kv_pool[i, 0], self.kv_pool[i, 1]) for i in range(num_layers)]
         # swap space for preemption by swap: the same layout, indexed by swap slot
         swap_shape = (*shape[:2], num_swap_blocks, *shape[3:])
         self.swap_pool = torch.zeros(swap_shape, dtype=dtype) if num_swap_blocks else None
@@ -43,11 +44,27 @@ class ModelRunner:
         self.num_steps = 0
 
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        result = self.execute_stage(out)
+        assert isinstance(result, ModelRunnerOutput)
+        return result
+
+    def execute_stage(self, out: SchedulerOutput,
+                      carried: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      last: bool = True) -> ModelRunnerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One step through the layers this model holds. `carried`: the previous
+        pipeline stage's (hidden, residual), None where this model embeds the tokens.
+        Not `last`: returns this stage's (hidden, residual) for the next stage."""
         self.apply_swaps(out)
         ordered = sorted(out.scheduled, key=lambda s: not s.is_decode)
         input_ids, meta, sample_rows, sampled = self._prepare(ordered)
         with torch.inference_mode():
-            hidden = self.model(input_ids, meta, self.kv_caches)
+            x, residual = (self.model.embed(input_ids, meta), None) if carried is None \
+                else carried
+            x, residual = self.model.run_layers(x, residual, meta, self.kv_caches)
+            if not last:
+                self.num_steps += 1
+                return x, residual
+            hidden = self.model.final_norm(x, residual, meta)
             # decode rows come first and all sample
             logits = self.model.compute_logits(hidden[sample_rows], meta.num_decodes)
             prompt_logits = [PromptLogits(item.request_id, item.start,

@@ -10,6 +10,10 @@ blocks are freed and it waits to be prefilled again, from the prefix cache where
 can) or by swap (its K/V are copied to swap space and copied back later). Under the
 priority policy a waiting request that outranks running ones may also preempt them
 to get in.
+
+With pipeline parallelism several steps are in flight at once; a request in a step not
+yet finished (`in_flight`) is neither scheduled again nor preempted until that step's
+results are in (the batch queue, as in vLLM v1).
 """
 
 from __future__ import annotations
@@ -140,6 +144,7 @@ class Scheduler:
         self.waiting: list[Request] = []  # policy order; preempted ones come back here
         self.swapped: list[Request] = []  # policy order
         self.running: list[Request] = []  # policy order: the last one is the next victim
+        self.in_flight: set[str] = set()  # ids in steps the pipeline has not finished
         self._arrivals = itertools.count()
         self.num_steps = 0
         self.num_preemptions = 0
@@ -225,11 +230,12 @@ class Scheduler:
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             n = self._chunk_size(request, budget)
-            if n == 0:  # all computed: a beam waiting for its group to pick its token
+            # n == 0, all computed: a beam waiting for its group to pick its token
+            if n == 0 or request.request_id in self.in_flight:
                 index += 1
                 continue
             while not self.kv.allocate_slots(request, n):
-                victim = self.running[-1]
+                victim = self._victims()[-1]  # at worst the request itself
                 self._preempt(victim, out)
                 if victim is request:
                     return budget
@@ -278,7 +284,7 @@ class Scheduler:
             # Requests with nothing to compute (beams waiting for the rest of their group
             # to get logits) would hold their blocks forever while the one they wait for
             # cannot get in: give way to it (their next-token logits are kept).
-            idle = [r for r in self.running if r.num_computed_tokens >= r.num_tokens]
+            idle = [r for r in self._victims() if r.num_computed_tokens >= r.num_tokens]
             if not idle:
                 break
             self._preempt(idle[-1], out)
@@ -321,14 +327,21 @@ class Scheduler:
             return
         best = self.waiting[0]
         budget = self.config.max_num_batched_tokens
-        while self.running and self.running[-1].priority > best.priority:
+        while (victims := self._victims()) and victims[-1].priority > best.priority:
             hits = self.kv.find_cached_prefix(best)
             n = self._chunk_size(best, budget, len(hits) * self.kv.block_size)
             needed = self.kv.num_new_blocks_needed(best, n, len(hits))
             fits = needed + sum(b.ref_cnt == 0 for b in hits) <= self.kv.num_free_blocks
             if fits and len(self.running) < self.config.max_num_seqs:
                 return
-            self._preempt(self.running[-1], out)
+            self._preempt(victims[-1], out)
+
+    def _victims(self) -> list[Request]:
+        """The running requests that may be preempted, in policy order: those in no
+        unfinished step."""
+        if not self.in_flight:
+            return self.running
+        return [r for r in self.running if r.request_id not in self.in_flight]
 
     def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
         self.kv.cache_full_blocks(request, request.num_computed_tokens + n)

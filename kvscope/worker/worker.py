@@ -26,6 +26,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kvscope.distributed.pipeline import StagePlace
+from kvscope.worker.pipeline_stage import StageGroups, serve_stage
+
 PARENT_POLL_S = 0.5
 COMMAND_WAIT_S = 30 * 24 * 3600.0  # how long a rank waits for the next command
 AUTHKEY_ENV = "KVSCOPE_WORKER_AUTHKEY"  # how a worker learns the key to the engine's address
@@ -41,7 +44,7 @@ class WorkerSpec:
     block_size: int
     max_model_len: int
     num_swap_blocks: int
-    world_size: int
+    world_size: int  # tensor_parallel_size × pipeline_parallel_size ranks
     init_method: str
     threads: int
     timeout_s: float = 120.0  # a collective waiting longer than this fails the step
@@ -49,6 +52,11 @@ class WorkerSpec:
     # read the checkpoint at model_path
     arch: Any = None  # the model's ModelArch, with weights_file
     nnodes: int = 1  # >1: ranks on other machines get this spec from rank 0 (below)
+    pp: int = 1  # pipeline stages (distributed/pipeline.py); rank r is in stage r // tp
+
+    @property
+    def tp(self) -> int:
+        return self.world_size // self.pp
 
 
 def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
@@ -65,13 +73,18 @@ def worker_main(rank: int, spec: WorkerSpec, conn: Connection | None) -> None:
     commands = dist.new_group(timeout=datetime.timedelta(seconds=COMMAND_WAIT_S))
     if spec.nnodes > 1:
         spec = _shared_spec(rank, spec, commands)
+    groups = StageGroups.make(StagePlace(rank, spec.tp, spec.pp), spec.timeout_s,
+                              COMMAND_WAIT_S, commands)
     try:
-        runner, info = _build(rank, spec)
+        runner, info = _build(rank, spec, groups)
         infos: list[Any] = [None] * spec.world_size
         dist.all_gather_object(infos, info, group=commands)
         if conn is not None:
             _send(conn, ("ready", infos))
-        _serve(rank, runner, conn, commands)
+        if spec.pp == 1:
+            _serve(rank, runner, conn, commands)
+        else:
+            serve_stage(groups, runner, conn, spec.dtype, _send)
     except Exception:
         if conn is not None:
             _send(conn, ("error", traceback.format_exc()))
@@ -92,10 +105,11 @@ def _shared_spec(rank: int, spec: WorkerSpec, group: Any) -> WorkerSpec:
     return dataclasses.replace(shared, model_path=spec.model_path, weights_file=None)
 
 
-def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
+def _build(rank: int, spec: WorkerSpec, groups: StageGroups) -> tuple[Any, dict[str, Any]]:
     from kvscope.distributed.group import TPGroup
     from kvscope.distributed.parallel_layers import shard_model
     from kvscope.distributed.partition import partition
+    from kvscope.distributed.pipeline import keep_stage, stage_layers
     from kvscope.model.loader import load_model
     from kvscope.runner.model_runner import ModelRunner
     from kvscope.worker.weights import read_weights
@@ -109,16 +123,21 @@ def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
     if spec.arch is not None and arch != spec.arch:
         raise RuntimeError(f"rank {rank} read a different model from {spec.model_path} than "
                            f"the engine's ({arch} against {spec.arch})")
+    place = groups.place
     plan = partition(arch.num_heads, arch.num_kv_heads, arch.intermediate_size,
-                     arch.vocab_size, spec.world_size)
-    group = TPGroup(rank, spec.world_size, dist.group.WORLD)
-    model = shard_model(full, plan, rank, group)
+                     arch.vocab_size, spec.tp)
+    group = TPGroup(place.tp_rank, spec.tp, groups.tensor)
+    model = shard_model(full, plan, place.tp_rank, group) if spec.tp > 1 else full
     del full
+    layers = stage_layers(arch.num_layers, spec.pp)[place.stage]
+    if spec.pp > 1:
+        model = keep_stage(model, layers, place.is_first, place.is_last)
     runner = ModelRunner(model, spec.num_blocks, spec.block_size, spec.max_model_len,
                          spec.dtype, spec.num_swap_blocks)
     runner.tp_group = group
-    shard = plan.shards[rank]
+    shard = plan.shards[place.tp_rank]
     info = {"rank": rank, "pid": os.getpid(), "load_s": round(time.perf_counter() - start, 3),
+            "stage": place.stage, "tp_rank": place.tp_rank, "layers": [layers.start, layers.stop],
             "q_heads": [shard.q_heads.start, shard.q_heads.stop],
             "kv_heads": [shard.kv_heads.start, shard.kv_heads.stop],
             "intermediate": [shard.intermediate.start, shard.intermediate.stop],
@@ -130,12 +149,15 @@ def _build(rank: int, spec: WorkerSpec) -> tuple[Any, dict[str, Any]]:
 def _weight_shapes(model: Any) -> dict[str, list[int]]:
     """[rows, columns] of this rank's weights in one layer (every layer is alike)."""
     layer = model.layers[0]
-    return {"qkv_proj": list(layer.self_attn.qkv_proj.weight.shape),
-            "o_proj": list(layer.self_attn.o_proj.weight.shape),
-            "gate_up_proj": list(layer.mlp.gate_up_proj.weight.shape),
-            "down_proj": list(layer.mlp.down_proj.weight.shape),
-            "embed_tokens": list(model.embed_tokens.weight.shape),
-            "lm_head": list(model.lm_head.weight.shape)}
+    shapes = {"qkv_proj": list(layer.self_attn.qkv_proj.weight.shape),
+              "o_proj": list(layer.self_attn.o_proj.weight.shape),
+              "gate_up_proj": list(layer.mlp.gate_up_proj.weight.shape),
+              "down_proj": list(layer.mlp.down_proj.weight.shape)}
+    if model.embed_tokens is not None:  # a pipeline stage holds them only where it runs them
+        shapes["embed_tokens"] = list(model.embed_tokens.weight.shape)
+    if model.lm_head is not None:
+        shapes["lm_head"] = list(model.lm_head.weight.shape)
+    return shapes
 
 
 def _serve(rank: int, runner: Any, conn: Connection | None, commands: Any) -> None:
