@@ -275,7 +275,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         sched = self._schedule()
         t1 = time.perf_counter()
-        if sched.is_empty:
+        if not sched.has_work:
             self.events.step = self.scheduler.num_steps
             return []
         result = self.executor.execute(sched.output())
@@ -296,12 +296,12 @@ class LLMEngine:
         t0 = time.perf_counter()
         sched = self._schedule()
         t1 = time.perf_counter()
-        if not sched.is_empty:
+        if sched.has_work:
             self.executor.submit(sched.output())
             self.scheduler.in_flight.update(s.request.request_id for s in sched.scheduled)
             self._in_flight.append(InFlight(sched, t1 - t0, t1, len(self._in_flight) + 1))
         if not self._in_flight or (
-                not sched.is_empty and len(self._in_flight) < self.config.pipeline_parallel_size):
+                sched.has_work and len(self._in_flight) < self.config.pipeline_parallel_size):
             self.events.step = self.scheduler.num_steps
             return []
         batch = self._in_flight.popleft()

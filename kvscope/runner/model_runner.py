@@ -55,6 +55,8 @@ class ModelRunner:
         pipeline stage's (hidden, residual), None where this model embeds the tokens.
         Not `last`: returns this stage's (hidden, residual) for the next stage."""
         self.apply_swaps(out)
+        if not out.scheduled:  # a step that only copies blocks
+            return self._nothing_computed(last)
         ordered = sorted(out.scheduled, key=lambda s: not s.is_decode)
         input_ids, meta, sample_rows, sampled = self._prepare(ordered)
         with torch.inference_mode():
@@ -75,6 +77,14 @@ class ModelRunner:
             self._end_probe(meta.probe, logits, sampled)
         self.num_steps += 1
         return ModelRunnerOutput(logits, sampled_ids, prompt_logits)
+
+    def _nothing_computed(self, last: bool
+                          ) -> ModelRunnerOutput | tuple[torch.Tensor, torch.Tensor]:
+        self.num_steps += 1
+        if not last:
+            empty = torch.empty(0, self.model.arch.hidden_size, dtype=self.kv_pool.dtype)
+            return empty, empty.clone()
+        return ModelRunnerOutput(torch.empty(0, self.model.arch.vocab_size), [])
 
     def _begin_probe(self, meta: AttentionMetadata, ordered: list[ScheduledTokens]) -> None:
         """Point the step's metadata at the probe when the step computes its request."""

@@ -122,6 +122,13 @@ class Schedule:
     def is_empty(self) -> bool:
         return not self.scheduled
 
+    @property
+    def has_work(self) -> bool:
+        """Tokens to compute, or K/V to copy: a step whose only request swapped itself
+        out (it could not grow while the others were in the pipeline) must still copy
+        its blocks to swap space before anyone reuses them."""
+        return bool(self.scheduled or self.swap_out or self.swap_in or self.block_copies)
+
     def output(self) -> SchedulerOutput:
         return SchedulerOutput(self.step, [s.tokens() for s in self.scheduled],
                                list(self.swap_out), list(self.swap_in), list(self.block_copies))
