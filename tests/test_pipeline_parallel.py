@@ -15,12 +15,14 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from kvscope import LLM, SamplingParams
 from kvscope.config import ConfigError
 from kvscope.distributed.pipeline import stage_layers
 from kvscope.events import ListSink
 from kvscope.executor.base import ExecutorError
+from kvscope.model.loader import load_model
 from tests.test_tensor_parallel import PROMPTS, assert_every_block_free, token_ids
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
@@ -98,9 +100,18 @@ def test_tp2_by_pp2_equals_one_process(loaded_fp32, expected):
         assert_every_block_free(four)
 
 
-def test_a_stage_that_dies_fails_the_run_and_leaves_no_process(loaded_fp32):
-    llm = LLM(dtype="float32", loaded=loaded_fp32, pipeline_parallel_size=2,
+def test_a_quantized_engine_lends_dense_stages_and_a_stage_that_dies_fails_the_run(
+        make_llm):
+    """A served GGUF keeps its quantized weights; the stages it starts for a lesson read
+    the checkpoint again, dense, and compute what a dense engine computes. Then one of
+    them dies mid-run: the run fails at once and no process is left behind."""
+    quantized = load_model(None, torch.float32, quantization="auto")
+    assert quantized.weights.startswith("q4")
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    dense = token_ids(make_llm(max_model_len=512).generate(PROMPTS[:2], params))
+    llm = LLM(dtype="float32", loaded=quantized, pipeline_parallel_size=2,
               kv_cache_memory=64 << 20, max_model_len=512)
+    assert token_ids(llm.generate(PROMPTS[:2], params)) == dense
     workers = llm.engine.executor.workers
     engine = llm.engine
     engine.add_request("long", PROMPTS[0], SamplingParams(max_tokens=400, ignore_eos=True))

@@ -34,17 +34,22 @@ def make_executor(config: EngineConfig, loaded: LoadedModel, num_blocks: int,
         stage_layers(arch.num_layers, pp)
     except (PartitionError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
-    weights = write_weights(loaded.model)
+    # the workers' weights are dense: they map the engine's, or, where the engine kept a
+    # GGUF's quantized ones (a served model lending its weights to a lesson), read
+    # the checkpoint again, dequantized
+    weights = write_weights(loaded.model) if loaded.weights == "dense" else None
     try:
         local_ranks = config.world_size // config.nnodes
         spec = WorkerSpec(str(loaded.path), config.dtype, num_blocks, block_size,
                           max_model_len, num_swap_blocks, config.world_size,
                           _init_method(config),
                           threads=max(1, torch.get_num_threads() // local_ranks),
-                          weights_file=str(weights), arch=arch, nnodes=config.nnodes, pp=pp)
+                          weights_file=None if weights is None else str(weights), arch=arch,
+                          nnodes=config.nnodes, pp=pp)
         return MultiprocExecutor(spec, progress), None
     finally:
-        weights.unlink()  # every worker holds its shard now (or none started)
+        if weights is not None:
+            weights.unlink()  # every worker holds its shard now (or none started)
 
 
 def _init_method(config: EngineConfig) -> str:

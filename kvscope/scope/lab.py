@@ -80,6 +80,7 @@ class LabRunRequest(StrictModel):
     compare_plain: bool = False  # also run without speculation and compare the token ids
     tensor_parallel_size: int = Field(1, ge=1, le=2)  # 2: two worker processes, one gloo group
     watch_layer: int = Field(0, ge=0, le=255)  # tp=2: the layer whose partial sums are kept
+    pipeline_parallel_size: int = Field(1, ge=1, le=2)  # 2: two stages, two worker processes
 
     @model_validator(mode="after")
     def _per_prompt_lists(self) -> LabRunRequest:
@@ -98,6 +99,12 @@ class LabRunRequest(StrictModel):
                 self.n > 1 or self.best_of is not None or self.beam_width is not None):
             raise ValueError("speculative_config works on single sequences: it does not "
                              "combine with n > 1, best_of or beam_width")
+        if self.tensor_parallel_size * self.pipeline_parallel_size > 2:
+            raise ValueError("a lesson run starts at most two worker processes: "
+                             "tensor_parallel_size × pipeline_parallel_size must be <= 2")
+        if self.pipeline_parallel_size > 1 and self.speculative_config is not None:
+            raise ValueError("speculative_config does not combine with "
+                             "pipeline_parallel_size > 1")
         if self.compare_plain and self.speculative_config is None:
             raise ValueError("compare_plain compares a speculative run with a plain one: "
                              "it needs speculative_config")
@@ -119,7 +126,8 @@ def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink | N
         policy=req.policy, max_num_seqs=req.max_num_seqs,
         max_num_batched_tokens=req.max_num_batched_tokens,
         speculative_config=spec.engine_options() if spec is not None else None,
-        tensor_parallel_size=req.tensor_parallel_size)
+        tensor_parallel_size=req.tensor_parallel_size,
+        pipeline_parallel_size=req.pipeline_parallel_size)
     return LLMEngine(config, sink=sink, loaded=loaded)
 
 
@@ -139,7 +147,7 @@ def run_lab(loaded: LoadedModel, req: LabRunRequest,
     try:
         return _run(engine, loaded, req, sink, budget)
     finally:
-        engine.shutdown()  # a tensor-parallel run's worker processes
+        engine.shutdown()  # a tensor- or pipeline-parallel run's worker processes
 
 
 def _run(engine: LLMEngine, loaded: LoadedModel, req: LabRunRequest, sink: ListSink,
