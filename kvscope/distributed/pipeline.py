@@ -142,3 +142,18 @@ class StageLink:
             dist.recv(message.hidden, src, group=self.group)
             dist.recv(message.residual, src, group=self.group)
         return message
+
+
+def bubble(stage_spans: list[tuple[int, float, float]], num_stages: int) -> dict[str, Any]:
+    """How busy the stages were over a run, from each (stage, start, end) of every step:
+    the span from the first start to the last end, each stage's busy share of it, and
+    the bubble fraction, 1 − Σ busy / (stages × span): the share of stage-time spent
+    idle (waiting for the stage before, or for the engine)."""
+    if not stage_spans:
+        return {"span_s": 0.0, "busy_share": [0.0] * num_stages, "bubble_fraction": None}
+    span = max(end for _, _, end in stage_spans) - min(start for _, start, _ in stage_spans)
+    busy = [0.0] * num_stages
+    for stage, start, end in stage_spans:
+        busy[stage] += end - start
+    return {"span_s": span, "busy_share": [b / span if span else 0.0 for b in busy],
+            "bubble_fraction": 1 - sum(busy) / (num_stages * span) if span else None}

@@ -97,6 +97,7 @@ class LLMEngine:
         self.kv = KVCacheManager(self.num_blocks, block_size, config.cache.enable_prefix_caching,
                                  num_swap_blocks, self.events)
         self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len, self.events)
+        self.scheduler.micro_batches = config.pipeline_parallel_size
         self.executor, self.runner = make_executor(
             config, self.loaded, self.num_blocks, self.max_model_len, num_swap_blocks,
             load_progress)  # the runner: this process's, at tp=1

@@ -13,7 +13,10 @@ to get in.
 
 With pipeline parallelism several steps are in flight at once; a request in a step not
 yet finished (`in_flight`) is neither scheduled again nor preempted until that step's
-results are in (the batch queue, as in vLLM v1).
+results are in (the batch queue, as in vLLM v1). Each batch then takes at most its share
+of the requests, 1 / `micro_batches` of them, so the next batch has requests to run
+while this one is in the pipeline: otherwise the first decode batch would take every
+request and leave the other stages idle.
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ class Scheduler:
         self.swapped: list[Request] = []  # policy order
         self.running: list[Request] = []  # policy order: the last one is the next victim
         self.in_flight: set[str] = set()  # ids in steps the pipeline has not finished
+        self.micro_batches = 1  # pipeline stages: batches in flight at once (see above)
+        self._batch_cap = 0  # requests the step being scheduled may take
         self._arrivals = itertools.count()
         self.num_steps = 0
         self.num_preemptions = 0
@@ -211,6 +216,8 @@ class Scheduler:
     def schedule(self) -> Schedule:
         out = Schedule(step=self.num_steps)
         self.num_steps += 1
+        unfinished = len(self.running) + len(self.waiting) + len(self.swapped)
+        self._batch_cap = -(-unfinished // self.micro_batches)  # ceiling
         if self.config.policy == "priority":
             self._make_room_for_priority(out)
         budget = self.config.max_num_batched_tokens
@@ -234,7 +241,7 @@ class Scheduler:
 
     def _schedule_running(self, out: Schedule, budget: int) -> int:
         index = 0
-        while index < len(self.running) and budget > 0:
+        while index < len(self.running) and budget > 0 and self._has_room(out):
             request = self.running[index]
             n = self._chunk_size(request, budget)
             # n == 0, all computed: a beam waiting for its group to pick its token
@@ -267,7 +274,8 @@ class Scheduler:
                 budget -= len(drafts)
 
     def _schedule_swapped(self, out: Schedule, budget: int) -> int:
-        while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs \
+                and self._has_room(out):
             request = self.swapped[0]
             n = self._chunk_size(request, budget)
             copies = self.kv.swap_in(request, n)
@@ -283,7 +291,7 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: Schedule, budget: int) -> int:
-        while self.waiting and budget > 0:
+        while self.waiting and budget > 0 and self._has_room(out):
             if len(self.running) < self.config.max_num_seqs and \
                     self._admit(self.waiting[0], out, budget):
                 budget -= out.scheduled[-1].num_tokens
@@ -342,6 +350,10 @@ class Scheduler:
             if fits and len(self.running) < self.config.max_num_seqs:
                 return
             self._preempt(victims[-1], out)
+
+    def _has_room(self, out: Schedule) -> bool:
+        """Whether this batch may take one more request (always, with one stage)."""
+        return self.micro_batches == 1 or len(out.scheduled) < self._batch_cap
 
     def _victims(self) -> list[Request]:
         """The running requests that may be preempted, in policy order: those in no
