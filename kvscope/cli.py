@@ -72,6 +72,11 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                         help="what 4-bit linears multiply with at decode: int8 (each "
                              "row in groups of 32, integer dot products, as llama.cpp) or "
                              "float (float32/bf16 activations, slower at batch 1)")
+    parser.add_argument("--kv-transfer-config", type=_json_object, default=None,
+                        help='disaggregated prefill/decode as JSON, e.g. \'{"kv_connector": '
+                             '"ZmqConnector", "kv_role": "kv_producer"}\' (connectors: '
+                             'SharedStorageConnector, ZmqConnector; roles: kv_producer, '
+                             'kv_consumer, kv_both)')
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding as JSON, e.g. \'{"method": "ngram", '
                              '"num_speculative_tokens": 4}\' (methods: ngram, draft_model '
@@ -104,6 +109,8 @@ def engine_options(args: argparse.Namespace) -> dict:
     }
     if args.speculative_config is not None:
         options["speculative_config"] = args.speculative_config
+    if args.kv_transfer_config is not None:
+        options["kv_transfer_config"] = args.kv_transfer_config
     if args.swap_space is not None:
         options["swap_space"] = args.swap_space
     if args.kv_cache_memory is not None:

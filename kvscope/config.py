@@ -174,6 +174,9 @@ class EngineConfig:
     # of `nnodes`, each running world_size / nnodes ranks; node 0 runs the
     # engine and rank 0, the others only their ranks (distributed/nodes.py). The ranks
     # meet at master_addr:master_port (torch.distributed's TCP rendezvous).
+    # disaggregated prefill/decode: the KV connector and this engine's role in it
+    # (kv_transfer/config.py); None: none
+    kv_transfer: Any = None
     nnodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
@@ -186,7 +189,7 @@ class EngineConfig:
         sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
         own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config",
                       "tensor_parallel_size", "pipeline_parallel_size", "quantization",
-                      "quantized_activations", *NODE_FIELDS}
+                      "quantized_activations", "kv_transfer_config", *NODE_FIELDS}
         unknown = set(kwargs) - cache_fields - sched_fields - own_fields
         if unknown:
             known = sorted(cache_fields | sched_fields | own_fields)
@@ -203,6 +206,7 @@ class EngineConfig:
             speculative=_speculative(kwargs.get("speculative_config")),
             tensor_parallel_size=kwargs.get("tensor_parallel_size", 1),
             pipeline_parallel_size=kwargs.get("pipeline_parallel_size", 1),
+            kv_transfer=_kv_transfer(kwargs.get("kv_transfer_config")),
             quantization=kwargs.get("quantization") or "auto",
             quantized_activations=kwargs.get("quantized_activations") or "int8",
             **{name: kwargs[name] for name in NODE_FIELDS if kwargs.get(name) is not None},
@@ -252,6 +256,9 @@ class EngineConfig:
             raise ConfigError("speculative decoding does not combine with "
                               "pipeline_parallel_size > 1 yet: a step's drafts need the "
                               "previous step's token, which is still in the pipeline")
+        if self.kv_transfer is not None and self.world_size > 1:
+            raise ConfigError("kv_transfer_config works with one process for now: "
+                              "tensor_parallel_size and pipeline_parallel_size must be 1")
         self._validate_nodes()
 
     def _validate_nodes(self) -> None:
@@ -267,6 +274,14 @@ class EngineConfig:
         port = self.master_port
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ConfigError(f"master_port must be a TCP port number; got {port!r}")
+
+
+def _kv_transfer(options: Any) -> Any:
+    if options is None:
+        return None
+    from kvscope.kv_transfer.config import KVTransferConfig  # it imports ConfigError
+
+    return KVTransferConfig.from_dict(options)
 
 
 def _speculative(options: Any) -> SpeculativeConfig | None:

@@ -355,11 +355,30 @@ class Snapshot(Event):
     counters: dict[str, int]
 
 
+@dataclass(slots=True, kw_only=True)
+class KVTransferred(Event):
+    """Disaggregated prefill/decode (kv_transfer/): a request's K/V saved by a producer
+    ("save": to shared storage), taken from it by a consumer ("send"), loaded by a
+    consumer ("load"; ok False: the load failed and the prompt is computed here), or
+    released by a producer ("release": its held blocks freed; reason "taken" or
+    "timeout")."""
+
+    kind: ClassVar[str] = "kv_transferred"
+    request_id: str
+    direction: str
+    num_tokens: int
+    num_bytes: int
+    seconds: float
+    ok: bool = True
+    reason: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
     EngineStarted, RequestArrived, RequestScheduled, RequestFinished, RequestAborted,
     StepBegin, StepEnd, BlocksAllocated, BlocksShared, BlocksFreed, BlocksCached,
     CacheReset, CopyOnWrite, SequenceForked, BeamStepped, PrefixCacheLookup, Preempted,
-    SwappedOut, SwappedIn, TokenEmitted, Snapshot, BlocksTrimmed, DraftsVerified)}
+    SwappedOut, SwappedIn, TokenEmitted, Snapshot, BlocksTrimmed, DraftsVerified,
+    KVTransferred)}
 
 
 # -- sinks --------------------------------------------------------------------------------

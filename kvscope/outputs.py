@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -55,3 +56,5 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(0.0))
     prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs
+    # a producer's answer for a consumer (disaggregated prefill/decode), once finished
+    kv_transfer_params: dict[str, Any] | None = None

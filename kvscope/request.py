@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvscope.sampling_params import SamplingParams
 
@@ -67,9 +68,20 @@ class Request:
     spec_token_ids: list[int] = field(default_factory=list)
     num_draft_tokens: int = 0  # speculative decoding: drafts verified for it
     num_accepted_tokens: int = 0  # ... and accepted
+    # disaggregated prefill/decode (kv_transfer/): what the caller sent (a producer's
+    # {"do_remote_decode": true}, or a consumer's where-to-find-the-K/V), and what this
+    # engine answers when the request finishes (for the caller to hand to a consumer)
+    kv_transfer_params: dict[str, Any] | None = None
+    kv_transfer_result: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.all_token_ids = [*self.prompt_token_ids, *self.output_token_ids]
+
+    @property
+    def awaits_remote_kv(self) -> bool:
+        """A consumer's request whose prompt K/V a producer computed, not yet loaded."""
+        params = self.kv_transfer_params
+        return bool(params and params.get("do_remote_prefill")) and not self.output_token_ids
 
     @property
     def num_prompt_tokens(self) -> int:

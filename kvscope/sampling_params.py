@@ -60,6 +60,9 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
     prompt_logprobs: int | None = None
+    # disaggregated prefill/decode: {"do_remote_decode": true} asks a producer to keep the
+    # prompt's K/V for a consumer; a consumer gets what the producer answered
+    kv_transfer_params: dict[str, Any] | None = None
     _stop_strings: list[str] = field(default_factory=list, repr=False)
     # bad_words as token sequences, filled by the engine (it has the tokenizer)
     _bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)

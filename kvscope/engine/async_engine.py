@@ -41,6 +41,7 @@ class EngineDeadError(RuntimeError):
 
 
 Prompt = str | Sequence[int]
+TRANSFER_POLL_S = 0.02  # how often an idle producer looks for K/V its consumers took
 
 
 @dataclass(slots=True)
@@ -232,6 +233,11 @@ class AsyncEngine:
                 if self.engine.has_unfinished_requests():
                     outputs = self.engine.step()
                     self._publish(outputs)
+                elif self.engine.kv_transfer_pending():  # free blocks a consumer takes
+                    self._wake.wait(TRANSFER_POLL_S)
+                    self._wake.clear()
+                    self.engine.release_transferred()
+                    self._refresh_stats()
                 else:
                     self._wake.wait()
                     self._wake.clear()

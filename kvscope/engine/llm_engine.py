@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from kvscope.events import (
 from kvscope.executor.factory import make_executor
 from kvscope.kv.fragmentation import Fragmentation, measure
 from kvscope.kv.kv_manager import KVCacheManager
+from kvscope.kv_transfer import make_connector
+from kvscope.kv_transfer.base import KVConnector
 from kvscope.model.loader import LoadedModel, load_model
 from kvscope.outputs import RequestMetrics, RequestOutput
 from kvscope.request import Request, RequestError, RequestStatus
@@ -101,6 +104,8 @@ class LLMEngine:
         self.executor, self.runner = make_executor(
             config, self.loaded, self.num_blocks, self.max_model_len, num_swap_blocks,
             load_progress)  # the runner: this process's, at tp=1
+        self.connector = self._connector()  # disaggregated prefill/decode, or None
+        self._held: dict[str, Request] = {}  # finished, blocks kept for a consumer
         self.eos_token_ids = eos_ids(arch.eos_token_ids, self.tokenizer)
         self.sampler = Sampler(config.seed, self.eos_token_ids)
         self.beams = BeamSearches(self.kv, self.scheduler, self.events, self.eos_token_ids,
@@ -116,14 +121,82 @@ class LLMEngine:
         self._step_time = 0.0  # monotonic time of the current step's update
         self.num_generated_tokens = 0
         self.num_computed_tokens = 0  # every token the model processed, recomputes included
+        self.num_computed_prompt_tokens = 0  # of those, prompt tokens (a consumer's: none)
         self.last_fragmentation = Fragmentation()  # after the latest step
         self.run_fragmentation = Fragmentation()  # summed over steps (slot-steps)
         if self.events.enabled:
             self.events.emit(self.describe())
 
     def shutdown(self) -> None:
-        """Stop the executor's worker processes (tensor parallelism); idempotent."""
+        """Stop the executor's worker processes (tensor parallelism) and the KV
+        connector's server; idempotent."""
         self.executor.shutdown()
+        if self.connector is not None:
+            self.connector.shutdown()
+
+    # -- disaggregated prefill/decode ---------------------------------------------------
+
+    def _connector(self) -> KVConnector | None:
+        if self.config.kv_transfer is None:
+            return None
+        assert self.runner is not None  # the config allows one process only
+        connector = make_connector(self.config.kv_transfer, uuid.uuid4().hex[:12], self.events)
+        connector.register_kv_caches(self.runner.kv_pool)
+        self.scheduler.hold_blocks = self._hold_for_transfer
+        return connector
+
+    def _hold_for_transfer(self, request: Request) -> bool:
+        """A finished request: let the connector save (or hold) its K/V for a consumer."""
+        assert self.connector is not None
+        if request.status == RequestStatus.FINISHED_ABORTED:
+            return False
+        hold, result = self.connector.request_finished(
+            request, self.kv.block_ids(request.request_id))
+        request.kv_transfer_result = result
+        if hold:
+            self._held[request.request_id] = request
+        return hold
+
+    def kv_transfer_pending(self) -> bool:
+        """Whether blocks wait for a consumer (the server then keeps calling
+        `release_transferred` while idle)."""
+        return self.connector is not None and self.connector.has_held
+
+    def release_transferred(self) -> None:
+        """Free the blocks of held requests that a consumer took or nobody took in time."""
+        if self.connector is not None:
+            for request_id in self.connector.get_finished():
+                self.kv.free(self._held.pop(request_id))
+
+    def _admit_remote_prefills(self) -> list[RequestOutput]:
+        """Load the K/V of waiting requests whose prompts a producer computed, in queue
+        order while the pool has room; each starts with the producer's first token."""
+        assert self.connector is not None
+        outputs = []
+        for request in [r for r in self.scheduler.waiting if r.awaits_remote_kv]:
+            first = (request.kv_transfer_params or {}).get("first_token_id")
+            if not isinstance(first, int) or not 0 <= first < self.loaded.arch.vocab_size:
+                self.connector._failed(request, f"first_token_id {first!r} is not a token id")
+                continue
+            if self.connector.get_num_new_matched_tokens(request, 0) == 0:
+                continue  # refused (another prompt): an ordinary request now
+            outcome = self.scheduler.admit_remote(request, self.connector.start_load_kv)
+            if outcome == "no_room":
+                break
+            if outcome == "admitted":
+                outputs.append(self._first_token(request, first))
+        return outputs
+
+    def _first_token(self, request: Request, token: int) -> RequestOutput:
+        """The producer's sampled token, as if this engine had sampled it."""
+        self._step_time = time.monotonic()
+        tracked = self._tracked[request.request_id]
+        request.append_output_token(token)
+        status = self._on_token(NewTokens(request, [token], [None], [None]), 0)
+        if status is not None:
+            self.scheduler.finish(request, status)
+            self._finished(request)
+        return self._output(tracked)
 
     # -- speculative decoding -----------------------------------------------------
 
@@ -165,7 +238,12 @@ class LLMEngine:
         check_request_fields(len(ids), self.max_model_len, priority, cache_salt)
         request = Request(request_id, ids, params, prompt=text,
                           arrival_time=time.monotonic() if arrival_time is None
-                          else arrival_time, priority=priority, cache_salt=cache_salt)
+                          else arrival_time, priority=priority, cache_salt=cache_salt,
+                          kv_transfer_params=params.kv_transfer_params)
+        if request.kv_transfer_params is not None and (
+                self.connector is None or params.num_sequences > 1):
+            raise RequestError("kv_transfer_params need a server started with "
+                               "--kv-transfer-config, and a single sequence (n = 1)")
         tracked = self._track(request)
         if params.prompt_logprobs is not None:
             tracked.prompt_logprobs = [None]  # the first token has nothing before it
@@ -270,9 +348,18 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns outputs of the requests that made progress.
         With pipeline stages a step may only start a batch (the outputs come when the
-        pipeline hands its oldest batch back, up to `pipeline_parallel_size` later)."""
+        pipeline hands its oldest batch back, up to `pipeline_parallel_size` later).
+        With a KV connector, blocks a consumer took are freed and waiting requests
+        whose prompts a producer computed are loaded first."""
+        if self.connector is not None:
+            self.release_transferred()
+            loaded = self._admit_remote_prefills()
+            return loaded + self._step()
         if self.config.pipeline_parallel_size > 1:
             return self._pipelined_step()
+        return self._step()
+
+    def _step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
         sched = self._schedule()
         t1 = time.perf_counter()
@@ -385,16 +472,22 @@ class LLMEngine:
         self.num_computed_tokens += sched.num_tokens
         self._step_time = time.monotonic()
         tracked = [self._tracked[new.request.request_id] for new in new_tokens]
+        self.num_computed_prompt_tokens += sum(
+            max(0, min(s.start + s.num_known_tokens, s.request.num_prompt_tokens) - s.start)
+            for s in sched.scheduled)
         for request in self.scheduler.update_from_output(sched, new_tokens, self._on_token):
-            self._forget(request.request_id)
-            self._tracked.pop(request.request_id)
-            if self.events.enabled:
-                self.events.emit(RequestFinished(request_id=request.request_id,
-                                                 reason=request.status.value,
-                                                 num_output_tokens=request.num_output_tokens))
+            self._finished(request)
         outputs = [self._output(t) for t in tracked if t.group is None]
         groups = dict.fromkeys(t.group for t in tracked if t.group is not None)
         return outputs + [group.output() for group in groups]  # one per group
+
+    def _finished(self, request: Request) -> None:
+        self._forget(request.request_id)
+        self._tracked.pop(request.request_id)
+        if self.events.enabled:
+            self.events.emit(RequestFinished(request_id=request.request_id,
+                                             reason=request.status.value,
+                                             num_output_tokens=request.num_output_tokens))
 
     def _on_token(self, new: NewTokens, index: int) -> RequestStatus | None:
         """Record one new token of a sequence (logprobs, text, events); whether it
@@ -426,7 +519,7 @@ class LLMEngine:
                                  request.num_accepted_tokens)
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              [tracked.completion()], request.is_finished, metrics,
-                             tracked.prompt_logprobs)
+                             tracked.prompt_logprobs, request.kv_transfer_result)
 
     def _record_prompt_logprobs(self, chunks: list[PromptLogits]) -> None:
         """Extend each request's prompt logprobs with this step's chunk. Rows already
@@ -453,6 +546,8 @@ class LLMEngine:
         stats = reports.core_stats(self)
         if self.speculator is not None:
             stats.update(self.speculator.stats.as_dict())
+        if self.connector is not None:
+            stats.update(self.connector.stats.as_dict())
         return stats
 
     # -- events -------------------------------------------------------------------

@@ -45,6 +45,7 @@ def core_stats(engine: LLMEngine) -> dict[str, Any]:
         "contiguous_own_waste": engine.run_fragmentation.contiguous_own_waste,
         "num_generated_tokens": engine.num_generated_tokens,
         "num_computed_tokens": engine.num_computed_tokens,
+        "num_computed_prompt_tokens": engine.num_computed_prompt_tokens,
     }
 
 

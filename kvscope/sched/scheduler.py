@@ -156,6 +156,9 @@ class Scheduler:
         self.running: list[Request] = []  # policy order: the last one is the next victim
         self.in_flight: set[str] = set()  # ids in steps the pipeline has not finished
         self.micro_batches = 1  # pipeline stages: batches in flight at once (see above)
+        # disaggregated prefill/decode: asked when a request finishes whether its blocks
+        # must stay until a consumer took its K/V (the engine frees them then)
+        self.hold_blocks: Callable[[Request], bool] | None = None
         self._batch_cap = 0  # requests the step being scheduled may take
         self._arrivals = itertools.count()
         self.num_steps = 0
@@ -182,7 +185,8 @@ class Scheduler:
             if request in queue:
                 queue.remove(request)
                 break
-        self.kv.free(request)
+        if self.hold_blocks is None or not self.hold_blocks(request):
+            self.kv.free(request)
         self.kv.drop_swapped(request)
 
     def fork(self, parent: Request, child_id: str, params: SamplingParams) -> Request:
@@ -292,6 +296,8 @@ class Scheduler:
 
     def _schedule_waiting(self, out: Schedule, budget: int) -> int:
         while self.waiting and budget > 0 and self._has_room(out):
+            if self.waiting[0].awaits_remote_kv:  # admitted by admit_remote, with room
+                break
             if len(self.running) < self.config.max_num_seqs and \
                     self._admit(self.waiting[0], out, budget):
                 budget -= out.scheduled[-1].num_tokens
@@ -304,6 +310,34 @@ class Scheduler:
                 break
             self._preempt(idle[-1], out)
         return budget
+
+    def admit_remote(self, request: Request,
+                     load: Callable[[Request, list[int], int], bool]) -> str:
+        """Admit a waiting request whose prompt K/V another engine computed: give it
+        blocks for the whole prompt and its first output token (after its cached
+        prefix), and `load(request, block ids, first position)` the rest of the prompt
+        into them. "admitted" (its prompt counts as computed), "no_room" (it waits), or
+        "failed" (the blocks are given back; it is now an ordinary request)."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return "no_room"
+        hits = self.kv.find_cached_prefix(request)
+        hit_tokens = len(hits) * self.kv.block_size
+        if not self.kv.allocate_slots(request, request.num_prompt_tokens - hit_tokens + 1, hits):
+            return "no_room"
+        if not load(request, self.kv.block_ids(request.request_id), hit_tokens):
+            self.kv.free(request)
+            return "failed"
+        self.kv.record_lookup(request, hits)
+        request.num_computed_tokens = request.num_prompt_tokens
+        self.kv.cache_full_blocks(request, request.num_prompt_tokens)
+        self.waiting.remove(request)
+        request.status = RequestStatus.RUNNING
+        request.first_scheduled_time = time.monotonic()
+        self._insert(self.running, request)
+        if self.events.enabled:
+            self.events.emit(RequestScheduled(request_id=request.request_id, resumed=False,
+                                              num_computed_tokens=request.num_computed_tokens))
+        return "admitted"
 
     def _admit(self, request: Request, out: Schedule, budget: int) -> bool:
         """Start a waiting request from its cached prefix, if the pool has room."""

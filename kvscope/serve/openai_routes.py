@@ -90,7 +90,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     return JSONResponse({"id": call.id, "object": "text_completion", "created": call.created,
                          "model": model, "system_fingerprint": state.system_fingerprint,
                          "choices": choices,
-                         "usage": usage(call.num_prompt_tokens, _generated(outputs))})
+                         "usage": usage(call.num_prompt_tokens, _generated(outputs)),
+                         **_kv_transfer(outputs)})
 
 
 def _choice_logprobs(state: ServerState, call: Call, body: CompletionRequest, prompt_index: int,
@@ -150,11 +151,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     return JSONResponse({"id": call.id, "object": "chat.completion", "created": call.created,
                          "model": model, "system_fingerprint": state.system_fingerprint,
                          "choices": choices,
-                         "usage": usage(call.num_prompt_tokens, _generated(outputs)), **extra})
+                         "usage": usage(call.num_prompt_tokens, _generated(outputs)),
+                         **extra, **_kv_transfer(outputs)})
+
+
+def _kv_transfer(outputs: dict[str, RequestOutput]) -> dict[str, Any]:
+    """A producer's answer for the decode server (the call has one prompt)."""
+    params = next((o.kv_transfer_params for o in outputs.values() if o.kv_transfer_params),
+                  None)
+    return {} if params is None else {"kv_transfer_params": params}
 
 
 async def _start(state: ServerState, call: Call, body: CompletionRequest | ChatCompletionRequest,
                  params_for: Callable[[list[int]], Any]) -> RequestStream:
+    if body.kv_transfer_params is not None and (len(call.prompts) > 1 or body.n > 1):
+        raise APIError(400, "kv_transfer_params apply to a call with one prompt and n = 1",
+                       param="kv_transfer_params")
     requests = []
     for i, ids in enumerate(call.prompts):
         request_id = f"{call.id}-{i}"

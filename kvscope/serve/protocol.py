@@ -105,6 +105,9 @@ class _SamplingFields(StrictModel):
     skip_special_tokens: StrictBool = True
     priority: I64 = 0  # with --scheduling-policy priority, lower runs first
     cache_salt: str | None = Field(default=None, max_length=256)
+    # disaggregated prefill/decode (a server with --kv-transfer-config): a prefill
+    # server's {"do_remote_decode": true}, or what it answered, for the decode server
+    kv_transfer_params: dict[str, Any] | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=100)] = 1.0
     allowed_token_ids: list[TokenId] | None = None
     bad_words: list[str] | None = None
@@ -141,7 +144,8 @@ class _SamplingFields(StrictModel):
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty, logit_bias=self.token_bias(),
             allowed_token_ids=self.allowed_token_ids, bad_words=self.bad_words,
-            prompt_logprobs=self.engine_prompt_logprobs)
+            prompt_logprobs=self.engine_prompt_logprobs,
+            kv_transfer_params=self.kv_transfer_params)
 
     @property
     def engine_prompt_logprobs(self) -> int | None:
