@@ -231,6 +231,43 @@ def _router_parser(sub: argparse._SubParsersAction) -> None:
     router.set_defaults(func=cmd_router)
 
 
+def cmd_pd_proxy(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from kvscope.serve.router.pd_proxy import build_pd_proxy_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = build_pd_proxy_app(args.prefill, args.decode, args.api_key, args.worker_api_key,
+                             args.health_interval, read_timeout_s=args.read_timeout)
+    logging.getLogger("kvscope.pd_proxy").info(
+        "prefill on %s, decode on %s, at http://%s:%d/v1", ", ".join(args.prefill),
+        ", ".join(args.decode), args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _pd_proxy_parser(sub: argparse._SubParsersAction) -> None:
+    proxy = sub.add_parser("pd-proxy", help="disaggregated prefill/decode: each request "
+                                            "prefilled on one server, decoded on another")
+    proxy.add_argument("--prefill", action="append", required=True, metavar="URL",
+                       help="a prefill server (--kv-transfer-config with kv_role "
+                            "kv_producer), e.g. http://127.0.0.1:8001 (repeatable)")
+    proxy.add_argument("--decode", action="append", required=True, metavar="URL",
+                       help="a decode server (kv_role kv_consumer) (repeatable)")
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=8080)
+    proxy.add_argument("--api-key", default=os.environ.get("KVSCOPE_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on every route but /health")
+    proxy.add_argument("--worker-api-key", default=os.environ.get("KVSCOPE_WORKER_API_KEY"),
+                       help="the key the servers want (default: $KVSCOPE_WORKER_API_KEY)")
+    proxy.add_argument("--health-interval", type=float, default=2.0)
+    proxy.add_argument("--read-timeout", type=float, default=600.0,
+                       help="seconds a server may stay silent before the request fails")
+    proxy.set_defaults(func=cmd_pd_proxy)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from kvscope.perfetto import export_chrome_trace
 
@@ -322,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _router_parser(sub)
+    _pd_proxy_parser(sub)
     gen = sub.add_parser("generate", help="complete prompts offline and print throughput")
     _engine_args(gen)
     gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")

@@ -90,7 +90,7 @@ def _state(request: Request) -> RouterState:
 def _routed(path: str) -> Any:
     async def route(request: Request) -> Response:
         state = _state(request)
-        body = await _json_object(request)
+        body = await json_object(request)
         key = prompt_key(body)
         tried: set[str] = set()
         while True:
@@ -112,7 +112,7 @@ def _routed(path: str) -> Any:
     return route
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def json_object(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError as exc:
