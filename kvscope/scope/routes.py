@@ -14,6 +14,9 @@ run to replay, and the lesson endpoints that run a small real engine.
     POST /scope/api/lab/routing   a shared-prefix workload over 2-4 replica engines, routed
                                   by the router's round_robin and cache_aware policies:
                                   where each request went and each replica's cache hits
+    POST /scope/api/lab/disaggregation  one request prefilled on one lab engine and
+                                  decoded on another, its K/V moved by a KV connector:
+                                  both engines' events, and a single engine's tokens
     POST /scope/api/lab/attention one query's block-wise attention, with real Q, K, V
     POST /scope/api/inside/NAME   a lesson on the model's insides (scope/inside/lessons.py:
                                   tokens, embeddings, attention, rope, block, sampling,
@@ -40,6 +43,7 @@ from starlette.routing import Match, Mount, Router
 from starlette.types import Scope
 
 from kvscope.engine.async_engine import AsyncEngine
+from kvscope.scope.disagg_lab import DisaggLabRequest, disaggregation_lesson
 from kvscope.scope.inside.lessons import INSIDE_LESSONS, Lesson
 from kvscope.scope.inside.roofline import machine_roofline
 from kvscope.scope.kv_sizes import kv_sizes
@@ -87,6 +91,7 @@ def install_scope(app: FastAPI, engine: AsyncEngine, model_name: str,
     router.add_api_route("/parallel-math", _parallel_math, methods=["GET"])
     router.add_api_route("/lab/run", _lab_run, methods=["POST"])
     router.add_api_route("/lab/routing", _lab_routing, methods=["POST"])
+    router.add_api_route("/lab/disaggregation", _lab_disaggregation, methods=["POST"])
     router.add_api_route("/lab/attention", _lab_attention, methods=["POST"])
     for name, (body_type, lesson) in INSIDE_LESSONS.items():
         router.add_api_route(f"/inside/{name}", _inside_route(body_type, lesson),
@@ -164,6 +169,13 @@ async def _lab_routing(body: RoutingLabRequest, request: Request) -> dict[str, A
     async with state.lab_gate.enter():
         return await _in_lab_thread(state, routing_lesson, state.engine.engine.loaded, body,
                                     _lab_budget(state))
+
+
+async def _lab_disaggregation(body: DisaggLabRequest, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    async with state.lab_gate.enter():
+        return await _in_lab_thread(state, disaggregation_lesson, state.engine.engine.loaded,
+                                    body, _lab_budget(state))
 
 
 def _lab_budget(state: ScopeState) -> LabBudget:
