@@ -50,6 +50,10 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=1,
                         help="shard the model over this many worker processes (torch."
                              "distributed, gloo on CPU); 1: run it in this process")
+    parser.add_argument("--distributed-executor-backend", choices=["mp", "ray"], default="mp",
+                        help="how the tp × pp worker processes start: mp (subprocesses) or "
+                             "ray (actors in a Ray placement group; pip install "
+                             "'kvscope[ray]'; joins $RAY_ADDRESS or starts a local Ray)")
     parser.add_argument("-pp", "--pipeline-parallel-size", type=int, default=1,
                         help="split the layers into this many stages, each on its own "
                              "worker processes, with up to that many steps in flight")
@@ -102,6 +106,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         "preemption_mode": args.preemption_mode, "policy": args.policy,
         "tensor_parallel_size": args.tensor_parallel_size,
         "pipeline_parallel_size": args.pipeline_parallel_size,
+        "distributed_executor_backend": args.distributed_executor_backend,
         "nnodes": args.nnodes, "node_rank": args.node_rank,
         "master_addr": args.master_addr, "master_port": args.master_port,
         "quantization": args.quantization,

@@ -161,6 +161,9 @@ class EngineConfig:
     # >1: the layers are split into that many stages, each on its own worker processes
     # (tensor_parallel_size of them), with up to that many steps in flight at once
     pipeline_parallel_size: int = 1
+    # how the worker processes start: "mp" (subprocesses, on this machine and the
+    # nodes of `nnodes`) or "ray" (actors in a Ray placement group; kvscope[ray])
+    distributed_executor_backend: str = "mp"
     # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized, "none"
     # dequantizes them at load, "int8"/"int4" quantize every linear from float at load
     # (model/quant.py)
@@ -189,7 +192,8 @@ class EngineConfig:
         sched_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
         own_fields = {"model", "dtype", "max_model_len", "seed", "speculative_config",
                       "tensor_parallel_size", "pipeline_parallel_size", "quantization",
-                      "quantized_activations", "kv_transfer_config", *NODE_FIELDS}
+                      "quantized_activations", "kv_transfer_config",
+                      "distributed_executor_backend", *NODE_FIELDS}
         unknown = set(kwargs) - cache_fields - sched_fields - own_fields
         if unknown:
             known = sorted(cache_fields | sched_fields | own_fields)
@@ -207,6 +211,7 @@ class EngineConfig:
             tensor_parallel_size=kwargs.get("tensor_parallel_size", 1),
             pipeline_parallel_size=kwargs.get("pipeline_parallel_size", 1),
             kv_transfer=_kv_transfer(kwargs.get("kv_transfer_config")),
+            distributed_executor_backend=kwargs.get("distributed_executor_backend") or "mp",
             quantization=kwargs.get("quantization") or "auto",
             quantized_activations=kwargs.get("quantized_activations") or "int8",
             **{name: kwargs[name] for name in NODE_FIELDS if kwargs.get(name) is not None},
@@ -256,10 +261,27 @@ class EngineConfig:
             raise ConfigError("speculative decoding does not combine with "
                               "pipeline_parallel_size > 1 yet: a step's drafts need the "
                               "previous step's token, which is still in the pipeline")
+        self._validate_backend()
         if self.kv_transfer is not None and self.world_size > 1:
             raise ConfigError("kv_transfer_config works with one process for now: "
                               "tensor_parallel_size and pipeline_parallel_size must be 1")
         self._validate_nodes()
+
+    def _validate_backend(self) -> None:
+        backend = self.distributed_executor_backend
+        if backend not in ("mp", "ray"):
+            raise ConfigError(f"distributed_executor_backend must be mp or ray; got {backend!r}")
+        if backend == "ray" and self.world_size == 1:
+            raise ConfigError("distributed_executor_backend 'ray' starts the workers of "
+                              "tensor_parallel_size × pipeline_parallel_size > 1")
+        if backend == "ray" and self.nnodes > 1:
+            raise ConfigError("with distributed_executor_backend 'ray', Ray places the "
+                              "ranks on its cluster's nodes: leave nnodes at 1")
+        if backend == "ray":
+            from kvscope.executor.ray_executor import ray_missing
+
+            if (missing := ray_missing()) is not None:
+                raise ConfigError(missing)
 
     def _validate_nodes(self) -> None:
         nnodes, rank = self.nnodes, self.node_rank

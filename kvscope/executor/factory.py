@@ -46,6 +46,10 @@ def make_executor(config: EngineConfig, loaded: LoadedModel, num_blocks: int,
                           threads=max(1, torch.get_num_threads() // local_ranks),
                           weights_file=None if weights is None else str(weights), arch=arch,
                           nnodes=config.nnodes, pp=pp)
+        if config.distributed_executor_backend == "ray":
+            from kvscope.executor.ray_executor import RayExecutor
+
+            return RayExecutor(spec, progress), None
         return MultiprocExecutor(spec, progress), None
     finally:
         if weights is not None:

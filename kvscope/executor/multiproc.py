@@ -47,17 +47,12 @@ class MultiprocExecutor:
         self._last_stats: tuple[int, float] = (0, 0.0)
         self._last_stage_times: list[tuple] = []
         start = time.perf_counter()
-        # workers are fresh interpreters (`python -m kvscope.worker`), so nothing of this
-        # process (its threads, its __main__) is copied into them
         authkey = secrets.token_bytes(16)
-        listener = Listener(("127.0.0.1", 0), authkey=authkey)
-        env = {**os.environ, AUTHKEY_ENV: authkey.hex()}
+        listener = Listener((self.listen_host(), 0), authkey=authkey)
         host, port = listener.address
-        self.workers = [subprocess.Popen(
-            [sys.executable, "-m", "kvscope.worker", "--rank", str(rank),
-             "--address", f"{host}:{port}"], env=env, stdin=subprocess.DEVNULL)
-            for rank in range(spec.world_size // spec.nnodes)]  # the other nodes start theirs
+        self.workers: list[Any] = []
         try:
+            self.workers = self.start_workers(f"{host}:{port}", authkey)
             self._conn = self._connect(listener)
             self.ranks: list[dict[str, Any]] = self._receive(STARTUP_TIMEOUT_S, "start")
         except ExecutorError:
@@ -75,6 +70,20 @@ class MultiprocExecutor:
             if progress:
                 print(message, file=sys.stderr, flush=True)
             logger.info(message)
+
+    def listen_host(self) -> str:
+        """Where the workers reach the engine."""
+        return "127.0.0.1"
+
+    def start_workers(self, address: str, authkey: bytes) -> list[Any]:
+        """This node's ranks as processes (`python -m kvscope.worker`, fresh
+        interpreters: nothing of this process, its threads or its __main__, is copied
+        into them); the other nodes start theirs (distributed/nodes.py)."""
+        env = {**os.environ, AUTHKEY_ENV: authkey.hex()}
+        return [subprocess.Popen(
+            [sys.executable, "-m", "kvscope.worker", "--rank", str(rank), "--address", address],
+            env=env, stdin=subprocess.DEVNULL)
+            for rank in range(self.spec.world_size // self.spec.nnodes)]
 
     def _connect(self, listener: Listener) -> Connection:
         """Accept every worker's connection, send each its spec; keep rank 0's."""

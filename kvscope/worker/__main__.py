@@ -33,13 +33,19 @@ def main() -> None:
     if args.join is not None:
         worker_main(args.rank, _joining_spec(args), None)
         return
-    host, port = args.address.rsplit(":", 1)
-    conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop(AUTHKEY_ENV)))
-    conn.send_bytes(pickle.dumps(args.rank))
+    run_connected(args.rank, args.address, bytes.fromhex(os.environ.pop(AUTHKEY_ENV)))
+
+
+def run_connected(rank: int, address: str, authkey: bytes) -> None:
+    """Connect back to the engine at HOST:PORT, say the rank, take the spec, run (a
+    Ray worker actor runs this too)."""
+    host, port = address.rsplit(":", 1)
+    conn = Client((host, int(port)), authkey=authkey)
+    conn.send_bytes(pickle.dumps(rank))
     spec = pickle.loads(conn.recv_bytes())
-    if args.rank != 0:  # only rank 0 talks to the engine; the rest follow it
+    if rank != 0:  # only rank 0 talks to the engine; the rest follow it
         conn.close()
-    worker_main(args.rank, spec, conn if args.rank == 0 else None)
+    worker_main(rank, spec, conn if rank == 0 else None)
 
 
 def _joining_spec(args: argparse.Namespace) -> WorkerSpec:
