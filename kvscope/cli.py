@@ -11,8 +11,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 EXAMPLE_PROMPTS = [
     "What is a KV cache, in one sentence?",
@@ -24,7 +25,23 @@ EXAMPLE_PROMPTS = [
 ]
 
 
+def node_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    """--nnodes, --node-rank, --master-addr and --master-port from the environment:
+    NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT, or what torchrun sets for each
+    process it starts (env:// rendezvous: `torchrun --nnodes N --nproc-per-node 1
+    --node-rank R --master-addr A --master-port P -m kvscope.cli serve -tp T`: one
+    kvscope serve per node, WORLD_SIZE / LOCAL_WORLD_SIZE nodes, GROUP_RANK this one)."""
+    nnodes = environ.get("NNODES")
+    if nnodes is None and "WORLD_SIZE" in environ:
+        nnodes = str(int(environ["WORLD_SIZE"]) // int(environ.get("LOCAL_WORLD_SIZE", "1")))
+    return {"nnodes": int(nnodes or 1),
+            "node_rank": int(environ.get("NODE_RANK") or environ.get("GROUP_RANK") or 0),
+            "master_addr": environ.get("MASTER_ADDR", "127.0.0.1"),
+            "master_port": int(environ.get("MASTER_PORT", 29500))}
+
+
 def _engine_args(parser: argparse.ArgumentParser) -> None:
+    nodes = node_defaults(os.environ)
     parser.add_argument("--model", default=None,
                         help="HF model directory or .gguf file (default: bundled SmolLM2-135M)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -57,16 +74,16 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-pp", "--pipeline-parallel-size", type=int, default=1,
                         help="split the layers into this many stages, each on its own "
                              "worker processes, with up to that many steps in flight")
-    parser.add_argument("--nnodes", type=int, default=int(os.environ.get("NNODES", 1)),
+    parser.add_argument("--nnodes", type=int, default=nodes["nnodes"],
                         help="machines the tensor-parallel ranks are spread over (each "
                              "runs tp / nnodes of them)")
-    parser.add_argument("--node-rank", type=int, default=int(os.environ.get("NODE_RANK", 0)),
+    parser.add_argument("--node-rank", type=int, default=nodes["node_rank"],
                         help="this machine's index: 0 runs the engine and the API, the "
                              "others only their ranks")
-    parser.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+    parser.add_argument("--master-addr", default=nodes["master_addr"],
                         help="where the ranks meet (node 0's address)")
     parser.add_argument("--master-port", type=int,
-                        default=int(os.environ.get("MASTER_PORT", 29500)))
+                        default=nodes["master_port"])
     parser.add_argument("--quantization", choices=["auto", "none", "int8", "int4"],
                         default="auto",
                         help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized; "

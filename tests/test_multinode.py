@@ -40,3 +40,16 @@ def test_two_nodes_give_the_output_of_one_process(make_llm, loaded_fp32) -> None
         if node1.poll() is None:
             node1.kill()
             node1.wait(30)
+
+
+def test_node_options_come_from_torchrun_or_plain_environment_variables():
+    from kvscope.cli import node_defaults
+
+    assert node_defaults({}) == {"nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1",
+                                 "master_port": 29500}
+    # what torchrun --nnodes 2 --nproc-per-node 1 sets in the second node's process
+    torchrun = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "1", "RANK": "1",
+                "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}
+    assert node_defaults(torchrun) == {"nnodes": 2, "node_rank": 1,
+                                       "master_addr": "10.0.0.1", "master_port": 29400}
+    assert node_defaults({**torchrun, "NNODES": "3", "NODE_RANK": "2"})["nnodes"] == 3
