@@ -87,3 +87,42 @@ def running_router(worker_urls: list[str], policy: str, **options: Any) -> Itera
     app = build_router_app(worker_urls, policy, **options)
     with serving_in_thread(app) as (_, port):
         yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, what: str = "kvscope serve") -> Iterator[tuple[str, Any]]:
+    """`kvscope serve ARGS` in its own process on a free port, dense fp32 as the tests'
+    in-process servers; yields (its URL, its Popen) once /health answers, and kills it
+    (and so what it started) at the end."""
+    import os
+    import subprocess
+    import sys
+
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvscope.cli", "serve", "--port", str(port), "--dtype",
+         "float32", "--quantization", "none", "--served-model-name", MODEL_NAME, *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while not answers_health(url):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.5)
+    try:
+        yield url, process
+    finally:
+        process.kill()
+        process.wait(30)
+
+
+def answers_health(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

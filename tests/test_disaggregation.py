@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -22,7 +19,13 @@ import httpx
 import pytest
 
 from kvscope.config import ConfigError, EngineConfig
-from tests.server_harness import MODEL_NAME, free_port, running_server, serving_in_thread
+from tests.server_harness import (
+    MODEL_NAME,
+    free_port,
+    running_server,
+    serve_process,
+    serving_in_thread,
+)
 
 KV = 64 * 1024 * 1024
 PROMPTS = [
@@ -128,34 +131,11 @@ def test_through_the_proxy_output_equals_one_engine_and_decode_computes_no_promp
 def prefill_process():
     """A `kvscope serve` prefill server in its own process (ZmqConnector on a known
     port); yields (its URL, its process)."""
-    port, kv_port = free_port(), free_port()
-    config = json.dumps(transfer("ZmqConnector", "kv_producer", kv_port=kv_port))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kvscope.cli", "serve", "--port", str(port), "--dtype",
-         "float32", "--quantization", "none", "--kv-cache-memory", str(KV),
-         "--max-model-len", "1024", "--served-model-name", MODEL_NAME, "--no-scope",
-         "--kv-transfer-config", config],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while not _answers(url):
-        if time.monotonic() > deadline or server.poll() is not None:
-            server.kill()
-            raise RuntimeError("the prefill server did not start")
-        time.sleep(0.5)
-    try:
-        yield url, server
-    finally:
-        server.kill()
-        server.wait(30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    config = json.dumps(transfer("ZmqConnector", "kv_producer", kv_port=free_port()))
+    with serve_process("--kv-cache-memory", str(KV), "--max-model-len", "1024",
+                       "--no-scope", "--kv-transfer-config", config,
+                       what="the prefill server") as served:
+        yield served
 
 
 def test_a_prefill_server_that_dies_leaves_the_decode_server_to_compute(

@@ -9,9 +9,7 @@ Each engine here starts processes (~4 s a pair on 2 cores), so a few serve all c
 
 from __future__ import annotations
 
-import os
-import signal
-import time
+import itertools
 
 import psutil
 import pytest
@@ -21,9 +19,13 @@ from kvscope import LLM, SamplingParams
 from kvscope.config import ConfigError
 from kvscope.distributed.pipeline import stage_layers
 from kvscope.events import ListSink
-from kvscope.executor.base import ExecutorError
 from kvscope.model.loader import load_model
-from tests.test_tensor_parallel import PROMPTS, assert_every_block_free, token_ids
+from tests.test_tensor_parallel import (
+    PROMPTS,
+    assert_every_block_free,
+    kill_rank_and_expect_failure,
+    token_ids,
+)
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
 # 14 blocks of 16 tokens: the five prompts and their 48 tokens (~27 blocks) do not fit
@@ -76,7 +78,7 @@ def test_two_stages_equal_one_process_with_preemption(loaded_fp32, expected, mod
     # two batches overlapped: one's first stage ran while the other's second did
     spans = [(e.stages[0], e.stages[1]) for e in ends]
     assert any(later[0].start < earlier[1].end
-               for earlier, later in zip(spans, spans[1:], strict=False))
+               for earlier, later in itertools.pairwise(spans))
     # a request is never in two batches in flight at once: a batch that has it begins
     # only after the one before that had it has ended
     begun = {e.step: i for i, e in enumerate(sink.events) if e.kind == "step_begin"}
@@ -112,21 +114,7 @@ def test_a_quantized_engine_lends_dense_stages_and_a_stage_that_dies_fails_the_r
     llm = LLM(dtype="float32", loaded=quantized, pipeline_parallel_size=2,
               kv_cache_memory=64 << 20, max_model_len=512)
     assert token_ids(llm.generate(PROMPTS[:2], params)) == dense
-    workers = llm.engine.executor.workers
-    engine = llm.engine
-    engine.add_request("long", PROMPTS[0], SamplingParams(max_tokens=400, ignore_eos=True))
-    engine.step()
-    os.kill(workers[1].pid, signal.SIGKILL)
-    started = time.monotonic()
-    with pytest.raises(ExecutorError, match="rank 1 exited with code -9"):
-        for _ in range(400):
-            engine.step()
-    assert time.monotonic() - started < 30
-    assert all(w.poll() is not None for w in workers)
-    llm.shutdown()
-    alive = [p for p in psutil.Process().children(recursive=True) if p.pid in
-             {w.pid for w in workers} and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    kill_rank_and_expect_failure(llm)
 
 
 def test_bad_pipeline_options_fail_before_starting_anything(loaded_fp32):

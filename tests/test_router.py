@@ -11,15 +11,18 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 
 import httpx
 import pytest
 
-from tests.server_harness import MODEL_NAME, free_port, running_router, running_server
+from tests.server_harness import (
+    MODEL_NAME,
+    running_router,
+    running_server,
+    serve_process,
+)
 
 KV = 64 * 1024 * 1024
 SYSTEMS = [
@@ -183,32 +186,9 @@ def test_bad_body_and_no_worker_up_get_openai_errors(workers) -> None:
 def data_parallel():
     """`kvscope serve --data-parallel-size 2` in its own process (two replica processes
     behind it), dense fp32 like the in-process workers; yields (its URL, its process)."""
-    port = free_port()
-    front = subprocess.Popen(
-        [sys.executable, "-m", "kvscope.cli", "serve", "-dp", "2", "--port", str(port),
-         "--dtype", "float32", "--quantization", "none", "--kv-cache-memory", str(KV),
-         "--max-model-len", "512", "--served-model-name", MODEL_NAME],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while not _answers(url):
-        if time.monotonic() > deadline or front.poll() is not None:
-            front.kill()
-            raise RuntimeError("kvscope serve -dp 2 did not start")
-        time.sleep(0.5)
-    try:
-        yield url, front
-    finally:
-        front.kill()
-        front.wait(30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with serve_process("-dp", "2", "--kv-cache-memory", str(KV), "--max-model-len", "512",
+                       what="kvscope serve -dp 2") as served:
+        yield served
 
 
 def _alive(pid: int) -> bool:

@@ -143,8 +143,16 @@ def test_a_worker_that_dies_fails_the_run_and_leaves_no_process(loaded_fp32):
     llm = LLM(dtype="float32", loaded=loaded_fp32, tensor_parallel_size=2,
               kv_cache_memory=64 << 20, max_model_len=512)
     children = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert {w.pid for w in llm.engine.executor.workers} <= children
+    kill_rank_and_expect_failure(llm)
+    with pytest.raises(ExecutorError, match="not running"):
+        llm.engine.executor.execute(None)
+
+
+def kill_rank_and_expect_failure(llm) -> None:
+    """Kill rank 1 mid-run: the next steps fail at once (naming the rank), every other
+    worker is ended, closing the failed engine works, and no process is left."""
     workers = llm.engine.executor.workers
-    assert {w.pid for w in workers} <= children
     engine = llm.engine
     engine.add_request("long", PROMPTS[0], SamplingParams(max_tokens=400, ignore_eos=True))
     engine.step()
@@ -155,8 +163,6 @@ def test_a_worker_that_dies_fails_the_run_and_leaves_no_process(loaded_fp32):
             engine.step()
     assert time.monotonic() - started < 30
     assert all(w.poll() is not None for w in workers)  # rank 0 was ended too
-    with pytest.raises(ExecutorError, match="not running"):
-        engine.executor.execute(None)
     llm.shutdown()  # closing a failed engine works
     alive = [p for p in psutil.Process().children(recursive=True) if p.pid in
              {w.pid for w in workers} and p.status() != psutil.STATUS_ZOMBIE]
