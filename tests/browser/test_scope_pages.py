@@ -18,10 +18,12 @@ LESSONS = ["tokens", "embeddings", "attention-heads", "rope", "transformer-block
            "sampling", "prefill-decode", "why-kv-cache", "kv-cache", "paged-attention",
            "attention-math", "fragmentation", "prefix-caching", "preemption",
            "parallel-sampling", "beam-search", "speculative-decoding", "tensor-parallelism",
-           "data-parallel", "expert-context-parallelism"]
+           "pipeline-parallelism", "data-parallel", "disaggregation",
+           "expert-context-parallelism"]
 # lessons whose engine run waits for the reader's button (starting their workers, or
 # stepping several replicas, takes seconds)
-RUN_ON_REQUEST = {"tensor-parallelism", "data-parallel"}
+RUN_ON_REQUEST = {"tensor-parallelism", "pipeline-parallelism", "data-parallel",
+                  "disaggregation"}
 
 
 def slider(page):

@@ -43,8 +43,12 @@ export const LESSONS = [
    blurb: 'A cheap proposer drafts k tokens, the target checks them all in one pass, and the KV slots of rejected drafts go back.'},
   {page: 'tensor-parallelism', title: 'Tensor parallelism',
    blurb: 'Each layer split over two ranks: column-parallel and row-parallel weights, one all-reduce per block, the KV cache split by head.'},
+  {page: 'pipeline-parallelism', title: 'Pipeline parallelism',
+   blurb: 'The layers in two stages, two worker processes: when each stage computed each batch, two batches in flight, and the bubble measured from the run.'},
   {page: 'data-parallel', title: 'Data parallelism and routing',
    blurb: 'Replicas each keep their own prefix cache: where round_robin and cache_aware send a shared-prefix workload, and what each replica finds cached.'},
+  {page: 'disaggregation', title: 'Disaggregated prefill/decode',
+   blurb: 'One request prefilled on one engine and decoded on another: the K/V moved between them, measured in bytes and milliseconds, and the same tokens as one engine.'},
   {page: 'expert-context-parallelism', title: 'Expert and context parallelism',
    blurb: 'Computed from published MoE configs, not run: experts spread over ranks with all-to-all, and one long sequence split over ranks with ring attention.'},
 ];
