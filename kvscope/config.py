@@ -255,8 +255,8 @@ class EngineConfig:
             raise ConfigError(f"pipeline_parallel_size must be an integer >= 1; got {pp!r}")
         if self.world_size > 1 and self.quantization in ("int8", "int4"):
             raise ConfigError("quantization int8/int4 does not combine with "
-                              "tensor_parallel_size or pipeline_parallel_size > 1 yet; use "
-                              "quantization='none'")
+                              "tensor_parallel_size > 1 or pipeline_parallel_size > 1 yet; "
+                              "use quantization='none'")
         if pp > 1 and self.speculative is not None:
             raise ConfigError("speculative decoding does not combine with "
                               "pipeline_parallel_size > 1 yet: a step's drafts need the "

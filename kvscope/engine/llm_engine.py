@@ -176,7 +176,7 @@ class LLMEngine:
         for request in [r for r in self.scheduler.waiting if r.awaits_remote_kv]:
             first = (request.kv_transfer_params or {}).get("first_token_id")
             if not isinstance(first, int) or not 0 <= first < self.loaded.arch.vocab_size:
-                self.connector._failed(request, f"first_token_id {first!r} is not a token id")
+                self.connector.refuse(request, f"first_token_id {first!r} is not a token id")
                 continue
             if self.connector.get_num_new_matched_tokens(request, 0) == 0:
                 continue  # refused (another prompt): an ordinary request now

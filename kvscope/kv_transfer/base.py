@@ -103,7 +103,7 @@ class KVConnector:
             return 0
         if params.get("prompt_key") != prompt_key(request.prompt_token_ids) or \
                 params.get("num_tokens") != request.num_prompt_tokens:
-            self._failed(request, "the producer's K/V is for another prompt")
+            self.refuse(request, "the producer's K/V is for another prompt")
             return 0
         return max(0, request.num_prompt_tokens - num_computed_tokens)
 
@@ -196,7 +196,7 @@ class KVConnector:
                                  f"{request.num_prompt_tokens - start} were asked for")
             write_rows(self.pool, block_ids, start, rows)
         except (LoadFailed, ValueError, OSError) as exc:
-            self._failed(request, str(exc))
+            self.refuse(request, str(exc))
             return False
         seconds = time.perf_counter() - began
         num_bytes = rows.numel() * rows.element_size()
@@ -210,7 +210,9 @@ class KVConnector:
         """Rows [start, stop) of the producer's request named in `params`."""
         raise NotImplementedError
 
-    def _failed(self, request: Request, reason: str) -> None:
+    def refuse(self, request: Request, reason: str) -> None:
+        """Give up on the producer's K/V for this request (counted, logged): from now on
+        it is an ordinary request, prefilled here."""
         self.stats.num_load_failures += 1
         logger.warning("request %s: K/V load failed (%s); computing its prompt here",
                        request.request_id, reason)
