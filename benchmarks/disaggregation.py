@@ -67,7 +67,7 @@ import httpx  # noqa: E402
 import throughput as tput  # noqa: E402
 from tensor_parallel import simd_flags  # noqa: E402
 
-from kvscope.bench.client import _chunk_text, _sse_data, request_body, stream_request  # noqa: E402
+from kvscope.bench.client import chunk_text, request_body, sse_data, stream_request  # noqa: E402
 from kvscope.bench.serve_stats import RequestRecord, summarize  # noqa: E402
 from kvscope.bench.workload import BenchRequest, arrival_times  # noqa: E402
 
@@ -181,9 +181,9 @@ def sse_text(raw: bytes) -> str:
     """The text a streamed completion carried, from its raw SSE bytes."""
     text = []
     for line in raw.decode("utf-8", "replace").splitlines():
-        data = _sse_data(line)
+        data = sse_data(line)
         if data and data != "[DONE]":
-            text.append(_chunk_text(json.loads(data)))
+            text.append(chunk_text(json.loads(data)))
     return "".join(text)
 
 

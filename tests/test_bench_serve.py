@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 
-from kvscope.bench.client import _chunk_text, request_body
+from kvscope.bench.client import chunk_text, request_body
 from kvscope.bench.serve_stats import (
     Distribution,
     RequestRecord,
@@ -205,10 +205,10 @@ def test_request_body_and_chunk_text():
     chat = request_body("/v1/chat/completions", "m", request, 0.0, ignore_eos=False)
     assert chat["messages"] == [{"role": "user", "content": "hi"}]
     assert "ignore_eos" not in chat and "prompt" not in chat
-    assert _chunk_text({"choices": [{"text": "a"}]}) == "a"
-    assert _chunk_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]}) == ""
-    assert _chunk_text({"choices": [{"delta": {"content": "b"}}]}) == "b"
-    assert _chunk_text({"choices": [], "usage": {"completion_tokens": 3}}) == ""
+    assert chunk_text({"choices": [{"text": "a"}]}) == "a"
+    assert chunk_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]}) == ""
+    assert chunk_text({"choices": [{"delta": {"content": "b"}}]}) == "b"
+    assert chunk_text({"choices": [], "usage": {"completion_tokens": 3}}) == ""
 
 
 # -- end to end ---------------------------------------------------------------------------

@@ -81,14 +81,14 @@ def request_body(endpoint: str, model: str, request: BenchRequest, temperature: 
     return body
 
 
-def _sse_data(line: str) -> str | None:
+def sse_data(line: str) -> str | None:
     """The payload of an SSE `data:` line; None for blank lines, comments, other fields."""
     if not line.startswith("data:"):
         return None
     return line[len("data:"):].strip()
 
 
-def _chunk_text(chunk: dict[str, Any]) -> str:
+def chunk_text(chunk: dict[str, Any]) -> str:
     """The text a completion or chat chunk carries ("" for role, usage, finish chunks)."""
     choices = chunk.get("choices") or []
     if not choices:
@@ -114,7 +114,7 @@ async def stream_request(client: httpx.AsyncClient, endpoint: str, body: dict[st
                 return record
             async for line in response.aiter_lines():
                 arrived = time.perf_counter() - start
-                data = _sse_data(line)
+                data = sse_data(line)
                 if data is None:
                     continue
                 if data == "[DONE]":
@@ -122,7 +122,7 @@ async def stream_request(client: httpx.AsyncClient, endpoint: str, body: dict[st
                 chunk = json.loads(data)
                 if "error" in chunk:
                     raise RuntimeError(f"error in the stream: {chunk['error']}")
-                if _chunk_text(chunk):
+                if chunk_text(chunk):
                     content_times.append(arrived)
                 if chunk.get("usage"):
                     record.prompt_tokens = chunk["usage"].get("prompt_tokens")
