@@ -15,6 +15,7 @@ DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: ~46k tokens of SmolLM2-135M in bf16
 DEFAULT_SWAP_SPACE = 256 << 20  # bytes; allocated only in swap mode
 PREEMPTION_MODES = ("recompute", "swap")
 POLICIES = ("fcfs", "priority")
+BATCHING = ("continuous", "static")
 QUANTIZATIONS = ("auto", "none", "int8", "int4")
 QUANTIZED_ACTIVATIONS = ("int8", "float")
 
@@ -125,8 +126,14 @@ class SchedulerConfig:
     long_prefill_token_threshold: int = 0  # >0: cap each prefill chunk at this many tokens
     preemption_mode: str = "recompute"  # or "swap": copy the victim's K/V out and back
     policy: str = "fcfs"  # or "priority": lower Request.priority runs first
+    # "static": the batch a real static batcher runs, for comparison (scheduling lessons):
+    # up to max_num_seqs requests form a batch and only once every one of them finished
+    # does the next batch form (sched/scheduler.py)
+    batching: str = "continuous"
 
     def validate(self) -> None:
+        if self.batching not in BATCHING:
+            raise ConfigError(f"batching must be one of {BATCHING}; got {self.batching!r}")
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ConfigError(f"preemption_mode must be one of {PREEMPTION_MODES}; "
                               f"got {self.preemption_mode!r}")

@@ -46,6 +46,8 @@ def core_stats(engine: LLMEngine) -> dict[str, Any]:
         "num_generated_tokens": engine.num_generated_tokens,
         "num_computed_tokens": engine.num_computed_tokens,
         "num_computed_prompt_tokens": engine.num_computed_prompt_tokens,
+        "num_slot_steps": sched.num_slot_steps,  # batching="static" only, as the next
+        "num_idle_slot_steps": sched.num_idle_slot_steps,
     }
 
 

@@ -160,6 +160,10 @@ class Scheduler:
         # must stay until a consumer took its K/V (the engine frees them then)
         self.hold_blocks: Callable[[Request], bool] | None = None
         self._batch_cap = 0  # requests the step being scheduled may take
+        self.static_batch: set[str] = set()  # batching="static": the unfinished batch
+        self.static_batch_size = 0  # its seats, when it formed
+        self.num_slot_steps = 0  # static: seats × steps while a batch runs
+        self.num_idle_slot_steps = 0  # ... of those, seats with nothing to compute
         self._arrivals = itertools.count()
         self.num_steps = 0
         self.num_preemptions = 0
@@ -181,6 +185,7 @@ class Scheduler:
         """Remove a request from the queues and free its blocks on this same step."""
         request.status = status
         request.finished_time = time.monotonic()
+        self.static_batch.discard(request.request_id)
         for queue in (self.running, self.waiting, self.swapped):
             if request in queue:
                 queue.remove(request)
@@ -202,6 +207,8 @@ class Scheduler:
         return child
 
     def _add_forked(self, child: Request, parent: Request, has_kv: bool) -> None:
+        if parent.request_id in self.static_batch:
+            self.static_batch.add(child.request_id)
         child.arrival_index = parent.arrival_index
         child.first_scheduled_time = parent.first_scheduled_time
         if has_kv:
@@ -222,6 +229,8 @@ class Scheduler:
         self.num_steps += 1
         unfinished = len(self.running) + len(self.waiting) + len(self.swapped)
         self._batch_cap = -(-unfinished // self.micro_batches)  # ceiling
+        if self.config.batching == "static" and not self.static_batch:
+            self._form_static_batch()
         if self.config.policy == "priority":
             self._make_room_for_priority(out)
         budget = self.config.max_num_batched_tokens
@@ -233,7 +242,16 @@ class Scheduler:
             budget = self._schedule_waiting(out, budget)
         self._schedule_drafts(out, budget)
         out.block_copies = self.kv.take_copies()
+        if self.static_batch:
+            self.num_slot_steps += self.static_batch_size
+            self.num_idle_slot_steps += self.static_batch_size - len(out.scheduled)
         return out
+
+    def _form_static_batch(self) -> None:
+        """The next static batch: the first max_num_seqs waiting requests."""
+        members = self.waiting[:self.config.max_num_seqs]
+        self.static_batch = {r.request_id for r in members}
+        self.static_batch_size = len(members)
 
     def _chunk_size(self, request: Request, budget: int, num_computed: int | None = None) -> int:
         computed = request.num_computed_tokens if num_computed is None else num_computed
@@ -298,6 +316,9 @@ class Scheduler:
         while self.waiting and budget > 0 and self._has_room(out):
             if self.waiting[0].awaits_remote_kv:  # admitted by admit_remote, with room
                 break
+            if self.config.batching == "static" and \
+                    self.waiting[0].request_id not in self.static_batch:
+                break  # the next static batch forms once this one has finished
             if len(self.running) < self.config.max_num_seqs and \
                     self._admit(self.waiting[0], out, budget):
                 budget -= out.scheduled[-1].num_tokens
