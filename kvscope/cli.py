@@ -86,7 +86,7 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
                         default=nodes["master_port"])
     parser.add_argument("--quantization", choices=["auto", "none", "int8", "int4"],
                         default="auto",
-                        help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized; "
+                        help="auto: keep a GGUF's Q4_0/Q4_1/Q8_0/Q4_K/Q5_0/Q6_K weights quantized; "
                              "none: dequantize at load; int8/int4: quantize every linear "
                              "at load")
     parser.add_argument("--quantized-activations", choices=["int8", "float"], default="int8",

@@ -171,7 +171,7 @@ class EngineConfig:
     # how the worker processes start: "mp" (subprocesses, on this machine and the
     # nodes of `nnodes`) or "ray" (actors in a Ray placement group; kvscope[ray])
     distributed_executor_backend: str = "mp"
-    # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized, "none"
+    # weights: "auto" keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K/Q5_0/Q6_K weights quantized, "none"
     # dequantizes them at load, "int8"/"int4" quantize every linear from float at load
     # (model/quant.py)
     quantization: str = "auto"

@@ -214,7 +214,7 @@ def qwen_path() -> Path:
 
 @pytest.fixture(scope="module")
 def qwen_llm(qwen_path: Path) -> LLM:
-    # its own quantized weights (Q4_K, Q8_0) on float activations: the dequantized
+    # its own quantized weights (Q4_K, Q5_0, Q6_K, Q8_0) on float activations: the dequantized
     # model's arithmetic, in another order of summation
     return LLM(model=str(qwen_path), dtype="float32", kv_cache_memory=KV_MEMORY,
                max_model_len=MAX_MODEL_LEN, quantized_activations="float")
@@ -230,6 +230,9 @@ def test_qwen_gguf_greedy_matches_transformers(qwen_llm: LLM, qwen_hf: Any) -> N
     arch = qwen_llm.engine.loaded.arch
     assert arch.architecture == "qwen2" and arch.attention_bias
     assert not arch.tie_word_embeddings  # this GGUF carries its own output head
+    # every linear stays quantized: Q4_K down projections in 4 bits; Q5_0 and Q8_0
+    # (attention, gate/up, the head) and Q6_K down projections in 8
+    assert qwen_llm.engine.loaded.weights == "q4 (12), q8 (85); float activations"
     run = run_kvscope(qwen_llm, QWEN_TEXT_PROMPTS, QWEN_CHAT)
     for name, (prompt_ids, ours) in run.items():
         theirs = hf_greedy_teacher_forced(qwen_hf, prompt_ids, ours)

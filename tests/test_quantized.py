@@ -23,24 +23,48 @@ from kvscope.model.quant import QuantizedTensor, from_gguf_blocks, quantize
 ROWS = [1, 2, 3, 5, 8, 13, 33, 64]
 # SmolLM2-135M: (out, in) of qkv, o_proj, gate_up, down, and the tied LM head
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]
-GGUF_FORMATS = ["Q4_0", "Q4_1", "Q8_0"]
+# the formats each kernel reads: Q5_0 is repacked into Q8_0's format (groups of 32), so
+# the kernel tests take Q6_K (groups of 16) as the other q8 case
+GGUF_FORMATS = ["Q4_0", "Q4_1", "Q8_0", "Q6_K"]
+# Q6_K blocks hold 256 weights of a row: the shapes of ours whose rows they divide, and
+# the one Qwen2.5-Coder-0.5B stores in Q6_K (its MLP's down projection)
+KERNEL_CASES = [(t, n, k) for t in GGUF_FORMATS[:3] for n, k in SHAPES] + [
+    ("Q6_K", 576, 1536), ("Q6_K", 960, 768), ("Q6_K", 896, 4864)]
+KERNEL_FORMATS = {"Q4_0": "q4", "Q4_1": "q4", "Q8_0": "q8", "Q5_0": "q8", "Q6_K": "q8"}
+
+
+def random_q6_k_blocks(rows: int, cols: int, seed: int) -> np.ndarray:
+    """Q6_K blocks of random bytes (any bytes are a valid block; the gguf package cannot
+    quantize to Q6_K) under an fp16 factor that keeps weights near 0.02 in size."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(rows * cols // 256, 210), dtype=np.uint8)
+    factors = (rng.random((rows * cols // 256, 1)) * 4e-5).astype(np.float16)
+    raw[:, 208:] = factors.view(np.uint8)
+    return raw
 
 
 def gguf_weight(type_name: str, rows: int, cols: int, seed: int) -> tuple[QuantizedTensor,
                                                                           torch.Tensor]:
     """A random weight quantized by the gguf package, and its own dequantisation."""
-    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32) * 0.05
     qtype = GGMLQuantizationType[type_name]
-    raw = gguf_quantize(w, qtype)
+    if type_name == "Q6_K":
+        raw = random_q6_k_blocks(rows, cols, seed)
+    else:
+        w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32) * 0.05
+        raw = gguf_quantize(w, qtype)
     reference = torch.from_numpy(gguf_dequantize(raw, qtype).reshape(rows, cols).copy())
     return from_gguf_blocks(raw, type_name, rows, cols), reference
 
 
-@pytest.mark.parametrize("type_name", GGUF_FORMATS)
+@pytest.mark.parametrize("type_name", [*GGUF_FORMATS, "Q5_0"])
 def test_dequantize_equals_the_gguf_package_bit_for_bit(type_name: str):
-    weight, reference = gguf_weight(type_name, 64, 576, seed=1)
+    weight, reference = gguf_weight(type_name, 64, 768, seed=1)
     assert torch.equal(weight.dequantize(), reference)
-    assert weight.fmt == ("q8" if type_name == "Q8_0" else "q4")
+    assert weight.fmt == KERNEL_FORMATS[type_name]
+    assert weight.group == (16 if type_name == "Q6_K" else 32)
+    # bytes per weight: q4 1/2 + 8 / 32; q8 1 + 4 / group (float32 scales)
+    per_weight = {"q4": 0.75, "q8": 1 + 4 / weight.group}[weight.fmt]
+    assert weight.nbytes == 64 * 768 * per_weight
 
 
 def test_q4_k_is_repacked_into_groups_of_32_bit_for_bit():
@@ -64,8 +88,7 @@ def quantized_call(kernels, weight: QuantizedTensor, x: torch.Tensor,
     return kernels.q8_linear(x, weight.q, weight.scales, bias)
 
 
-@pytest.mark.parametrize("type_name", GGUF_FORMATS)
-@pytest.mark.parametrize(("n_out", "k_in"), SHAPES)
+@pytest.mark.parametrize(("type_name", "n_out", "k_in"), KERNEL_CASES)
 def test_kernels_equal_dequantize_then_matmul_and_rows_are_batch_invariant(
         kernels, type_name: str, n_out: int, k_in: int):
     """Within 1e-4 of a float64 matmul on the dequantized weight (the tolerance of
@@ -156,11 +179,12 @@ def test_big_steps_take_the_library_gemm_on_the_same_weights_and_keep_decode_row
     from kvscope.model.layers import quantized_linear
 
     monkeypatch.setattr(quantized_linear, "cpu_kernels", lambda: kernels)
-    weight, reference = gguf_weight(type_name, 192, 576, seed=4)
+    k_in = 768  # whole Q6_K blocks
+    weight, reference = gguf_weight(type_name, 192, k_in, seed=4)
     layer = QuantizedLinear(weight, torch.randn(192, generator=torch.Generator().manual_seed(4)),
                             int8_activations=int8_activations)
     assert torch.equal(layer._dequantized(kernels), reference)
-    x = torch.randn(100, 576, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(100, k_in, generator=torch.Generator().manual_seed(5))
     out = layer(x, num_decode_rows=3)
     for i in range(3):
         assert torch.equal(out[i:i + 1], layer(x[i:i + 1]))

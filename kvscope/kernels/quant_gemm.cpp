@@ -8,7 +8,8 @@
 //     the operations, in this order, of the gguf package's dequantisation, so a weight
 //     here equals the dequantised one to the bit.
 //   * 8-bit ("q8"): per group, 32 signed bytes and a scale d; the weight is q * d
-//     (GGUF's Q8_0).
+//     (GGUF's Q8_0, and Q5_0 repacked). Weights from Q6_K come in groups of 16 (two
+//     scales per 32 weights); the kernel tells the two apart by the scales' shape.
 //
 // The weights feed the float32 tiles of float_gemm.h as they are widened: rows are
 // row-invariant as there, and calls of many rows first widen each block of 8 weight
@@ -58,21 +59,24 @@ struct Quant4Weights {
   }
 };
 
+// G weights per scale: 32 (Q8_0, Q5_0), or 16 (Q6_K); a vector never spans two groups
+template <int G>
 struct Quant8Weights {
+  static_assert(G % Vec::kLanes == 0 && kQuantGroup % G == 0, "a vector within a group");
   const int8_t* q;  // [N, K]
-  const float* d;   // [N, K / 32]
+  const float* d;   // [N, K / G]
   int64_t row_bytes, groups;
 
   static constexpr int kStep = kQuantGroup;
 
   Vec load(int64_t j, int64_t k) const {
-    return Vec::load_int8(q + j * row_bytes + k) * Vec::set1(d[j * groups + k / kQuantGroup]);
+    return Vec::load_int8(q + j * row_bytes + k) * Vec::set1(d[j * groups + k / G]);
   }
   void load_step(int64_t j, int64_t k, Vec* out) const {
-    const Vec scale = Vec::set1(d[j * groups + k / kQuantGroup]);
     const int8_t* ints = q + j * row_bytes + k;
+    const float* scales = d + j * groups + k / G;
     for (int e = 0; e < kQuantGroup; e += Vec::kLanes)
-      out[e / Vec::kLanes] = Vec::load_int8(ints + e) * scale;
+      out[e / Vec::kLanes] = Vec::load_int8(ints + e) * Vec::set1(scales[e / G]);
   }
   Quant8Weights at(int64_t n0) const {
     return {q + n0 * row_bytes, d + n0 * groups, row_bytes, groups};
@@ -80,7 +84,7 @@ struct Quant8Weights {
 };
 
 void check_inputs(const at::Tensor& x, const at::Tensor& scales, int64_t n_out,
-                  const c10::optional<at::Tensor>& bias) {
+                  const c10::optional<at::Tensor>& bias, int64_t group = kQuantGroup) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
               "quantized linear: x must be a contiguous [rows, K] float32 or bf16 tensor");
@@ -89,8 +93,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& scales, int64_t n_out,
               "quantized linear: K must be a multiple of 32 and N of 8");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
                   scales.dim() == 2 && scales.size(0) == n_out &&
-                  scales.size(1) == k_in / kQuantGroup,
-              "quantized linear: scales must be float32 [N, K / 32]");
+                  scales.size(1) == k_in / group,
+              "quantized linear: scales must be float32 [N, K / group]");
   if (bias.has_value())
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
                     bias->numel() == n_out,
@@ -128,6 +132,26 @@ at::Tensor dequantize(const W& source, int64_t n_out, int64_t k_in) {
   return out;
 }
 
+// 16 or 32 weights per scale, from the shape of the scales
+int64_t q8_group(const at::Tensor& q, const at::Tensor& scales) {
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 2 &&
+                  scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  scales.dim() == 2 && scales.size(0) == q.size(0) &&
+                  (scales.size(1) * 32 == q.size(1) || scales.size(1) * 16 == q.size(1)),
+              "q8: q int8 [N, K], scales float32 [N, K / 32] or [N, K / 16]");
+  return q.size(1) / scales.size(1);
+}
+
+// calls `body(source)` with the q8 source of the group size the scales give
+template <class Body>
+auto with_q8_source(const at::Tensor& q, const at::Tensor& scales, Body body) {
+  const int8_t* ints = q.data_ptr<int8_t>();
+  const float* d = scales.data_ptr<float>();
+  if (q8_group(q, scales) == 16)
+    return body(Quant8Weights<16>{ints, d, q.size(1), scales.size(1)});
+  return body(Quant8Weights<32>{ints, d, q.size(1), scales.size(1)});
+}
+
 }  // namespace
 
 at::Tensor q4_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets, double zero) {
@@ -141,16 +165,6 @@ at::Tensor q4_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets, do
                              offsets.data_ptr<float>(), static_cast<float>(zero), k_in / 2,
                              k_in / kQuantGroup};
   return dequantize(source, q.size(0), k_in);
-}
-
-at::Tensor q8_dequantize(at::Tensor q, at::Tensor scales) {
-  TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 2 &&
-                  scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
-                  scales.size(0) == q.size(0) && scales.size(1) * kQuantGroup == q.size(1),
-              "q8_dequantize: q int8 [N, K], scales float32 [N, K / 32]");
-  const Quant8Weights source{q.data_ptr<int8_t>(), scales.data_ptr<float>(), q.size(1),
-                             q.size(1) / kQuantGroup};
-  return dequantize(source, q.size(0), q.size(1));
 }
 
 // x [rows, K]; q [N, K / 2] uint8; scales, offsets [N, K / 32] float32; zero: 0 or -8
@@ -170,15 +184,20 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor q, at::Tensor scales, at::Tensor o
   return run(x, source, bias, n_out, q.data_ptr(), x.size(1) / 2);
 }
 
-// x [rows, K]; q [N, K] int8; scales [N, K / 32] float32
+at::Tensor q8_dequantize(at::Tensor q, at::Tensor scales) {
+  return with_q8_source(q, scales, [&](const auto& source) {
+    return dequantize(source, q.size(0), q.size(1));
+  });
+}
+
+// x [rows, K]; q [N, K] int8; scales [N, K / 32] or [N, K / 16] float32
 at::Tensor q8_linear(at::Tensor x, at::Tensor q, at::Tensor scales,
                      c10::optional<at::Tensor> bias) {
   const int64_t n_out = q.size(0);
-  check_inputs(x, scales, n_out, bias);
-  TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 2 &&
-                  q.size(1) == x.size(1),
-              "q8_linear: q must be int8 [N, K]");
-  const Quant8Weights source{q.data_ptr<int8_t>(), scales.data_ptr<float>(), x.size(1),
-                             x.size(1) / kQuantGroup};
-  return run(x, source, bias, n_out, q.data_ptr(), x.size(1));
+  const int64_t group = q8_group(q, scales);
+  check_inputs(x, scales, n_out, bias, group);
+  TORCH_CHECK(q.size(1) == x.size(1), "q8_linear: q must be int8 [N, K]");
+  return with_q8_source(q, scales, [&](const auto& source) {
+    return run(x, source, bias, n_out, q.data_ptr(), x.size(1));
+  });
 }

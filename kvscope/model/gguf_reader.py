@@ -2,11 +2,11 @@
 
 Quantized tensors are dequantized with the `gguf` package, except, with
 `keep_quantized`, the linear weights (and the embedding, which the LM head may share)
-in a type kvscope's kernels read (Q4_0, Q4_1, Q8_0, and Q4_K repacked into groups of
-32: `model/quant.py`), which stay quantized. llama.cpp stores the Q and K projections
-of Llama-family models permuted for its interleaved RoPE; we undo that (a permutation
-of rows, so quantized rows move whole) so the weights match the half-split RoPE of HF
-checkpoints.
+in a type kvscope's kernels read (Q4_0, Q4_1 and Q8_0 as stored; Q4_K, Q5_0 and Q6_K
+repacked: `model/quant.py`), which stay quantized. llama.cpp stores the Q and K
+projections of Llama-family models permuted for its interleaved RoPE; we undo that (a
+permutation of rows, so quantized rows move whole) so the weights match the half-split
+RoPE of HF checkpoints.
 """
 
 from __future__ import annotations

@@ -5,13 +5,20 @@ Two formats, both read by the C++ kernels of `kernels/quant_gemm.cpp`:
 * ``q4``: 4-bit integers, two per byte (byte i of a group holds elements i and i + 16,
   GGUF's nibble order), a scale d and an offset m per group; a weight is
   (q + zero) * d + m. GGUF's Q4_1 is zero = 0; Q4_0 is zero = -8 with m = 0.
-* ``q8``: signed 8-bit integers and a scale per group; a weight is q * d (Q8_0).
+* ``q8``: signed 8-bit integers and a scale per group; a weight is q * d (Q8_0). Its
+  groups hold 32 weights, or 16 (`group`) for weights that come from Q6_K.
 
 GGUF tensors of these types are taken over as they are (their fp16 scales widened to
-float32); Q4_K super-blocks (256 weights, 8 groups of 32 with 6-bit scales and minima
-under two fp16 factors) are repacked into q4 groups, each scale d · sc and offset
--dmin · m computed as the gguf package computes them, so the weights are bit for bit
-its dequantisation. Float weights can be quantized at load the way llama.cpp makes
+float32). The others are repacked, each scale and offset computed as the gguf package
+computes them, so the weights are bit for bit its dequantisation:
+
+* Q4_K super-blocks (256 weights, 8 groups of 32 with 6-bit scales and minima under two
+  fp16 factors) become q4 groups of scale d · sc and offset -dmin · m;
+* Q5_0 groups (5-bit integers q, an fp16 scale d; a weight is d · (q - 16)) become q8
+  groups of the integers q - 16: 8 bits a weight instead of 5.5, read by the same kernel;
+* Q6_K super-blocks (256 weights, 16 groups of 16 6-bit integers with an int8 scale each
+  under one fp16 factor d) become q8 groups of 16, scale d · sc, integers q - 32.
+ Float weights can be quantized at load the way llama.cpp makes
 Q4_1 and Q8_0 (`quantize`). `dequantize` computes exactly the kernels' weights.
 """
 
@@ -26,23 +33,26 @@ GROUP = 32  # weights per scale
 FORMATS = ("q4", "q8")
 # GGUF type name → (format, zero); the block layouts are read in `from_gguf_blocks`
 GGUF_TYPES = {"Q4_0": ("q4", -8.0), "Q4_1": ("q4", 0.0), "Q8_0": ("q8", 0.0),
-              "Q4_K": ("q4", 0.0)}
-SUPER_BLOCK = 256  # weights per Q4_K block
+              "Q4_K": ("q4", 0.0), "Q5_0": ("q8", 0.0), "Q6_K": ("q8", 0.0)}
+SUPER_BLOCK = 256  # weights per Q4_K and Q6_K block
+Q6_K_GROUP = 16  # weights per scale in a Q6_K block
 
 
 @dataclass(slots=True)
 class QuantizedTensor:
-    """A [rows, cols] weight matrix in groups of 32 along each row."""
+    """A [rows, cols] weight matrix in groups of `group` weights (32, or 16 for a q8
+    from Q6_K) along each row."""
 
     fmt: str
     q: torch.Tensor  # q4: uint8 [rows, cols / 2]; q8: int8 [rows, cols]
-    scales: torch.Tensor  # float32 [rows, cols / 32]
+    scales: torch.Tensor  # float32 [rows, cols / group]
     offsets: torch.Tensor | None = None  # q4: float32 [rows, cols / 32]
     zero: float = 0.0
+    group: int = GROUP
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.scales.shape[0], self.scales.shape[1] * GROUP
+        return self.scales.shape[0], self.scales.shape[1] * self.group
 
     @property
     def nbytes(self) -> int:
@@ -52,9 +62,9 @@ class QuantizedTensor:
     def dequantize(self) -> torch.Tensor:
         """float32 [rows, cols], each weight computed as the kernels compute it."""
         rows, cols = self.shape
-        groups = cols // GROUP
+        groups = cols // self.group
         if self.fmt == "q8":
-            ints = self.q.view(rows, groups, GROUP).float()
+            ints = self.q.view(rows, groups, self.group).float()
             return (ints * self.scales[..., None]).view(rows, cols)
         assert self.offsets is not None
         packed = self.q.view(rows, groups, GROUP // 2)
@@ -67,25 +77,26 @@ class QuantizedTensor:
         return QuantizedTensor(self.fmt, self.q[index].contiguous(),
                                self.scales[index].contiguous(),
                                None if self.offsets is None else self.offsets[index].contiguous(),
-                               self.zero)
+                               self.zero, self.group)
 
 
 def cat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
     """Stack weight matrices of one format (q, k and v; gate and up) row-wise."""
     first = parts[0]
-    if any(p.fmt != first.fmt or p.zero != first.zero for p in parts):
+    if any((p.fmt, p.zero, p.group) != (first.fmt, first.zero, first.group) for p in parts):
         raise ValueError("cannot fuse weights quantized in different formats")
     return QuantizedTensor(first.fmt, torch.cat([p.q for p in parts]),
                            torch.cat([p.scales for p in parts]),
                            None if first.offsets is None
                            else torch.cat([p.offsets for p in parts]),  # type: ignore[misc]
-                           first.zero)
+                           first.zero, first.group)
 
 
 def from_gguf_blocks(raw: np.ndarray, type_name: str, rows: int, cols: int) -> QuantizedTensor:
-    """A GGUF tensor of type Q4_0, Q4_1, Q8_0 or Q4_K (its raw blocks, row after row)."""
-    if type_name == "Q4_K":
-        return _from_q4_k(raw, rows, cols)
+    """A GGUF tensor of a type in GGUF_TYPES (its raw blocks, row after row)."""
+    repack = {"Q4_K": _from_q4_k, "Q5_0": _from_q5_0, "Q6_K": _from_q6_k}
+    if type_name in repack:
+        return repack[type_name](raw, rows, cols)
     fmt, zero = GGUF_TYPES[type_name]
     blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // GROUP, -1)
 
@@ -130,6 +141,43 @@ def _from_q4_k(raw: np.ndarray, rows: int, cols: int) -> QuantizedTensor:
                            torch.from_numpy(np.ascontiguousarray(scales).reshape(rows, groups)),
                            torch.from_numpy(np.ascontiguousarray(offsets).reshape(rows, groups)),
                            0.0)
+
+
+def _fp16(field: np.ndarray) -> np.ndarray:
+    """Two-byte fields of fp16 → float32 (the last axis of 2 bytes dropped)."""
+    return np.ascontiguousarray(field).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _from_q5_0(raw: np.ndarray, rows: int, cols: int) -> QuantizedTensor:
+    """Q5_0 groups (fp16 d, 4 bytes of high bits, 16 bytes of low nibbles) as q8."""
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // GROUP, 22)
+    high = np.ascontiguousarray(blocks[..., 2:6]).view(np.uint32)  # bit i: element i
+    high_bits = (high >> np.arange(GROUP, dtype=np.uint32)) & 1  # [rows, groups, 32]
+    nibbles = blocks[..., 6:]
+    low = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1)  # elements 0-15, 16-31
+    ints = (low | (high_bits.astype(np.uint8) << 4)).astype(np.int8) - np.int8(16)
+    return QuantizedTensor("q8", torch.from_numpy(ints.reshape(rows, cols)),
+                           torch.from_numpy(_fp16(blocks[..., 0:2])))
+
+
+def _from_q6_k(raw: np.ndarray, rows: int, cols: int) -> QuantizedTensor:
+    """Q6_K blocks (128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, fp16
+    d) as q8 groups of 16."""
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // SUPER_BLOCK, 210)
+    # each half of a block: 64 bytes of low nibbles (4 runs of 32 weights) and 32 bytes
+    # whose bit pairs are the high bits of those 4 runs
+    low = blocks[..., :128].reshape(rows, -1, 2, 1, 64) >> np.array([0, 4], np.uint8)[:, None]
+    low = (low & 0x0F).reshape(rows, -1, 2, 4, 32)
+    high = blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> np.array(
+        [0, 2, 4, 6], np.uint8)[:, None]
+    high = (high & 0x03).reshape(rows, -1, 2, 4, 32)
+    ints = (low | (high << 4)).astype(np.int8) - np.int8(32)
+    sub_scales = np.ascontiguousarray(blocks[..., 192:208]).view(np.int8).astype(np.float32)
+    scales = _fp16(blocks[..., 208:210])[..., None] * sub_scales  # [rows, blocks, 16]
+    groups = cols // Q6_K_GROUP
+    return QuantizedTensor("q8", torch.from_numpy(np.ascontiguousarray(ints).reshape(rows, cols)),
+                           torch.from_numpy(np.ascontiguousarray(scales).reshape(rows, groups)),
+                           group=Q6_K_GROUP)
 
 
 def quantize(weight: torch.Tensor, fmt: str) -> QuantizedTensor:
