@@ -64,3 +64,36 @@ def test_an_instruction_set_the_cpu_lacks_is_refused(monkeypatch, caplog):
     assert f"KVSCOPE_KERNEL_ISA={missing[0]} is not one this CPU runs" in caplog.text
     with pytest.raises(ValueError, match=f"cannot run kernels built for {missing[0]}"):
         build.kernels_for(missing[0])
+
+
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+
+
+def test_the_kernels_compile_for_aarch64():
+    """Every kernel source compiles for 64-bit Arm (the build an Arm machine takes: plain
+    arrays that the compiler turns into NEON code), with a cross compiler and torch's
+    own headers; object code only, since nothing here can run it."""
+    import shutil
+    import subprocess
+    import sysconfig
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torch.utils.cpp_extension import include_paths
+
+    if shutil.which(AARCH64_CXX) is None:
+        pytest.skip(f"no {AARCH64_CXX} (scripts/setup-env installs g++-aarch64-linux-gnu)")
+    here = Path(build.__file__).parent
+    includes = [f"-I{p}" for p in [*include_paths(), sysconfig.get_paths()["include"], here]]
+    with tempfile.TemporaryDirectory() as out:
+        def compile_one(source: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [AARCH64_CXX, "-std=c++20", "-O0", "-fopenmp", "-fPIC", *includes,
+                 "-DTORCH_EXTENSION_NAME=kvscope_aarch64_check", "-c", str(here / source),
+                 "-o", str(Path(out) / f"{source}.o")],
+                capture_output=True, text=True, check=False)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = dict(zip(build.SOURCES, pool.map(compile_one, build.SOURCES), strict=True))
+    failed = {name: r.stderr[-2000:] for name, r in results.items() if r.returncode != 0}
+    assert not failed, failed

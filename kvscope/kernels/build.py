@@ -28,7 +28,7 @@ from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ["bindings.cpp", "paged_decode.cpp", "paged_prefill.cpp", "fused_ops.cpp",
+SOURCES = ["bindings.cpp", "paged_decode.cpp", "paged_prefill.cpp", "fused_ops.cpp",
             "small_gemm.cpp", "quant_gemm.cpp", "int8_gemm.cpp",
             "kv_write.cpp"]
 _AVX512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"]
@@ -139,7 +139,7 @@ def _build(isa: str) -> ModuleType:
     build_dir.mkdir(parents=True, exist_ok=True)
     return load(
         name=f"kvscope_cpu_kernels_{isa}",
-        sources=[str(here / name) for name in _SOURCES],
+        sources=[str(here / name) for name in SOURCES],
         extra_include_paths=[str(here)],
         extra_cflags=["-O3", "-fopenmp", *(f"-m{flag}" for flag in ISAS[isa]),
                       f"-DKVSCOPE_HEADERS={digest.hexdigest()[:12]}"],
