@@ -28,6 +28,7 @@ void write_kv(at::Tensor k_cache, at::Tensor v_cache, at::Tensor k, at::Tensor v
               at::Tensor slot_mapping);
 at::Tensor q4_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets, double zero);
 at::Tensor q8_dequantize(at::Tensor q, at::Tensor scales);
+void bind_decode_stack(pybind11::module& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
@@ -42,15 +43,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_gemm_bf16_dot", &small_gemm_bf16_dot,
         "bf16 x bf16 calls use AVX512-BF16 dot products (else float32 FMAs)");
   m.def("q4_linear", &q4_linear, "x @ W.T (+ bias), W in 4-bit groups of 32 (Q4_0 / Q4_1)");
-  m.def("q8_linear", &q8_linear, "x @ W.T (+ bias), W in 8-bit groups of 32 (Q8_0)");
+  m.def("q8_linear", &q8_linear, "x @ W.T (+ bias), W in 8-bit groups of 32 or 16 (Q8_0, Q5_0; Q6_K)");
   m.def("q4_linear_i8", &q4_linear_i8,
         "x @ W.T (+ bias), W in 4-bit groups of 32, x quantized to int8 groups of 32");
   m.def("write_kv", &write_kv, "copy each token's K and V heads to its pool slot");
   m.def("q4_dequantize", &q4_dequantize, "4-bit groups of 32 to float32, GGUF's formula");
-  m.def("q8_dequantize", &q8_dequantize, "8-bit groups of 32 to float32, GGUF's formula");
+  m.def("q8_dequantize", &q8_dequantize, "8-bit groups of 32 or 16 to float32, GGUF's formula");
   m.def("isa", [] { return std::string(kvscope_vec::kIsa); },
         "the instruction set this module was compiled for");
   m.def("vector_lanes", [] { return kvscope_vec::Vec::kLanes; },
         "float32 lanes of the vectors its kernels run on");
   m.def("rope_inplace", &rope_inplace, "rotary embedding of q and k heads, in place");
+  bind_decode_stack(m);
 }

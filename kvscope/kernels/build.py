@@ -29,8 +29,8 @@ from types import ModuleType
 logger = logging.getLogger(__name__)
 
 SOURCES = ["bindings.cpp", "paged_decode.cpp", "paged_prefill.cpp", "fused_ops.cpp",
-            "small_gemm.cpp", "quant_gemm.cpp", "int8_gemm.cpp",
-            "kv_write.cpp"]
+           "small_gemm.cpp", "quant_gemm.cpp", "int8_gemm.cpp", "kv_write.cpp",
+           "decode_stack.cpp"]
 _AVX512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"]
 # best first: each set's compiler flags and the CPU flags (/proc/cpuinfo) it needs
 ISAS: dict[str, list[str]] = {

@@ -13,6 +13,7 @@ from torch import nn
 from kvscope.attention.backend import attention_backend
 from kvscope.attention.metadata import AttentionMetadata
 from kvscope.model.arch import ModelArch
+from kvscope.model.decode_stack import DecodeStack
 from kvscope.model.layers.activation import silu_and_mul
 from kvscope.model.layers.linear import Linear
 from kvscope.model.layers.norm import RMSNorm
@@ -124,6 +125,8 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(arch, i) for i in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.lm_head: Linear | QuantizedLinear | None = None
+        self._decode_stack: DecodeStack | None = None
+        self._decode_stack_built = False  # built on the first decode step
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -149,10 +152,21 @@ class LlamaModel(nn.Module):
         them), or the first `num_layers`: (the last layer's output, the residual
         stream), not yet summed. `residual` is None when x is the embedding."""
         layers = self.layers if num_layers is None else self.layers[:num_layers]
+        stack = self.decode_stack() if DecodeStack.takes(x, meta) else None
+        if stack is not None and len(kv_caches) == len(layers):
+            return stack.run(x, residual, meta, kv_caches)
         for layer, kv_cache in zip(layers, kv_caches, strict=True):
             x, residual = layer(x, residual, meta, kv_cache)
         assert residual is not None, "a model runs at least one layer"
         return x, residual
+
+    def decode_stack(self) -> DecodeStack | None:
+        """The layers as one native call for decode steps (model/decode_stack.py), built
+        once weights are in place; None where the stack cannot run this model."""
+        if not self._decode_stack_built:
+            self._decode_stack = DecodeStack.build(self)
+            self._decode_stack_built = True
+        return self._decode_stack
 
     def final_norm(self, x: torch.Tensor, residual: torch.Tensor,
                    meta: AttentionMetadata) -> torch.Tensor:
