@@ -69,6 +69,8 @@ class LabRunRequest(StrictModel):
     max_num_seqs: int = Field(8, ge=1, le=64)
     max_num_batched_tokens: int = Field(256, ge=1, le=4096)
     arrive_at_step: list[int] | None = None  # request i joins before this engine step
+    max_tokens_each: list[int] | None = None  # request i's output length (instead of max_tokens)
+    batching: Literal["continuous", "static"] = "continuous"  # static: a batch runs to its end
     ignore_eos: bool = True
     n: int = Field(1, ge=1, le=8)  # parallel sampling: sequences forked from each prompt
     best_of: int | None = Field(None, ge=1, le=8)
@@ -91,6 +93,10 @@ class LabRunRequest(StrictModel):
         if self.arrive_at_step is not None and any(s < 0 or s > 500
                                                    for s in self.arrive_at_step):
             raise ValueError("arrive_at_step values must be between 0 and 500")
+        if self.max_tokens_each is not None and len(self.max_tokens_each) != len(self.prompts):
+            raise ValueError(f"max_tokens_each needs one value per prompt ({len(self.prompts)})")
+        if self.max_tokens_each is not None and any(not 1 <= m <= 64 for m in self.max_tokens_each):
+            raise ValueError("max_tokens_each values must be between 1 and 64")
         if any(not p for p in self.prompts):
             raise ValueError("prompts must not be empty")
         if self.best_of is not None and self.best_of < self.n:
@@ -125,6 +131,7 @@ def build_lab_engine(loaded: LoadedModel, req: LabRunRequest, sink: ListSink | N
         preemption_mode=req.preemption_mode, swap_space=req.swap_blocks * bytes_per_block,
         policy=req.policy, max_num_seqs=req.max_num_seqs,
         max_num_batched_tokens=req.max_num_batched_tokens,
+        batching=req.batching,
         speculative_config=spec.engine_options() if spec is not None else None,
         tensor_parallel_size=req.tensor_parallel_size,
         pipeline_parallel_size=req.pipeline_parallel_size)
@@ -162,6 +169,9 @@ def _run(engine: LLMEngine, loaded: LoadedModel, req: LabRunRequest, sink: ListS
         "events": events,
         "outputs": [_output(outputs[str(i)]) for i in range(len(req.prompts))],
         "num_steps": engine.scheduler.num_steps,
+        # batching="static": seats × steps while a batch ran, and the seats left idle
+        "num_slot_steps": engine.scheduler.num_slot_steps,
+        "num_idle_slot_steps": engine.scheduler.num_idle_slot_steps,
         "final": {"tables": engine.kv.all_block_ids(),
                   "refcounts": [b.ref_cnt for b in engine.kv.pool.blocks],
                   "num_free_blocks": engine.kv.num_free_blocks},
@@ -181,15 +191,13 @@ def _run(engine: LLMEngine, loaded: LoadedModel, req: LabRunRequest, sink: ListS
 def _drive(engine: LLMEngine, req: LabRunRequest, budget: LabBudget) -> dict[str, Any]:
     """Add the prompts at their arrival steps and step until all are done (or the
     budget stops the run); the final output of each request, by request id."""
-    params = SamplingParams(n=req.n, best_of=req.best_of, temperature=req.temperature,
-                            seed=req.seed, max_tokens=req.max_tokens, ignore_eos=req.ignore_eos)
     arrivals = req.arrive_at_step or [0] * len(req.prompts)
     pending = sorted(range(len(req.prompts)), key=lambda i: (arrivals[i], i))
     outputs: dict[str, Any] = {}
     while pending or engine.has_unfinished_requests():
         idle = not engine.has_unfinished_requests()
         while pending and (idle or arrivals[pending[0]] <= engine.scheduler.num_steps):
-            _add(engine, req, pending.pop(0), params)
+            _add(engine, req, pending.pop(0))
             idle = False
         budget.before_step(engine)
         for out in engine.step():
@@ -230,14 +238,22 @@ def _plain_run(loaded: LoadedModel, req: LabRunRequest, speculative: list[dict[s
                           for p, s in zip(plain, speculative, strict=True)]}
 
 
-def _add(engine: LLMEngine, req: LabRunRequest, index: int, params: SamplingParams) -> None:
+def _max_tokens(req: LabRunRequest, index: int) -> int:
+    """Prompt `index`'s output length: its own from max_tokens_each, else max_tokens."""
+    return req.max_tokens_each[index] if req.max_tokens_each else req.max_tokens
+
+
+def _add(engine: LLMEngine, req: LabRunRequest, index: int) -> None:
     """Add prompt `index` (as request id str(index)); an idle engine takes the next
     arrival at once instead of stepping empty."""
+    params = SamplingParams(n=req.n, best_of=req.best_of, temperature=req.temperature,
+                            seed=req.seed, max_tokens=_max_tokens(req, index),
+                            ignore_eos=req.ignore_eos)
     priority = req.priorities[index] if req.priorities else 0
     try:
         if req.beam_width is not None:
             engine.add_beam_request(str(index), req.prompts[index], BeamSearchParams(
-                beam_width=req.beam_width, max_tokens=req.max_tokens,
+                beam_width=req.beam_width, max_tokens=_max_tokens(req, index),
                 length_penalty=req.length_penalty, ignore_eos=req.ignore_eos))
         else:
             engine.add_request(str(index), req.prompts[index], params, priority=priority)

@@ -15,15 +15,15 @@ from tests.browser.scope_fold import fold, ids, is_lab_run, js_pct, screenshot, 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
 LESSONS = ["tokens", "embeddings", "attention-heads", "rope", "transformer-block",
-           "sampling", "prefill-decode", "why-kv-cache", "kv-cache", "paged-attention",
-           "attention-math", "fragmentation", "prefix-caching", "preemption",
+           "sampling", "prefill-decode", "chunked-prefill", "why-kv-cache", "kv-cache",
+           "paged-attention", "attention-math", "fragmentation", "prefix-caching", "preemption",
            "parallel-sampling", "beam-search", "speculative-decoding", "tensor-parallelism",
            "pipeline-parallelism", "data-parallel", "disaggregation",
-           "expert-context-parallelism"]
+           "expert-context-parallelism", "batching-lab"]
 # lessons whose engine run waits for the reader's button (starting their workers, or
 # stepping several replicas, takes seconds)
 RUN_ON_REQUEST = {"tensor-parallelism", "pipeline-parallelism", "data-parallel",
-                  "disaggregation"}
+                  "disaggregation", "chunked-prefill", "batching-lab"}
 
 
 def slider(page):

@@ -21,6 +21,8 @@ export const LESSONS = [
    blurb: 'The next-token distribution from the real logits, filtered by temperature, top-k, top-p and min-p in the engine\'s own sampler.'},
   {page: 'prefill-decode', title: 'Prefill vs decode',
    blurb: 'Measured step times of a real run, placed on this machine\'s roofline: prefill is bound by compute, decode by memory.'},
+  {page: 'chunked-prefill', title: 'Chunked prefill',
+   blurb: 'A long prompt arrives while others decode: run it in one step and then in chunks, and measure the wait it puts between their tokens.'},
   {page: 'why-kv-cache', title: 'Why cache K and V',
    blurb: 'The same generation with the KV cache and with everything recomputed at every token, timed as the sequence grows.'},
   {page: 'kv-cache', title: 'The KV cache',
@@ -51,6 +53,8 @@ export const LESSONS = [
    blurb: 'One request prefilled on one engine and decoded on another: the K/V moved between them, measured in bytes and milliseconds, and the same tokens as one engine.'},
   {page: 'expert-context-parallelism', title: 'Expert and context parallelism',
    blurb: 'Computed from published MoE configs, not run: experts spread over ranks with all-to-all, and one long sequence split over ranks with ring attention.'},
+  {page: 'batching-lab', title: 'Batching Lab: static vs continuous',
+   blurb: 'One workload run twice on the server, by a static batcher and with continuous batching: every request at every step, and the steps, latencies and seat use measured side by side.'},
 ];
 
 // Lessons waiting for an engine feature (the home page lists them; none right now).
