@@ -84,6 +84,45 @@ export function labForm(form, build, onData, options = {}) {
   return go;
 }
 
+// Wire `form` to a run that starts worker processes (seconds, not milliseconds): one
+// run at a time, `fields` read-only meanwhile, and the status counting the seconds in
+// the words `waiting(seconds)` gives. onData(data) gets each response.
+export function workerLabForm(form, fields, build, onData, {label, waiting}) {
+  const statusEl = $('#status');
+  const errorEl = $('#error');
+  let running = false;
+  let shown = false;
+  const go = async () => {
+    if (running) return;
+    running = true;
+    for (const el of fields) el.readOnly = true;
+    form.setAttribute('aria-busy', 'true');
+    const started = performance.now();
+    const pending = runLab(build(), {button: form.querySelector('button[type="submit"]'), statusEl,
+                                     errorEl, label, keepsPrevious: shown});
+    // runLab wrote its first status; say what the seconds go to
+    const tick = setInterval(() => {
+      statusEl.textContent = waiting(Math.floor((performance.now() - started) / 1000));
+    }, 1000);
+    try {
+      const data = await pending;
+      if (data) {
+        shown = true;
+        onData(data);
+      }
+    } finally {
+      clearInterval(tick);
+      for (const el of fields) el.readOnly = false;
+      form.removeAttribute('aria-busy');
+      running = false;
+    }
+  };
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    go();
+  });
+}
+
 // A player over an (initially empty) run; `render(state, timeline)` draws each move.
 export function playerFor(container, render, options) {
   return new Player(container, new Timeline([]), render, options);

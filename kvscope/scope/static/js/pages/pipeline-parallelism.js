@@ -1,14 +1,11 @@
 import '../chrome.js';
 import {$, h, replace, int, pct} from '../dom.js';
-import {runLab} from '../api.js';
-import {prompts, num} from '../lab.js';
+import {prompts, num, workerLabForm} from '../lab.js';
 import {Stepper} from '../stepper.js';
 import {ms, shape, span, inFlight, batchText, pipelineRun, bubble, overlaps, firstFull, zoomWindow, bars, ticks,
   rangeText, poolWords, readoutText} from '../logic/pipeline-parallelism.js';
 
 const form = $('#lab');
-const statusEl = $('#status');
-const errorEl = $('#error');
 const stageClass = (s) => `pp-s${s % 2}`;
 
 let run = null;  // the run on show
@@ -181,47 +178,17 @@ function show(data) {
 
 // -- the form ---------------------------------------------------------------------------
 
-let running = false;
-let shown = false;
+const requestBody = () => ({
+  prompts: prompts($('#prompts')),
+  max_tokens: num('#max-tokens'),
+  block_size: 4,
+  num_blocks: 64,
+  enable_prefix_caching: false,
+  pipeline_parallel_size: 2,
+});
 
-async function go() {
-  if (running) return;
-  running = true;
-  const fields = [$('#prompts'), $('#max-tokens')];
-  for (const el of fields) el.readOnly = true;
-  form.setAttribute('aria-busy', 'true');
-  const body = {
-    prompts: prompts($('#prompts')),
-    max_tokens: num('#max-tokens'),
-    block_size: 4,
-    num_blocks: 64,
-    enable_prefix_caching: false,
-    pipeline_parallel_size: 2,
-  };
-  const started = performance.now();
-  const pending = runLab(body, {button: $('#run'), statusEl, errorEl, label: 'The pipeline-parallel run',
-                                keepsPrevious: shown});
-  // runLab wrote its first status; say what the seconds go to
-  const tick = setInterval(() => {
-    const s = Math.floor((performance.now() - started) / 1000);
-    statusEl.textContent = 'Running on 2 stages: starting the worker processes, loading their layers, '
-      + `stepping the engine… ${s} s`;
-  }, 1000);
-  try {
-    const data = await pending;
-    if (data) {
-      shown = true;
-      show(data);
-    }
-  } finally {
-    clearInterval(tick);
-    for (const el of fields) el.readOnly = false;
-    form.removeAttribute('aria-busy');
-    running = false;
-  }
-}
-
-form.addEventListener('submit', (event) => {
-  event.preventDefault();
-  go();
+workerLabForm(form, [$('#prompts'), $('#max-tokens')], requestBody, (data) => show(data), {
+  label: 'The pipeline-parallel run',
+  waiting: (s) => 'Running on 2 stages: starting the worker processes, loading their layers, '
+    + `stepping the engine… ${s} s`,
 });

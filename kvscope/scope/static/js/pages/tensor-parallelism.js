@@ -1,13 +1,12 @@
 import '../chrome.js';
 import {$, h, replace, svg, int, bytes, pct} from '../dom.js';
-import {API, getJSON, runLab, showError} from '../api.js';
-import {prompts, num} from '../lab.js';
+import {API, getJSON, showError} from '../api.js';
+import {prompts, num, workerLabForm} from '../lab.js';
 import {WATCHED, f4, ms, shape, counted, tensorRun, weightShares, reduction, kvPoolSize, timingLine,
   readoutText, weightLayout} from '../logic/tensor-parallelism.js';
 
 const form = $('#lab');
 const layerInput = $('#layer');
-const statusEl = $('#status');
 const errorEl = $('#error');
 const rankClass = (r) => `tp-r${r % 2}`;
 
@@ -232,50 +231,20 @@ function show(data) {
 
 // -- the form ---------------------------------------------------------------------------
 
-let running = false;
-let shown = false;
+const requestBody = () => ({
+  prompts: prompts($('#prompts')),
+  max_tokens: num('#max-tokens'),
+  block_size: 4,
+  num_blocks: 32,
+  enable_prefix_caching: false,
+  tensor_parallel_size: 2,
+  watch_layer: num('#layer'),
+});
 
-async function go() {
-  if (running) return;
-  running = true;
-  const fields = [$('#prompts'), layerInput, $('#max-tokens')];
-  for (const el of fields) el.readOnly = true;
-  form.setAttribute('aria-busy', 'true');
-  const body = {
-    prompts: prompts($('#prompts')),
-    max_tokens: num('#max-tokens'),
-    block_size: 4,
-    num_blocks: 32,
-    enable_prefix_caching: false,
-    tensor_parallel_size: 2,
-    watch_layer: num('#layer'),
-  };
-  const started = performance.now();
-  const pending = runLab(body, {button: $('#run'), statusEl, errorEl, label: 'The tensor-parallel run',
-                                keepsPrevious: shown});
-  // runLab wrote its first status; say what the seconds go to
-  const tick = setInterval(() => {
-    const s = Math.floor((performance.now() - started) / 1000);
-    statusEl.textContent = `Running on 2 ranks: starting the worker processes, loading their shards, `
-      + `stepping the engine… ${s} s`;
-  }, 1000);
-  try {
-    const data = await pending;
-    if (data) {
-      shown = true;
-      show(data);
-    }
-  } finally {
-    clearInterval(tick);
-    for (const el of fields) el.readOnly = false;
-    form.removeAttribute('aria-busy');
-    running = false;
-  }
-}
-
-form.addEventListener('submit', (event) => {
-  event.preventDefault();
-  go();
+workerLabForm(form, [$('#prompts'), layerInput, $('#max-tokens')], requestBody, (data) => show(data), {
+  label: 'The tensor-parallel run',
+  waiting: (s) => 'Running on 2 ranks: starting the worker processes, loading their shards, '
+    + `stepping the engine… ${s} s`,
 });
 
 // the layer selector spans the served model's layers
