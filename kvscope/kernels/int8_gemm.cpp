@@ -137,38 +137,55 @@ inline __m512i block_dot(__m512i lo, __m512i hi, __m512i x_lo, __m512i x_hi) {
 #endif
 }
 
-template <int R, int C>
-void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) {
+// One block of groups from g0 (b of them: 4, or fewer at the end of a row) for every
+// pair of the tile: acc[r][c] += float(I) · d_w · d_x. Inlined with its loops unrolled,
+// so the accumulators stay in registers (called through a lambda, GCC kept them in
+// memory and reloaded them on every block); Full: a block of 4 needs no masks.
+template <int R, int C, bool Full>
+__attribute__((always_inline)) inline void dot_block(
+    const uint8_t* const* wb, const float* const* ws, const ActivationRow* x, int64_t g0,
+    int b, __m512 (&acc)[R][C]) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __mmask64 bytes_in = Full ? ~0ull : byte_mask(16 * b);
+  const __mmask8 groups_in = Full ? 0xF : static_cast<__mmask8>((1u << b) - 1);
+  const int half = Full ? 64 : 16 * b;  // bytes of the first halves of the block's groups
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    const __m128 scales = Full ? _mm_loadu_ps(ws[c] + g0) : _mm_maskz_loadu_ps(groups_in, ws[c] + g0);
+    const __m512 dw = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(scales));
+    const __m512i bytes = Full ? _mm512_loadu_si512(wb[c] + 16 * g0)
+                               : _mm512_maskz_loadu_epi8(bytes_in, wb[c] + 16 * g0);
+    const __m512i lo = _mm512_and_si512(bytes, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xq = x[r].q + 32 * g0;
+      const __m512i x_lo = Full ? _mm512_loadu_si512(xq) : _mm512_maskz_loadu_epi8(bytes_in, xq);
+      const __m512i x_hi = Full ? _mm512_loadu_si512(xq + half)
+                                : _mm512_maskz_loadu_epi8(bytes_in, xq + half);
+      const __m512 ints = _mm512_cvtepi32_ps(block_dot(lo, hi, x_lo, x_hi));
+      const __m512 dx = _mm512_loadu_ps(x[r].d4 + 4 * g0);
+      acc[r][c] = _mm512_fmadd_ps(ints, _mm512_mul_ps(dw, dx), acc[r][c]);
+    }
+  }
+}
+
+template <int R, int C>
+void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) {
+  const uint8_t* wb[C];
+  const float* ws[C];
+  for (int c = 0; c < C; ++c) {
+    wb[c] = w.bytes(j0 + c);
+    ws[c] = w.scales(j0 + c);
+  }
   __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-  auto step = [&](int64_t g0, int b) {
-    const __mmask64 bytes_in = byte_mask(16 * b);
-    const __mmask8 groups_in = static_cast<__mmask8>((1u << b) - 1);
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) {
-      const int64_t j = j0 + c;
-      const __m512 dw = _mm512_permutexvar_ps(
-          spread, _mm512_castps128_ps512(_mm_maskz_loadu_ps(groups_in, w.scales(j) + g0)));
-      const __m512i bytes = _mm512_maskz_loadu_epi8(bytes_in, w.bytes(j) + 16 * g0);
-      const __m512i lo = _mm512_and_si512(bytes, low4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const int8_t* xq = x[r].q + 32 * g0;
-        const __m512i x_lo = _mm512_maskz_loadu_epi8(bytes_in, xq);
-        const __m512i x_hi = _mm512_maskz_loadu_epi8(bytes_in, xq + 16 * b);
-        const __m512 ints = _mm512_cvtepi32_ps(block_dot(lo, hi, x_lo, x_hi));
-        const __m512 dx = _mm512_loadu_ps(x[r].d4 + 4 * g0);
-        acc[r][c] = _mm512_fmadd_ps(ints, _mm512_mul_ps(dw, dx), acc[r][c]);
-      }
-    }
-  };
   const int64_t full = w.groups / 4 * 4;
-  for (int64_t g0 = 0; g0 < full; g0 += 4) step(g0, 4);
-  if (full < w.groups) step(full, static_cast<int>(w.groups - full));
+  for (int64_t g0 = 0; g0 < full; g0 += 4) dot_block<R, C, true>(wb, ws, x, g0, 4, acc);
+  if (full < w.groups)
+    dot_block<R, C, false>(wb, ws, x, full, static_cast<int>(w.groups - full), acc);
   for (int64_t g = 0; g < w.groups; g += 16) {
     const __mmask16 in = static_cast<__mmask16>(
         w.groups - g >= 16 ? 0xFFFF : (1u << (w.groups - g)) - 1);
