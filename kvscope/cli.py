@@ -2,7 +2,8 @@
 the scope at `/`, `kvscope scope` the same for exploring (and replaying a recorded
 run), `kvscope router` spreads requests over several servers, `kvscope generate` runs
 prompts offline, `kvscope trace` turns a recorded run into a Perfetto / Chrome trace,
-`kvscope bench serve` benchmarks a server."""
+`kvscope bench serve` benchmarks a server, `kvscope bench sweep` measures a grid of
+engine settings (the Tuning Lab's curve)."""
 
 from __future__ import annotations
 

@@ -194,7 +194,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    """`kvscope bench serve ...` on the CLI's subcommands."""
+    """`kvscope bench serve ...` and `kvscope bench sweep ...` on the CLI's subcommands."""
+    from kvscope.bench.sweep import add_sweep_parser
+
     bench = sub.add_parser("bench", help="benchmark clients")
     kinds = bench.add_subparsers(dest="bench_command", required=True)
     serve = kinds.add_parser("serve", help="benchmark an OpenAI-compatible server",
@@ -233,3 +235,4 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                        help="seconds before one request counts as failed")
     serve.add_argument("--disable-tqdm", action="store_true")
     serve.set_defaults(func=cmd_bench_serve)
+    add_sweep_parser(kinds)

@@ -18,6 +18,10 @@ run to replay, and the lesson endpoints that run a small real engine.
                                   decoded on another, its K/V moved by a KV connector:
                                   both engines' events, and a single engine's tokens
     POST /scope/api/lab/attention one query's block-wise attention, with real Q, K, V
+    POST /scope/api/lab/tuning    the Tuning Lab: one engine setting measured live on a
+                                  short serving workload (bench/tuning.py measure_setting,
+                                  the function `kvscope bench sweep` runs for every point)
+    GET  /scope/api/lab/tuning/sweep  the recorded sweep shipped with the package
     POST /scope/api/inside/NAME   a lesson on the model's insides (scope/inside/lessons.py:
                                   tokens, embeddings, attention, rope, block, sampling,
                                   phases, recompute), from kvscope's own forward pass
@@ -42,6 +46,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Mount, Router
 from starlette.types import Scope
 
+from kvscope.bench import tuning
+from kvscope.bench.sweep import RECORDED_SWEEP
+from kvscope.bench.tuning import TuningRun
 from kvscope.engine.async_engine import AsyncEngine
 from kvscope.scope.disagg_lab import DisaggLabRequest, disaggregation_lesson
 from kvscope.scope.inside.lessons import INSIDE_LESSONS, Lesson
@@ -93,6 +100,8 @@ def install_scope(app: FastAPI, engine: AsyncEngine, model_name: str,
     router.add_api_route("/lab/routing", _lab_routing, methods=["POST"])
     router.add_api_route("/lab/disaggregation", _lab_disaggregation, methods=["POST"])
     router.add_api_route("/lab/attention", _lab_attention, methods=["POST"])
+    router.add_api_route("/lab/tuning", _lab_tuning, methods=["POST"])
+    router.add_api_route("/lab/tuning/sweep", _tuning_sweep, methods=["GET"])
     for name, (body_type, lesson) in INSIDE_LESSONS.items():
         router.add_api_route(f"/inside/{name}", _inside_route(body_type, lesson),
                              methods=["POST"], name=f"inside_{name}")
@@ -176,6 +185,22 @@ async def _lab_disaggregation(body: DisaggLabRequest, request: Request) -> dict[
     async with state.lab_gate.enter():
         return await _in_lab_thread(state, disaggregation_lesson, state.engine.engine.loaded,
                                     body, _lab_budget(state))
+
+
+async def _lab_tuning(body: TuningRun, request: Request) -> dict[str, Any]:
+    """Looked up on the module at each call (not imported by name), so that the one
+    function that measures a setting is the one `kvscope bench sweep` calls too."""
+    state = _state(request)
+    async with state.lab_gate.enter():
+        return await _in_lab_thread(state, tuning.measure_setting, state.engine.engine.loaded,
+                                    body, _lab_budget(state))
+
+
+async def _tuning_sweep() -> FileResponse:
+    if not RECORDED_SWEEP.is_file():
+        raise APIError(404, "no recorded sweep ships with this install; make one with "
+                            "'kvscope bench sweep --output kvscope/bench/data/tuning-sweep.json'")
+    return FileResponse(RECORDED_SWEEP, media_type="application/json")
 
 
 def _lab_budget(state: ScopeState) -> LabBudget:

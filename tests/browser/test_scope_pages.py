@@ -19,11 +19,13 @@ LESSONS = ["tokens", "embeddings", "attention-heads", "rope", "transformer-block
            "paged-attention", "attention-math", "fragmentation", "prefix-caching", "preemption",
            "parallel-sampling", "beam-search", "speculative-decoding", "tensor-parallelism",
            "pipeline-parallelism", "data-parallel", "disaggregation",
-           "expert-context-parallelism", "batching-lab"]
+           "expert-context-parallelism", "batching-lab", "tuning-lab"]
 # lessons whose engine run waits for the reader's button (starting their workers, or
 # stepping several replicas, takes seconds)
 RUN_ON_REQUEST = {"tensor-parallelism", "pipeline-parallelism", "data-parallel",
-                  "disaggregation", "chunked-prefill", "batching-lab"}
+                  "disaggregation", "chunked-prefill", "batching-lab", "tuning-lab"}
+# the pages that tie the lessons together (chrome.js GUIDES); their own tests drive them
+GUIDES = ["glossary", "concept-cards", "recap", "tour", "request-lifecycle"]
 
 
 def slider(page):
@@ -459,12 +461,15 @@ def test_a_failed_run_shows_the_servers_message(page):
     screenshot(page, "error")
 
 
-@pytest.mark.parametrize("path", ["/", "/monitor.html"] + [f"/lessons/{n}.html" for n in LESSONS])
+@pytest.mark.parametrize("path", ["/", "/monitor.html"]
+                         + [f"/lessons/{n}.html" for n in LESSONS + GUIDES])
 def test_narrow_screen_has_no_horizontal_scroll(open_page, path):
     page = open_page(width=375)
     page.emulate_media(reduced_motion="reduce")
     page.goto(path)
-    if path.removeprefix("/lessons/").removesuffix(".html") in RUN_ON_REQUEST:
+    if path.removeprefix("/lessons/").removesuffix(".html") in GUIDES:
+        expect(page.locator("main h1")).to_be_visible()
+    elif path.removeprefix("/lessons/").removesuffix(".html") in RUN_ON_REQUEST:
         expect(page.locator("#readout")).to_have_text("No run yet.")  # its own test runs it
         expect(page.locator("#run")).to_be_enabled()
     elif path.startswith("/lessons/"):

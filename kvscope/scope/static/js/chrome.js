@@ -5,6 +5,7 @@
 // completeHead).
 
 import {h} from './dom.js';
+import {decorateGlossary} from './glossary.js';
 
 export const LESSONS = [
   {page: 'tokens', title: 'Tokens',
@@ -55,10 +56,28 @@ export const LESSONS = [
    blurb: 'Computed from published MoE configs, not run: experts spread over ranks with all-to-all, and one long sequence split over ranks with ring attention.'},
   {page: 'batching-lab', title: 'Batching Lab: static vs continuous',
    blurb: 'One workload run twice on the server, by a static batcher and with continuous batching: every request at every step, and the steps, latencies and seat use measured side by side.'},
+  {page: 'tuning-lab', title: 'Tuning Lab: throughput vs latency',
+   blurb: 'Pick max_num_seqs, the token budget, KV memory, prefix caching, speculation and the request rate; measure the setting live and see it land among a recorded sweep of TTFT, TPOT and tokens/s.'},
 ];
 
 // Lessons waiting for an engine feature (the home page lists them; none right now).
 export const COMING = [];
+
+// The pages that tie the lessons together (a guided tour, concept cards, the glossary,
+// a request's lifecycle, the recap...): in the navigation after the live monitor, and
+// on the home page in their own list. Same shape as LESSONS; files in lessons/.
+export const GUIDES = [
+  {page: 'glossary', title: 'Glossary',
+   blurb: 'Every term the pages use, defined once in a sentence or two, each with the lesson that teaches it. On every page, hover or focus a dotted term to read its entry.'},
+  {page: 'concept-cards', title: 'Concept cards',
+   blurb: 'One card per idea, from the KV cache to disaggregated serving: a short definition, an everyday analogy behind a button, and the lesson that shows it on a real run.'},
+  {page: 'recap', title: 'Recap and further reading',
+   blurb: 'What each technique buys, with a figure measured on this server at the press of a button, and where to read more.'},
+  {page: 'tour', title: 'The tour: seven ideas',
+   blurb: 'Paged attention, continuous batching, prefix caching, speculative decoding, chunked prefill, tensor parallelism and disaggregation: one stop each, two sentences and a picture from a real run on this server.'},
+  {page: 'request-lifecycle', title: 'The life of a request',
+   blurb: 'One request followed through every event the engine reports about it: arrival, prefix-cache hit, blocks, prefill chunks, drafts, a preemption and its return, the finish and the blocks given back.'},
+];
 
 // The page stays transparent until the stylesheet has loaded, so nobody sees it
 // unstyled (opacity, not visibility: a hidden element could not take the focus).
@@ -92,6 +111,7 @@ function mount() {
       h('ul', {},
         link('index', 'Home'),
         link('monitor', 'Live monitor'),
+        GUIDES.map((g) => link(g.page, g.title)),
         LESSONS.map((l) => link(l.page, l.title)))));
   const skip = h('a', {class: 'skip-link', href: '#main'}, 'Skip to content');
   const footer = h('footer', {class: 'site-footer'},
@@ -99,6 +119,7 @@ function mount() {
     'on the loaded model. Numbers computed from a model\'s published config, not measured, are labelled so.');
   body.prepend(skip, header);
   body.append(footer);
+  decorateGlossary(root);
 }
 
 mount();

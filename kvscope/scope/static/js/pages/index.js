@@ -1,10 +1,15 @@
-import {LESSONS, COMING} from '../chrome.js';
+import {LESSONS, COMING, GUIDES} from '../chrome.js';
 import {h, $} from '../dom.js';
 import {API, getJSON, showError} from '../api.js';
 
 $('#lessons').replaceChildren(...LESSONS.map((l) => h('li', {},
   h('h3', {}, h('a', {href: `lessons/${l.page}.html`}, l.title)),
   h('p', {}, l.blurb))));
+
+$('#guides').replaceChildren(...GUIDES.map((g) => h('li', {},
+  h('h3', {}, h('a', {href: `lessons/${g.page}.html`}, g.title)),
+  h('p', {}, g.blurb))));
+$('#guides-section').hidden = GUIDES.length === 0;
 
 $('#coming').replaceChildren(...COMING.map((l) => h('li', {class: 'soon'},
   h('h3', {}, l.title, ' ', h('span', {class: 'tag'}, 'coming when the engine supports it')),
