@@ -221,35 +221,48 @@ inline __m256 load_first(const float* p, int64_t n) {  // n floats (up to 8), th
   return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lanes));
 }
 
+// One block of groups from g0 (b = 2, or 1 at the end of a row), inlined with its loops
+// unrolled so the accumulators stay in registers (as in the AVX-512 version above).
 template <int R, int C>
-void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) {
+__attribute__((always_inline)) inline void dot_block(
+    const uint8_t* const* wb, const float* const* ws, const ActivationRow* x, int64_t g0,
+    int b, __m256 (&acc)[R][C]) {
   const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
   const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    const __m256i bytes = load_bytes(wb[c] + 16 * g0, 16 * b);
+    const __m256i lo = _mm256_and_si256(bytes, low4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+    const __m256 dw = _mm256_permutevar8x32_ps(
+        _mm256_castps128_ps256(load_floats(ws[c] + g0, b)), spread);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xq = x[r].q + 32 * g0;
+      const __m256i pairs = _mm256_add_epi16(
+          _mm256_maddubs_epi16(lo, load_bytes(xq, 16 * b)),
+          _mm256_maddubs_epi16(hi, load_bytes(xq + 16 * b, 16 * b)));
+      const __m256 ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+      const __m256 dx = _mm256_loadu_ps(x[r].d4 + 4 * g0);
+      acc[r][c] = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, dx), acc[r][c]);
+    }
+  }
+}
+
+template <int R, int C>
+void dot_tile(const Weights& w, int64_t j0, const ActivationRow* x, float* out) {
+  const uint8_t* wb[C];
+  const float* ws[C];
+  for (int c = 0; c < C; ++c) {
+    wb[c] = w.bytes(j0 + c);
+    ws[c] = w.scales(j0 + c);
+  }
   __m256 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  auto step = [&](int64_t g0, int b) {
-    for (int c = 0; c < C; ++c) {
-      const int64_t j = j0 + c;
-      const __m256i bytes = load_bytes(w.bytes(j) + 16 * g0, 16 * b);
-      const __m256i lo = _mm256_and_si256(bytes, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-      const __m256 dw = _mm256_permutevar8x32_ps(
-          _mm256_castps128_ps256(load_floats(w.scales(j) + g0, b)), spread);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* xq = x[r].q + 32 * g0;
-        const __m256i pairs = _mm256_add_epi16(
-            _mm256_maddubs_epi16(lo, load_bytes(xq, 16 * b)),
-            _mm256_maddubs_epi16(hi, load_bytes(xq + 16 * b, 16 * b)));
-        const __m256 ints = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        const __m256 dx = _mm256_loadu_ps(x[r].d4 + 4 * g0);
-        acc[r][c] = _mm256_fmadd_ps(ints, _mm256_mul_ps(dw, dx), acc[r][c]);
-      }
-    }
-  };
   const int64_t full = w.groups / 2 * 2;
-  for (int64_t g0 = 0; g0 < full; g0 += 2) step(g0, 2);
-  if (full < w.groups) step(full, 1);
+  for (int64_t g0 = 0; g0 < full; g0 += 2) dot_block<R, C>(wb, ws, x, g0, 2, acc);
+  if (full < w.groups) dot_block<R, C>(wb, ws, x, full, 1, acc);
   for (int64_t g = 0; g < w.groups; g += 8) {
     for (int c = 0; c < C; ++c) {
       const __m256 offset = _mm256_fmadd_ps(_mm256_set1_ps(w.zero),
