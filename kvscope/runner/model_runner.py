@@ -8,6 +8,8 @@ that ask for prompt_logprobs, for the rows of their prompt chunk).
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from kvscope.attention.metadata import AttentionMetadata, PrefillChunk
@@ -42,6 +44,7 @@ class ModelRunner:
         # (model/probe.py); None, the default, costs one check per capture point
         self.probe: ForwardProbe | None = None
         self.num_steps = 0
+        self.last_prepare_s = 0.0  # the last step's time building its index tensors
 
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         result = self.execute_stage(out)
@@ -58,7 +61,9 @@ class ModelRunner:
         if not out.scheduled:  # a step that only copies blocks
             return self._nothing_computed(last)
         ordered = sorted(out.scheduled, key=lambda s: not s.is_decode)
+        started = time.perf_counter()
         input_ids, meta, sample_rows, sampled = self._prepare(ordered)
+        self.last_prepare_s = time.perf_counter() - started
         with torch.inference_mode():
             x, residual = (self.model.embed(input_ids, meta), None) if carried is None \
                 else carried

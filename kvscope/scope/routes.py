@@ -22,6 +22,11 @@ run to replay, and the lesson endpoints that run a small real engine.
                                   short serving workload (bench/tuning.py measure_setting,
                                   the function `kvscope bench sweep` runs for every point)
     GET  /scope/api/lab/tuning/sweep  the recorded sweep shipped with the package
+    POST /scope/api/lab/launch-overhead  one decode workload through the Python layer loop
+                                  and through the decode stack: per-step times, kernel
+                                  calls counted, and a GPU figure computed from them
+    GET  /scope/api/machine-memory  this machine's CPU caches and memory, the loaded
+                                  model's sizes (the GPU memory lesson)
     POST /scope/api/inside/NAME   a lesson on the model's insides (scope/inside/lessons.py:
                                   tokens, embeddings, attention, rope, block, sampling,
                                   phases, recompute), from kvscope's own forward pass
@@ -56,7 +61,9 @@ from kvscope.scope.inside.roofline import machine_roofline
 from kvscope.scope.kv_sizes import kv_sizes
 from kvscope.scope.lab import LabRunRequest, run_lab
 from kvscope.scope.lab_limits import LabBudget, LabGate, LabLimits, LabStopped
+from kvscope.scope.launch_lab import LaunchOverheadRequest, launch_overhead_lesson
 from kvscope.scope.live import Listener, LiveEvents
+from kvscope.scope.machine_memory import machine_memory
 from kvscope.scope.parallel_math import MAX_BATCH, MAX_RANKS, MAX_SEQ_LEN, parallel_math
 from kvscope.scope.routing_lab import RoutingLabRequest, routing_lesson
 from kvscope.serve.errors import APIError
@@ -102,6 +109,8 @@ def install_scope(app: FastAPI, engine: AsyncEngine, model_name: str,
     router.add_api_route("/lab/attention", _lab_attention, methods=["POST"])
     router.add_api_route("/lab/tuning", _lab_tuning, methods=["POST"])
     router.add_api_route("/lab/tuning/sweep", _tuning_sweep, methods=["GET"])
+    router.add_api_route("/lab/launch-overhead", _lab_launch_overhead, methods=["POST"])
+    router.add_api_route("/machine-memory", _machine_memory, methods=["GET"])
     for name, (body_type, lesson) in INSIDE_LESSONS.items():
         router.add_api_route(f"/inside/{name}", _inside_route(body_type, lesson),
                              methods=["POST"], name=f"inside_{name}")
@@ -194,6 +203,18 @@ async def _lab_tuning(body: TuningRun, request: Request) -> dict[str, Any]:
     async with state.lab_gate.enter():
         return await _in_lab_thread(state, tuning.measure_setting, state.engine.engine.loaded,
                                     body, _lab_budget(state))
+
+
+async def _lab_launch_overhead(body: LaunchOverheadRequest, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    async with state.lab_gate.enter():
+        return await _in_lab_thread(state, launch_overhead_lesson, state.engine.engine.loaded,
+                                    body, _lab_budget(state))
+
+
+async def _machine_memory(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return machine_memory(state.engine.engine.loaded, state.model_name)
 
 
 async def _tuning_sweep() -> FileResponse:

@@ -19,11 +19,11 @@ LESSONS = ["tokens", "embeddings", "attention-heads", "rope", "transformer-block
            "paged-attention", "attention-math", "fragmentation", "prefix-caching", "preemption",
            "parallel-sampling", "beam-search", "speculative-decoding", "tensor-parallelism",
            "pipeline-parallelism", "data-parallel", "disaggregation",
-           "expert-context-parallelism", "batching-lab", "tuning-lab"]
+           "expert-context-parallelism", "batching-lab", "tuning-lab", "gpu-memory", "cuda-graphs"]
 # lessons whose engine run waits for the reader's button (starting their workers, or
 # stepping several replicas, takes seconds)
 RUN_ON_REQUEST = {"tensor-parallelism", "pipeline-parallelism", "data-parallel",
-                  "disaggregation", "chunked-prefill", "batching-lab", "tuning-lab"}
+                  "disaggregation", "chunked-prefill", "batching-lab", "tuning-lab", "cuda-graphs"}
 # the pages that tie the lessons together (chrome.js GUIDES); their own tests drive them
 GUIDES = ["glossary", "concept-cards", "recap", "tour", "request-lifecycle"]
 

@@ -58,6 +58,10 @@ export const LESSONS = [
    blurb: 'One workload run twice on the server, by a static batcher and with continuous batching: every request at every step, and the steps, latencies and seat use measured side by side.'},
   {page: 'tuning-lab', title: 'Tuning Lab: throughput vs latency',
    blurb: 'Pick max_num_seqs, the token budget, KV memory, prefix caching, speculation and the request rate; measure the setting live and see it land among a recorded sweep of TTFT, TPOT and tokens/s.'},
+  {page: 'gpu-memory', title: 'The GPU memory hierarchy',
+   blurb: 'Registers, shared memory, L2, HBM and beyond from the H100\'s published spec, beside this machine\'s caches and measured bandwidth, and where the weights and KV cache of the bundled model and of a 70B model would sit.'},
+  {page: 'cuda-graphs', title: 'CUDA graphs and launch overhead',
+   blurb: 'One decode workload through the Python layer loop and through the decode stack (all layers in one call): measured step times, kernel calls counted, and what a graph replay would remove on a GPU, computed.'},
 ];
 
 // Lessons waiting for an engine feature (the home page lists them; none right now).

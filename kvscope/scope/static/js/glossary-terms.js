@@ -293,6 +293,25 @@ export const TERMS = [
   t('kv-connector', 'KV connector', ['KV connectors', 'connector'],
     'The part that saves a request\'s keys and values on the prefill side and loads them on the decode side.',
     'disaggregation'),
+  // -- the hardware underneath --------------------------------------------------------------
+  t('hbm', 'HBM', ['high-bandwidth memory'],
+    'High-bandwidth memory: the stacked DRAM beside a GPU chip that holds its weights and KV cache between steps.',
+    'gpu-memory'),
+  t('shared-memory', 'shared memory', [],
+    'A small scratchpad on each GPU multiprocessor, shared by the threads of one block and carved from the same storage as its L1 cache.',
+    'gpu-memory'),
+  t('l2-cache', 'L2 cache', [],
+    'A cache shared by the whole chip, between the multiprocessors and main memory (HBM on a GPU, DRAM on a CPU).',
+    'gpu-memory'),
+  t('launch-overhead', 'launch overhead', [],
+    'The host-side time it takes to start one kernel on a device, paid per kernel however small the kernel is.',
+    'cuda-graphs'),
+  t('cuda-graph', 'CUDA graph', ['CUDA graphs'],
+    'A recording of a sequence of GPU kernels and their arguments that can be replayed with one launch instead of one per kernel.',
+    'cuda-graphs'),
+  t('decode-stack', 'decode stack', [],
+    'kvscope\'s CPU counterpart of a CUDA graph: every decoder layer of a decode-only step run in one C++ call.',
+    'cuda-graphs'),
 ];
 
 // The term with this id.
