@@ -52,7 +52,18 @@ KVSCOPE_ROWS = {"fp32": ("kvscope fp32", torch.float32, "none", "int8"),
                 "int8": ("kvscope int8", torch.float32, "int8", "int8"),
                 "q4": ("kvscope Q4_1 GGUF", torch.float32, "auto", "int8"),
                 "q4f": ("kvscope Q4_1 GGUF, float activations", torch.float32, "auto",
-                        "float")}
+                        "float"),
+                # what `kvscope serve` runs where the CPU has bf16 arithmetic (its default
+                # dtype there): the Q4_1 weights with bf16 activations
+                "q4b": ("kvscope Q4_1 GGUF, bf16 model", torch.bfloat16, "auto", "int8")}
+# rows run unless --formats names others: q4b only where bf16 math is native (elsewhere
+# bf16 prompt rows go through an emulated GEMM and the row only costs time)
+NATIVE_BF16_ONLY = {"q4b"}
+
+
+def default_formats() -> str:
+    native = "avx512_bf16" in cpu_flags()
+    return ",".join(f for f in KVSCOPE_ROWS if native or f not in NATIVE_BF16_ONLY)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vllm-kv-gib", type=int, default=4)
     p.add_argument("--vllm-timeout", type=int, default=1800)
     p.add_argument("--llama-cpp", metavar="PYTHON", help="python of a venv with llama-cpp-python")
-    p.add_argument("--formats", default=",".join(KVSCOPE_ROWS),
+    p.add_argument("--formats", default=default_formats(),
                    help="kvscope rows to run, comma-separated (the first is the baseline)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     p.add_argument("--save", type=Path, metavar="PATH", help="write all figures as JSON here")
