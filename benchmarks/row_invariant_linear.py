@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kvscope.kernels.build import cpu_kernels  # noqa: E402
-from kvscope.model.quant import quantize  # noqa: E402
+from kvscope.model.quant import interleave, quantize  # noqa: E402
 
 # (name, N out, K in)
 SHAPES = [
@@ -75,7 +75,7 @@ def _kernels_under_test(kernels, x: torch.Tensor, copies: dict[str, list[Any]]
         "bf16 small_gemm": lambda i: kernels.small_gemm(x16, pick("bf16", i), None),
         "q8": lambda i: kernels.q8_linear(x, *pick("q8", i), None),
         "q4": lambda i: kernels.q4_linear(x, *pick("q4", i), 0.0, None),
-        "q4 int8 act": lambda i: kernels.q4_linear_i8(x, *pick("q4", i), 0.0, None),
+        "q4 int8 act": lambda i: kernels.q4_linear_i8(x, *pick("q4x16", i), 0.0, None),
     }
     if copies["onednn"]:
         calls["bf16 oneDNN"] = lambda i: torch.ops.mkldnn._linear_pointwise(
@@ -86,8 +86,10 @@ def _kernels_under_test(kernels, x: torch.Tensor, copies: dict[str, list[Any]]
 def _weight_copies(w: torch.Tensor, cold: bool) -> dict[str, list[Any]]:
     """Each format's copies of `w`: enough to overflow the cache unless warm."""
     q8, q4 = quantize(w, "q8"), quantize(w, "q4")
+    q4x16 = interleave(q4)  # the int8 kernel's order
     forms: dict[str, Any] = {"fp32": w, "bf16": w.bfloat16(), "q8": (q8.q, q8.scales),
-                             "q4": (q4.q, q4.scales, q4.offsets)}
+                             "q4": (q4.q, q4.scales, q4.offsets),
+                             "q4x16": (q4x16.q, q4x16.scales, q4x16.offsets)}
     try:
         forms["onednn"] = torch.ops.mkldnn._reorder_linear_weight(w.bfloat16(), 64)
     except (RuntimeError, AttributeError):

@@ -16,9 +16,10 @@ from gguf.quants import quantize as gguf_quantize
 
 from kvscope import LLM, SamplingParams
 from kvscope.config import ConfigError
+from kvscope.kernels.build import cpu_kernels
 from kvscope.model.layers.quantized_linear import QuantizedLinear
 from kvscope.model.loader import load_model
-from kvscope.model.quant import QuantizedTensor, from_gguf_blocks, quantize
+from kvscope.model.quant import QuantizedTensor, from_gguf_blocks, interleave, quantize
 
 ROWS = [1, 2, 3, 5, 8, 13, 33, 64]
 # SmolLM2-135M: (out, in) of qkv, o_proj, gate_up, down, and the tied LM head
@@ -115,7 +116,8 @@ def test_kernels_equal_dequantize_then_matmul_and_rows_are_batch_invariant(
 
 def int8_call(kernels, weight: QuantizedTensor, x: torch.Tensor,
               bias: torch.Tensor | None) -> torch.Tensor:
-    return kernels.q4_linear_i8(x, weight.q, weight.scales, weight.offsets, weight.zero, bias)
+    w = interleave(weight)
+    return kernels.q4_linear_i8(x, w.q, w.scales, w.offsets, w.zero, bias)
 
 
 def int8_activations_of(x: torch.Tensor) -> torch.Tensor:
@@ -155,6 +157,35 @@ def test_int8_activation_kernels_equal_the_matmul_of_both_dequantized(
     assert out16.dtype == torch.bfloat16
     expected16 = int8_activations_of(x16).double() @ reference.double().T + bias.double()
     torch.testing.assert_close(out16.float(), expected16.float(), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1"])
+def test_int8_activation_kernel_gives_the_same_bits_on_every_instruction_set(
+        kernels, type_name: str):
+    """Each output sees the same integer sums and float operations in one order on
+    AVX-512, AVX2 and the plain build (kernels/int8_gemm.cpp), so all give one result."""
+    weight, _ = gguf_weight(type_name, 192, 576, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    x, bias = torch.randn(11, 576, generator=gen), torch.randn(192, generator=gen)
+    best = cpu_kernels()
+    assert best is not None
+    assert torch.equal(int8_call(kernels, weight, x, bias), int8_call(best, weight, x, bias))
+    assert torch.equal(int8_call(kernels, weight, x.bfloat16(), bias),
+                       int8_call(best, weight, x.bfloat16(), bias))
+
+
+def test_interleaving_keeps_every_weight():
+    """`interleave` reorders a q4 tensor's bytes, scales and offsets without changing a
+    weight; row selection and fusing refuse an interleaved tensor."""
+    weight = quantize(torch.randn(48, 96, generator=torch.Generator().manual_seed(3)), "q4")
+    packed = interleave(weight)
+    assert packed.shape == weight.shape and packed.nbytes == weight.nbytes
+    assert tuple(packed.q.shape) == (3, 3, 256) and tuple(packed.scales.shape) == (3, 3, 16)
+    assert torch.equal(packed.dequantize(), weight.dequantize())
+    with pytest.raises(ValueError, match="before interleaving"):
+        packed.rows(slice(0, 16))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        interleave(weight.rows(slice(0, 8)))
 
 
 @pytest.mark.parametrize("fmt", ["q4", "q8"])

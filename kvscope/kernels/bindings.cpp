@@ -28,6 +28,8 @@ void write_kv(at::Tensor k_cache, at::Tensor v_cache, at::Tensor k, at::Tensor v
               at::Tensor slot_mapping);
 at::Tensor q4_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets, double zero);
 at::Tensor q8_dequantize(at::Tensor q, at::Tensor scales);
+at::Tensor q4_interleaved_dequantize(at::Tensor q, at::Tensor scales, at::Tensor offsets,
+                                     double zero, bool bf16);
 void bind_decode_stack(pybind11::module& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -45,7 +47,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q4_linear", &q4_linear, "x @ W.T (+ bias), W in 4-bit groups of 32 (Q4_0 / Q4_1)");
   m.def("q8_linear", &q8_linear, "x @ W.T (+ bias), W in 8-bit groups of 32 or 16 (Q8_0, Q5_0; Q6_K)");
   m.def("q4_linear_i8", &q4_linear_i8,
-        "x @ W.T (+ bias), W in 4-bit groups of 32, x quantized to int8 groups of 32");
+        "x @ W.T (+ bias), W in 4-bit groups of 32 interleaved 16 rows at a time, x "
+        "quantized to int8 groups of 32");
+  m.def("q4_interleaved_dequantize", &q4_interleaved_dequantize,
+        "interleaved 4-bit groups to dense [N, K] (bf16 or float32), GGUF's formula");
   m.def("write_kv", &write_kv, "copy each token's K and V heads to its pool slot");
   m.def("q4_dequantize", &q4_dequantize, "4-bit groups of 32 to float32, GGUF's formula");
   m.def("q8_dequantize", &q8_dequantize, "8-bit groups of 32 or 16 to float32, GGUF's formula");

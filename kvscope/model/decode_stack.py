@@ -97,7 +97,7 @@ def _linear_spec(module: Any) -> tuple[int, list[torch.Tensor | None], float] | 
         w = module.weight
         if w.fmt == "q8":
             return Q8, [w.q, w.scales, None, module.bias], 0.0
-        kind = Q4_INT8 if module.int8_activations else Q4_FLOAT
+        kind = Q4_INT8 if w.interleaved else Q4_FLOAT
         return kind, [w.q, w.scales, w.offsets, module.bias], w.zero
     if type(module) is not Linear:
         return None

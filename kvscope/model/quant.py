@@ -20,6 +20,11 @@ computes them, so the weights are bit for bit its dequantisation:
   under one fp16 factor d) become q8 groups of 16, scale d · sc, integers q - 32.
  Float weights can be quantized at load the way llama.cpp makes
 Q4_1 and Q8_0 (`quantize`). `dequantize` computes exactly the kernels' weights.
+
+For the int8-activation kernel (`kernels/int8_gemm.cpp`) a q4 tensor is `interleave`d
+16 rows at a time: the same integers, scales and offsets, ordered so that one vector of
+bytes holds 4 bytes of each of 16 rows and each int32 lane of an integer dot product is
+one output.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ FORMATS = ("q4", "q8")
 # GGUF type name → (format, zero); the block layouts are read in `from_gguf_blocks`
 GGUF_TYPES = {"Q4_0": ("q4", -8.0), "Q4_1": ("q4", 0.0), "Q8_0": ("q8", 0.0),
               "Q4_K": ("q4", 0.0), "Q5_0": ("q8", 0.0), "Q6_K": ("q8", 0.0)}
+INTERLEAVE = 16  # weight rows an interleaved q4 tensor keeps together
 SUPER_BLOCK = 256  # weights per Q4_K and Q6_K block
 Q6_K_GROUP = 16  # weights per scale in a Q6_K block
 
@@ -49,9 +55,15 @@ class QuantizedTensor:
     offsets: torch.Tensor | None = None  # q4: float32 [rows, cols / 32]
     zero: float = 0.0
     group: int = GROUP
+    # q4 only: 16 rows at a time (`interleave`); q uint8 [rows / 16, cols / 32, 256],
+    # scales and offsets float32 [rows / 16, cols / 32, 16]
+    interleaved: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.interleaved:
+            blocks, groups, _ = self.scales.shape
+            return blocks * INTERLEAVE, groups * self.group
         return self.scales.shape[0], self.scales.shape[1] * self.group
 
     @property
@@ -67,13 +79,29 @@ class QuantizedTensor:
             ints = self.q.view(rows, groups, self.group).float()
             return (ints * self.scales[..., None]).view(rows, cols)
         assert self.offsets is not None
-        packed = self.q.view(rows, groups, GROUP // 2)
-        ints = torch.cat([packed & 0xF, packed >> 4], dim=-1).float()  # elements 0-15, 16-31
-        weights = (ints + self.zero) * self.scales[..., None] + self.offsets[..., None]
+        ints, scales, offsets = self._row_order()
+        weights = (ints.float() + self.zero) * scales[..., None] + offsets[..., None]
         return weights.view(rows, cols)
+
+    def _row_order(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A q4 tensor's integers [rows, groups, 32] in element order, its scales and
+        offsets [rows, groups]."""
+        rows, cols = self.shape
+        groups = cols // GROUP
+        assert self.offsets is not None
+        if not self.interleaved:
+            packed = self.q.view(rows, groups, GROUP // 2)
+            return torch.cat([packed & 0xF, packed >> 4], dim=-1), self.scales, self.offsets
+        # [block, group, vector j, row in block, byte b]; element 8j + 4 · nibble + b
+        packed = self.q.view(rows // INTERLEAVE, groups, 4, INTERLEAVE, 4)
+        ints = torch.stack([packed & 0xF, packed >> 4], dim=-2)
+        ints = ints.permute(0, 3, 1, 2, 4, 5).reshape(rows, groups, GROUP)
+        return ints, _rows_of_blocks(self.scales), _rows_of_blocks(self.offsets)
 
     def rows(self, index: torch.Tensor | slice) -> QuantizedTensor:
         """The rows `index` selects (a slice or a permutation), as a new tensor."""
+        if self.interleaved:
+            raise ValueError("select rows before interleaving")
         return QuantizedTensor(self.fmt, self.q[index].contiguous(),
                                self.scales[index].contiguous(),
                                None if self.offsets is None else self.offsets[index].contiguous(),
@@ -83,6 +111,8 @@ class QuantizedTensor:
 def cat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
     """Stack weight matrices of one format (q, k and v; gate and up) row-wise."""
     first = parts[0]
+    if any(p.interleaved for p in parts):
+        raise ValueError("fuse weights before interleaving")
     if any((p.fmt, p.zero, p.group) != (first.fmt, first.zero, first.group) for p in parts):
         raise ValueError("cannot fuse weights quantized in different formats")
     return QuantizedTensor(first.fmt, torch.cat([p.q for p in parts]),
@@ -90,6 +120,33 @@ def cat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
                            None if first.offsets is None
                            else torch.cat([p.offsets for p in parts]),  # type: ignore[misc]
                            first.zero, first.group)
+
+
+def interleave(t: QuantizedTensor) -> QuantizedTensor:
+    """A q4 tensor (rows a multiple of 16) in the int8 kernel's order: per 16 rows and
+    group, 4 vectors of 64 bytes, vector j holding 4 bytes of each row, whose low nibbles
+    are elements 8j..8j+3 of the group and high nibbles 8j+4..8j+7."""
+    rows, cols = t.shape
+    if t.fmt != "q4" or t.interleaved or rows % INTERLEAVE:
+        raise ValueError(f"interleave takes a q4 tensor of a multiple of {INTERLEAVE} rows")
+    groups = cols // GROUP
+    ints, scales, offsets = t._row_order()
+    # [block, row in block, group, vector j, nibble, byte] → [block, group, j, row, byte, nibble]
+    split = ints.view(rows // INTERLEAVE, INTERLEAVE, groups, 4, 2, 4).permute(0, 2, 3, 1, 5, 4)
+    q = (split[..., 0] | (split[..., 1] << 4)).reshape(rows // INTERLEAVE, groups, 256)
+    return QuantizedTensor("q4", q.contiguous(), _blocks_of_rows(scales),
+                           _blocks_of_rows(offsets), t.zero, t.group, interleaved=True)
+
+
+def _blocks_of_rows(values: torch.Tensor) -> torch.Tensor:
+    """[rows, groups] → [rows / 16, groups, 16]"""
+    rows, groups = values.shape
+    return values.view(rows // INTERLEAVE, INTERLEAVE, groups).transpose(1, 2).contiguous()
+
+
+def _rows_of_blocks(values: torch.Tensor) -> torch.Tensor:  # the inverse
+    blocks, groups, _ = values.shape
+    return values.transpose(1, 2).reshape(blocks * INTERLEAVE, groups)
 
 
 def from_gguf_blocks(raw: np.ndarray, type_name: str, rows: int, cols: int) -> QuantizedTensor:

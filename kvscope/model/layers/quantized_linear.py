@@ -3,12 +3,14 @@ the packed integers and widen them in registers; without the kernels the weight 
 dequantized on each call (correct, slow). With `int8_activations` (the default) a
 4-bit layer's kernel rows are rounded to int8 in groups of 32 and multiplied in
 integers (`kernels/int8_gemm.cpp`, llama.cpp's arithmetic); 8-bit layers always
-multiply float activations.
+multiply float activations. The int8 kernel reads its weights interleaved 16 rows at a
+time (`quant.interleave`, done here at load); a 4-bit layer whose rows are not a multiple
+of 16 multiplies float activations instead.
 
 Steps of more than `linear.ROW_INVARIANT_MAX_ROWS` rows (prefill) are compute-bound,
-where the library's float32 GEMM is several times faster than the quantized kernels:
-their prompt rows go to it, on a float32 copy of the weight made for the call (GGUF's
-own formula, so the same weights), and only their decode rows to the kernels. As with
+where the library's GEMM is faster than the quantized kernels: their prompt rows go to
+it, on a copy of the weight in the activations' dtype made for the call (GGUF's own
+formula, so the same weights), and only their decode rows to the kernels. As with
 the bf16 linears, a decode (and a speculative verification) row thus gets the same bits
 whatever else is in the step.
 """
@@ -23,14 +25,16 @@ from torch import nn
 
 from kvscope.kernels.build import cpu_kernels
 from kvscope.model.layers import linear
-from kvscope.model.quant import QuantizedTensor
+from kvscope.model.quant import INTERLEAVE, QuantizedTensor, interleave
 
 
 class QuantizedLinear(nn.Module):
     def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None,
                  int8_activations: bool = True) -> None:
         super().__init__()
-        self.weight = weight
+        if weight.fmt != "q4" or weight.shape[0] % INTERLEAVE:
+            int8_activations = False
+        self.weight = interleave(weight) if int8_activations else weight
         self.int8_activations = int8_activations
         self.bias = None if bias is None else bias.float().contiguous()
         self.out_features, self.in_features = weight.shape
@@ -50,19 +54,23 @@ class QuantizedLinear(nn.Module):
             if num_decode_rows:
                 out[:num_decode_rows] = self._kernel(kernels, x2[:num_decode_rows])
             out[num_decode_rows:] = self._library(x2[num_decode_rows:],
-                                                  self._dequantized(kernels))
+                                                  self._dequantized(kernels, x.dtype))
         return out.view(*shape[:-1], self.out_features)
 
     def _kernel(self, kernels: Any, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if w.fmt == "q4" and self.int8_activations:
+        if w.interleaved:
             return kernels.q4_linear_i8(x, w.q, w.scales, w.offsets, w.zero, self.bias)
         if w.fmt == "q4":
             return kernels.q4_linear(x, w.q, w.scales, w.offsets, w.zero, self.bias)
         return kernels.q8_linear(x, w.q, w.scales, self.bias)
 
-    def _dequantized(self, kernels: Any) -> torch.Tensor:
+    def _dequantized(self, kernels: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight dense in `dtype` (float32 or bf16)."""
         w = self.weight
+        if w.interleaved:
+            return kernels.q4_interleaved_dequantize(w.q, w.scales, w.offsets, w.zero,
+                                                     dtype == torch.bfloat16)
         if w.fmt == "q4":
             return kernels.q4_dequantize(w.q, w.scales, w.offsets, w.zero)
         return kernels.q8_dequantize(w.q, w.scales)
