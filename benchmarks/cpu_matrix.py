@@ -4,7 +4,7 @@ kvscope runs the bundled SmolLM2-135M-Instruct four ways: float32 weights, bf16
 weights, int8 weights (quantized at load) and the GGUF's own Q4_1 weights (the
 default), every one with float32 activations where the CPU has no bf16 arithmetic.
 Beside them: HF transformers float32 (static batches), vLLM's CPU build (its own venv,
-`--vllm PYTHON`) and llama.cpp (`--llama-cpp PYTHON`, a venv with llama-cpp-python,
+`--vllm PYTHON`; bf16 where the CPU has AVX512-BF16, else float32) and llama.cpp (`--llama-cpp PYTHON`, a venv with llama-cpp-python,
 the same GGUF file, 2 threads, batch 1 only: its Python binding does not batch). The
 workloads are those of throughput.py: the engine-core batch (64 requests, prompts of
 32-512 tokens, 128 greedy output tokens each) and batch-1 decode.
@@ -82,8 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save", type=Path, metavar="PATH", help="write all figures as JSON here")
     args = p.parse_args(argv)
     args.sizes = tp.QUICK if args.quick else tp.FULL
-    # what throughput.run_vllm reads
-    args.dtype, args.max_num_seqs = "float32", None
+    # what throughput.run_vllm reads: vLLM in the dtype it runs fastest here, bf16 where
+    # the CPU multiplies it natively, else float32
+    args.dtype = "bfloat16" if "avx512_bf16" in cpu_flags() else "float32"
+    args.max_num_seqs = None
     return args
 
 
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [run_kvscope(*KVSCOPE_ROWS[f], args, prompts, batch1_prompt)
             for f in args.formats.split(",")]
     fp32_outputs = rows[0]["outputs"]
+    fp32_bytes = weight_bytes_per_token(reference)  # what HF (and vLLM in float32) read
     hf_dir = tp.export_hf_dir(reference, tp.default_hf_dir(reference)) \
         if not args.skip_hf or args.vllm else None
     if not args.skip_hf:
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         b1 = tp.decode_rate(functools.partial(hf.generate, [batch1_prompt]), sizes.batch1_tokens)
         rows.append({"engine": "HF transformers fp32", "wall_s": res["wall_s"],
                      "outputs": res["outputs"], "weights": "fp32",
-                     "bytes_per_token": rows[0]["bytes_per_token"],
+                     "bytes_per_token": fp32_bytes,
                      "batch1_tok_s": b1["decode_tok_s"]})
         del hf
         gc.collect()
@@ -232,8 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tp.log(f"vLLM: running with {args.vllm}")
         vr = tp.run_vllm(args.vllm, hf_dir, args, prompts, batch1_prompt)
         rows.append({"engine": f"vLLM CPU {vr.get('version', '')}".strip(),
-                     "wall_s": vr["wall_s"], "outputs": vr["outputs"], "weights": "fp32",
-                     "bytes_per_token": rows[0]["bytes_per_token"],
+                     "wall_s": vr["wall_s"], "outputs": vr["outputs"],
+                     "weights": "bf16" if args.dtype == "bfloat16" else "fp32",
+                     "bytes_per_token": fp32_bytes // (2 if args.dtype == "bfloat16" else 1),
                      "batch1_tok_s": vr["batch1"]["decode_tok_s"]})
     if args.llama_cpp:
         tp.log(f"llama.cpp: running with {args.llama_cpp}")
