@@ -4,8 +4,8 @@ kvscope runs the bundled SmolLM2-135M-Instruct four ways: float32 weights, bf16
 weights, int8 weights (quantized at load) and the GGUF's own Q4_1 weights (the
 default), every one with float32 activations where the CPU has no bf16 arithmetic.
 Beside them: HF transformers float32 (static batches), vLLM's CPU build (its own venv,
-`--vllm PYTHON`; bf16 where the CPU has AVX512-BF16, else float32) and llama.cpp (`--llama-cpp PYTHON`, a venv with llama-cpp-python,
-the same GGUF file, 2 threads, batch 1 only: its Python binding does not batch). The
+`--vllm PYTHON`; bf16 where the CPU has AVX512-BF16, else float32) and llama.cpp
+(`--llama-cpp PYTHON`, a venv with llama-cpp-python, the same GGUF file, 2 threads, batch 1 only: its Python binding does not batch). The
 workloads are those of throughput.py: the engine-core batch (64 requests, prompts of
 32-512 tokens, 128 greedy output tokens each) and batch-1 decode.
 
