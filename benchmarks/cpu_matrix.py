@@ -5,9 +5,10 @@ weights, int8 weights (quantized at load) and the GGUF's own Q4_1 weights (the
 default), every one with float32 activations where the CPU has no bf16 arithmetic.
 Beside them: HF transformers float32 (static batches), vLLM's CPU build (its own venv,
 `--vllm PYTHON`; bf16 where the CPU has AVX512-BF16, else float32) and llama.cpp
-(`--llama-cpp PYTHON`, a venv with llama-cpp-python, the same GGUF file, 2 threads, batch 1 only: its Python binding does not batch). The
-workloads are those of throughput.py: the engine-core batch (64 requests, prompts of
-32-512 tokens, 128 greedy output tokens each) and batch-1 decode.
+(`--llama-cpp PYTHON`, a venv with llama-cpp-python, the same GGUF file, 2 threads,
+batch 1 only: its Python binding does not batch). The workloads are those of
+throughput.py: the engine-core batch (64 requests, prompts of 32-512 tokens, 128 greedy
+output tokens each) and batch-1 decode.
 
     .venv/bin/python benchmarks/cpu_matrix.py --vllm .venv-vllm/bin/python \
         --llama-cpp .venv-llama/bin/python --save benchmarks/results/cpu-matrix.json
