@@ -270,3 +270,24 @@ def test_paged_decode_matches_torch_reference(kernels, dtype, dim, kv_heads, gro
     got = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, dim ** -0.5)
     want = decode_attention_torch(q.float(), k_cache.float(), v_cache.float(), tables, lens)
     torch.testing.assert_close(got.float(), want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_decode_row_is_the_same_alone_and_in_any_batch(kernels, dtype):
+    """Units are handed out longest context first from a shared counter, so which thread
+    takes a sequence depends on the batch; its bits must not."""
+    gen = torch.Generator().manual_seed(7)
+    lens = torch.tensor([37, 500, 16, 1, 129, 250, 64, 333])
+    blocks = -(-int(lens.max()) // 16)
+    k_cache = torch.randn(len(lens) * blocks, 16, 3, 64, generator=gen).to(dtype)
+    v_cache = torch.randn(len(lens) * blocks, 16, 3, 64, generator=gen).to(dtype)
+    tables = torch.randperm(len(lens) * blocks, generator=gen).view(len(lens), blocks)
+    q = torch.randn(len(lens), 9, 64, generator=gen).to(dtype)
+    batch = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.125)
+    reversed_ = kernels.paged_decode_attention(q.flip(0), k_cache, v_cache, tables.flip(0),
+                                               lens.flip(0), 0.125)
+    assert torch.equal(reversed_.flip(0), batch)
+    for i in range(len(lens)):
+        alone = kernels.paged_decode_attention(q[i:i + 1], k_cache, v_cache, tables[i:i + 1],
+                                               lens[i:i + 1], 0.125)
+        assert torch.equal(alone[0], batch[i]), f"sequence {i} differs in the batch"

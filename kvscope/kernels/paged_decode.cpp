@@ -5,12 +5,16 @@
 // softmax, and sum the values. K/V are read in place from the paged pool — no
 // gather into a contiguous copy — and all arithmetic is float32. For head dims 64 and
 // 128 the inner loops run a vector (vec.h: 16 lanes with AVX-512, 8 with AVX2) at a
-// time, with each head's query and output in registers.
+// time, with each head's query and output in registers. A sequence's result depends on
+// its own query and cache only, never on the rest of the batch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <limits>
+#include <numeric>
 #include <vector>
 
 #include "dispatch.h"
@@ -36,21 +40,56 @@ struct DecodeArgs {
 };
 
 struct Scratch {
-  std::vector<float> queries, acc, scores;
+  std::vector<float> queries, acc, scores, inverse_totals;
+  int64_t stride = 0;  // floats from one head's scores to the next: whole vectors
 };
 
 using kvscope_vec::Vec;
 
-// scores[g, t] → softmax over t, in place
-void softmax_rows(float* scores, int64_t rows, int64_t len) {
+// One kv head's cached rows of a sequence, in position order, through its block table:
+// a pointer that steps a row at a time and jumps at block ends (no division per row).
+template <typename scalar_t>
+class Rows {
+ public:
+  Rows(const DecodeArgs<scalar_t>& a, const scalar_t* cache, int64_t seq, int64_t kv_head)
+      : cache_(cache + kv_head * a.head_dim), table_(a.tables + seq * a.max_blocks),
+        block_size_(a.block_size), row_stride_(a.kv_heads * a.head_dim),
+        block_stride_(a.block_size * row_stride_) {}
+
+  const scalar_t* next() {
+    if (left_ == 0) {
+      row_ = cache_ + table_[block_++] * block_stride_;
+      left_ = block_size_;
+    }
+    --left_;
+    const scalar_t* here = row_;
+    row_ += row_stride_;
+    return here;
+  }
+
+ private:
+  const scalar_t* cache_;
+  const int64_t* table_;
+  int64_t block_size_, row_stride_, block_stride_;
+  const scalar_t* row_ = nullptr;
+  int64_t left_ = 0, block_ = 0;
+};
+
+// scores[g, t] → e^(score - max) in place for t < len, and 1 / their sum into
+// inverse_totals[g]; the outputs are scaled by it at the end, not each probability
+void exponentiate_rows(float* scores, int64_t rows, int64_t len, int64_t stride,
+                       float* inverse_totals) {
   constexpr int L = Vec::kLanes;
   for (int64_t g = 0; g < rows; ++g) {
-    float* s = scores + g * len;
-    const float peak = *std::max_element(s, s + len);
-    Vec sum = Vec::zero();
-    const Vec vpeak = Vec::set1(peak);
+    float* s = scores + g * stride;
+    Vec vpeak = Vec::set1(-std::numeric_limits<float>::infinity());
     int64_t t = 0;
-    for (; t + L <= len; t += L) {
+    for (; t + L <= len; t += L) vpeak = Vec::max(vpeak, Vec::load(s + t));
+    float peak = vpeak.max_lane();
+    for (; t < len; ++t) peak = std::max(peak, s[t]);
+    Vec sum = Vec::zero();
+    vpeak = Vec::set1(peak);
+    for (t = 0; t + L <= len; t += L) {
       const Vec e = kvscope_vec::exp(Vec::load(s + t) - vpeak);
       e.store(s + t);
       sum = sum + e;
@@ -60,73 +99,77 @@ void softmax_rows(float* scores, int64_t rows, int64_t len) {
       s[t] = std::exp(s[t] - peak);
       total += s[t];
     }
-    const float inv = 1.f / total;
-    for (int64_t i = 0; i < len; ++i) s[i] *= inv;
+    inverse_totals[g] = 1.f / total;
   }
 }
 
 template <typename scalar_t>
 void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   const int64_t G = a.group, d = a.head_dim, context = a.lens[seq];
+  Rows<scalar_t> keys(a, a.k_cache, seq, kv_head), values(a, a.v_cache, seq, kv_head);
   for (int64_t t = 0; t < context; ++t) {
-    const scalar_t* key = a.row(a.k_cache, seq, kv_head, t);
+    const scalar_t* key = keys.next();
     for (int64_t g = 0; g < G; ++g) {
       float dot = 0.f;
       for (int64_t i = 0; i < d; ++i) dot += s.queries[g * d + i] * float(key[i]);
-      s.scores[g * context + t] = dot;
+      s.scores[g * s.stride + t] = dot;
     }
   }
-  softmax_rows(s.scores.data(), G, context);
+  exponentiate_rows(s.scores.data(), G, context, s.stride, s.inverse_totals.data());
   for (int64_t t = 0; t < context; ++t) {
-    const scalar_t* value = a.row(a.v_cache, seq, kv_head, t);
+    const scalar_t* value = values.next();
     for (int64_t g = 0; g < G; ++g) {
-      const float p = s.scores[g * context + t];
+      const float p = s.scores[g * s.stride + t];
       for (int64_t i = 0; i < d; ++i) s.acc[g * d + i] += p * float(value[i]);
     }
   }
 }
 
 // D, the head dim, and G, the query heads per kv head, are compile-time constants so
-// each head's query and output accumulators live in registers. The context is walked
-// block by block (no division per token), and each key and value row is loaded once
-// for all G query heads of its kv head.
+// each head's query and output accumulators live in registers. Each key and value row
+// is loaded once for all G query heads of its kv head. Keys are scored kLanes at a
+// time: each head's kLanes dot-product vectors are summed across lanes together
+// (Vec::sums), one vector of scores, instead of one horizontal sum per key and head.
 template <int D, int G, typename scalar_t>
 void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   constexpr int L = Vec::kLanes, CHUNKS = D / L;
-  const int64_t context = a.lens[seq], bs = a.block_size;
-  const int64_t row_stride = a.kv_heads * D;
-  const int64_t* table = a.tables + seq * a.max_blocks;
+  const int64_t context = a.lens[seq];
   Vec query[G][CHUNKS];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < CHUNKS; ++c) query[g][c] = Vec::load(s.queries.data() + g * D + c * L);
   float* scores = s.scores.data();
-  for (int64_t start = 0; start < context; start += bs) {
-    const int64_t n = std::min(bs, context - start);
-    const scalar_t* key = a.k_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * D;
-    for (int64_t t = 0; t < n; ++t, key += row_stride) {
+  Rows<scalar_t> keys(a, a.k_cache, seq, kv_head);
+  for (int64_t t0 = 0; t0 < context; t0 += L) {
+    const int64_t n = std::min<int64_t>(L, context - t0);
+    Vec dots[G][L];
+    for (int t = 0; t < L; ++t) {
+      if (t >= n) {
+        for (int g = 0; g < G; ++g) dots[g][t] = Vec::zero();
+        continue;
+      }
+      const scalar_t* key = keys.next();
       Vec k[CHUNKS];
       for (int c = 0; c < CHUNKS; ++c) k[c] = Vec::load(key + c * L);
       for (int g = 0; g < G; ++g) {
         Vec dot = query[g][0] * k[0];
         for (int c = 1; c < CHUNKS; ++c) dot = Vec::fmadd(query[g][c], k[c], dot);
-        scores[g * context + start + t] = dot.sum();
+        dots[g][t] = dot;
       }
     }
+    for (int g = 0; g < G; ++g) Vec::sums(dots[g]).store(scores + g * s.stride + t0);
   }
-  softmax_rows(scores, G, context);
+  exponentiate_rows(scores, G, context, s.stride, s.inverse_totals.data());
   Vec acc[G][CHUNKS];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < CHUNKS; ++c) acc[g][c] = Vec::zero();
-  for (int64_t start = 0; start < context; start += bs) {
-    const int64_t n = std::min(bs, context - start);
-    const scalar_t* value = a.v_cache + (table[start / bs] * bs * a.kv_heads + kv_head) * D;
-    for (int64_t t = 0; t < n; ++t, value += row_stride) {
-      Vec v[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) v[c] = Vec::load(value + c * L);
-      for (int g = 0; g < G; ++g) {
-        const Vec p = Vec::set1(scores[g * context + start + t]);
-        for (int c = 0; c < CHUNKS; ++c) acc[g][c] = Vec::fmadd(p, v[c], acc[g][c]);
-      }
+  Rows<scalar_t> values(a, a.v_cache, seq, kv_head);
+  for (int64_t t = 0; t < context; ++t) {
+    const scalar_t* value = values.next();
+    Vec v[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) v[c] = Vec::load(value + c * L);
+    for (int g = 0; g < G; ++g) {
+      const Vec p = Vec::set1(scores[g * s.stride + t]);
+      for (int c = 0; c < CHUNKS; ++c) acc[g][c] = Vec::fmadd(p, v[c], acc[g][c]);
     }
   }
   for (int g = 0; g < G; ++g)
@@ -154,21 +197,35 @@ bool attend_fast(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Sc
   }
 }
 
+// Units of (sequence, kv head), longest context first, taken from a shared counter:
+// contexts differ a lot within a batch, and equal shares of units would leave a
+// thread idle while another walks the long ones.
 template <typename scalar_t>
 void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
-  at::parallel_for(0, num_seqs * a.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  std::vector<int64_t> order(num_seqs);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return a.lens[x] > a.lens[y]; });
+  const int64_t units = num_seqs * a.kv_heads;
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), units);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    constexpr int64_t L = Vec::kLanes;
     const int64_t G = a.group, d = a.head_dim;
     Scratch s;
     s.queries.resize(G * d);
     s.acc.resize(G * d);
-    for (int64_t work = begin; work < end; ++work) {
-      const int64_t seq = work / a.kv_heads, kv_head = work % a.kv_heads;
+    s.inverse_totals.resize(G);
+    for (int64_t unit = next++; unit < units; unit = next++) {
+      const int64_t seq = order[unit / a.kv_heads], kv_head = unit % a.kv_heads;
       const int64_t first_head = seq * a.num_heads + kv_head * G;
       for (int64_t i = 0; i < G * d; ++i) s.queries[i] = float(a.q[first_head * d + i]) * a.scale;
-      s.scores.assign(G * a.lens[seq], 0.f);
+      s.stride = (a.lens[seq] + L - 1) / L * L;
+      s.scores.resize(G * s.stride);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
       if (!attend_fast(a, seq, kv_head, s)) attend_scalar(a, seq, kv_head, s);
-      for (int64_t i = 0; i < G * d; ++i) a.out[first_head * d + i] = scalar_t(s.acc[i]);
+      for (int64_t i = 0; i < G * d; ++i)
+        a.out[first_head * d + i] = scalar_t(s.acc[i] * s.inverse_totals[i / d]);
     }
   });
 }

@@ -6,8 +6,9 @@
 //
 // The operations are the ones the kernels need: loads and stores of float32 and of
 // bfloat16 (widened exactly; stored with round-to-nearest-even, as a torch cast does),
-// fused multiply-add, horizontal sums and maxima in a fixed order (so a kernel's result
-// does not depend on what else is in the batch), exp, and keeping the first n lanes.
+// fused multiply-add, horizontal sums (of one vector, or of kLanes vectors at once) and
+// maxima in a fixed order (so a kernel's result does not depend on what else is in the
+// batch), exp, and keeping the first n lanes.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -103,6 +104,27 @@ struct Vec {
   // a * 2^n for integral n in [-126, 127]
   static Vec scale2(Vec a, Vec n) { return {_mm512_scalef_ps(a.v, n.v)}; }
   float sum() const { return _mm512_reduce_add_ps(v); }
+  // lane i = the sum of d[i]'s lanes, for 16 vectors at once: four rounds of pairing
+  // (within 64-bit pairs, 128-bit lanes, then across them), 15 adds in all instead of
+  // a horizontal sum each
+  static Vec sums(const Vec* d) {
+    __m512 pairs[8], quads[4], octets[2];
+    for (int i = 0; i < 8; ++i)
+      pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(d[2 * i].v, d[2 * i + 1].v),
+                               _mm512_unpackhi_ps(d[2 * i].v, d[2 * i + 1].v));
+    for (int i = 0; i < 4; ++i) {
+      const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
+      quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                               _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int i = 0; i < 2; ++i) octets[i] = halves_added(quads[2 * i], quads[2 * i + 1]);
+    return {halves_added(octets[0], octets[1])};
+  }
+  // 128-bit lanes: (x0 + x1, x2 + x3, y0 + y1, y2 + y3)
+  static __m512 halves_added(__m512 x, __m512 y) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
   float max_lane() const { return _mm512_reduce_max_ps(v); }
   static __mmask16 first(int64_t count) {
     if (count <= 0) return 0;
@@ -173,6 +195,20 @@ struct Vec {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // lane i = the sum of d[i]'s lanes, for 8 vectors at once (as the AVX-512 version)
+  static Vec sums(const Vec* d) {
+    __m256 pairs[4], quads[2];
+    for (int i = 0; i < 4; ++i)
+      pairs[i] = _mm256_add_ps(_mm256_unpacklo_ps(d[2 * i].v, d[2 * i + 1].v),
+                               _mm256_unpackhi_ps(d[2 * i].v, d[2 * i + 1].v));
+    for (int i = 0; i < 2; ++i) {
+      const __m256d x = _mm256_castps_pd(pairs[2 * i]), y = _mm256_castps_pd(pairs[2 * i + 1]);
+      quads[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)),
+                               _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+    }
+    return {_mm256_add_ps(_mm256_permute2f128_ps(quads[0], quads[1], 0x20),
+                          _mm256_permute2f128_ps(quads[0], quads[1], 0x31))};
+  }
   float max_lane() const {
     __m128 s = _mm_max_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
@@ -232,6 +268,7 @@ struct Vec {
     const float lo = s[2] + s[0], hi = s[3] + s[1];
     return hi + lo;
   }
+  static Vec sums(const Vec* d) { return map([&](int i) { return d[i].sum(); }); }
   float max_lane() const { return *std::max_element(v, v + kLanes); }
   static Vec keep_first(Vec a, int64_t count, Vec fill) {
     return map([&](int i) { return i < count ? a.v[i] : fill.v[i]; });
