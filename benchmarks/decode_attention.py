@@ -7,7 +7,10 @@ of 16); one call is one layer of one step (the model has 30). The torch fallback
 what runs without the kernels (a gather of every context, then two einsums). The
 floor is the time to stream the K/V bytes the step reads at the copy bandwidth this
 run measures (`cpu_matrix.memory_bandwidth`): a decode step cannot read its cache
-faster than that, so "of floor" says how close the kernel is to the machine's limit.
+faster than that from memory, so "of floor" says how close the kernel is to the
+machine's limit. A step whose K/V fits in the last-level cache (the small shapes: the
+same pool is read on every call) can pass 100%; in a model the cache of the other 29
+layers has evicted it, so the large shapes are the ones to read.
 
     .venv/bin/python benchmarks/decode_attention.py
 
