@@ -40,7 +40,7 @@ struct DecodeArgs {
 };
 
 struct Scratch {
-  std::vector<float> queries, acc, scores, inverse_totals;
+  std::vector<float> queries, acc, scores;
   int64_t stride = 0;  // floats from one head's scores to the next: whole vectors
 };
 
@@ -75,10 +75,8 @@ class Rows {
   int64_t left_ = 0, block_ = 0;
 };
 
-// scores[g, t] → e^(score - max) in place for t < len, and 1 / their sum into
-// inverse_totals[g]; the outputs are scaled by it at the end, not each probability
-void exponentiate_rows(float* scores, int64_t rows, int64_t len, int64_t stride,
-                       float* inverse_totals) {
+// scores[g, t] → softmax over t < len, in place
+void softmax_rows(float* scores, int64_t rows, int64_t len, int64_t stride) {
   constexpr int L = Vec::kLanes;
   for (int64_t g = 0; g < rows; ++g) {
     float* s = scores + g * stride;
@@ -99,7 +97,8 @@ void exponentiate_rows(float* scores, int64_t rows, int64_t len, int64_t stride,
       s[t] = std::exp(s[t] - peak);
       total += s[t];
     }
-    inverse_totals[g] = 1.f / total;
+    const float inv = 1.f / total;
+    for (int64_t i = 0; i < len; ++i) s[i] *= inv;
   }
 }
 
@@ -115,7 +114,7 @@ void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, 
       s.scores[g * s.stride + t] = dot;
     }
   }
-  exponentiate_rows(s.scores.data(), G, context, s.stride, s.inverse_totals.data());
+  softmax_rows(s.scores.data(), G, context, s.stride);
   for (int64_t t = 0; t < context; ++t) {
     const scalar_t* value = values.next();
     for (int64_t g = 0; g < G; ++g) {
@@ -129,7 +128,8 @@ void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, 
 // each head's query and output accumulators live in registers. Each key and value row
 // is loaded once for all G query heads of its kv head. Keys are scored kLanes at a
 // time: each head's kLanes dot-product vectors are summed across lanes together
-// (Vec::sums), one vector of scores, instead of one horizontal sum per key and head.
+// (Vec::sums), one vector of scores, instead of one horizontal sum per key and head,
+// in the same order, so the scores are the bits a sum per key gives.
 template <int D, int G, typename scalar_t>
 void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
   constexpr int L = Vec::kLanes, CHUNKS = D / L;
@@ -158,7 +158,7 @@ void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Sc
     }
     for (int g = 0; g < G; ++g) Vec::sums(dots[g]).store(scores + g * s.stride + t0);
   }
-  exponentiate_rows(scores, G, context, s.stride, s.inverse_totals.data());
+  softmax_rows(scores, G, context, s.stride);
   Vec acc[G][CHUNKS];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < CHUNKS; ++c) acc[g][c] = Vec::zero();
@@ -215,7 +215,6 @@ void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
     Scratch s;
     s.queries.resize(G * d);
     s.acc.resize(G * d);
-    s.inverse_totals.resize(G);
     for (int64_t unit = next++; unit < units; unit = next++) {
       const int64_t seq = order[unit / a.kv_heads], kv_head = unit % a.kv_heads;
       const int64_t first_head = seq * a.num_heads + kv_head * G;
@@ -225,7 +224,7 @@ void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
       if (!attend_fast(a, seq, kv_head, s)) attend_scalar(a, seq, kv_head, s);
       for (int64_t i = 0; i < G * d; ++i)
-        a.out[first_head * d + i] = scalar_t(s.acc[i] * s.inverse_totals[i / d]);
+        a.out[first_head * d + i] = scalar_t(s.acc[i]);
     }
   });
 }

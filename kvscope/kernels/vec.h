@@ -104,26 +104,33 @@ struct Vec {
   // a * 2^n for integral n in [-126, 127]
   static Vec scale2(Vec a, Vec n) { return {_mm512_scalef_ps(a.v, n.v)}; }
   float sum() const { return _mm512_reduce_add_ps(v); }
-  // lane i = the sum of d[i]'s lanes, for 16 vectors at once: four rounds of pairing
-  // (within 64-bit pairs, 128-bit lanes, then across them), 15 adds in all instead of
-  // a horizontal sum each
+  // lane i = d[i].sum(), for 16 vectors at once and in sum()'s order (lanes i + i+8,
+  // then + i+4, then + i+2, then + i+1, as _mm512_reduce_add_ps adds them), so a result
+  // is the same bits either way: the transposing shuffles of four rounds instead of a
+  // horizontal sum of each vector
   static Vec sums(const Vec* d) {
-    __m512 pairs[8], quads[4], octets[2];
-    for (int i = 0; i < 8; ++i)
-      pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(d[2 * i].v, d[2 * i + 1].v),
-                               _mm512_unpackhi_ps(d[2 * i].v, d[2 * i + 1].v));
-    for (int i = 0; i < 4; ++i) {
-      const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
-      quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-                               _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    __m512 halves[8], quarters[4], eighths[2];
+    for (int i = 0; i < 8; ++i)  // [d[2i] 8 partials | d[2i+1] 8 partials]
+      halves[i] = _mm512_add_ps(
+          _mm512_shuffle_f32x4(d[2 * i].v, d[2 * i + 1].v, _MM_SHUFFLE(1, 0, 1, 0)),
+          _mm512_shuffle_f32x4(d[2 * i].v, d[2 * i + 1].v, _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 4; ++i)  // 128-bit lane k: vector 4i + k's 4 partials
+      quarters[i] = _mm512_add_ps(
+          _mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+          _mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int i = 0; i < 2; ++i) {  // lane k: [8i + k: 2 partials, 8i + 4 + k: 2 partials]
+      const __m512d x = _mm512_castps_pd(quarters[2 * i]);
+      const __m512d y = _mm512_castps_pd(quarters[2 * i + 1]);
+      eighths[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                                 _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
     }
-    for (int i = 0; i < 2; ++i) octets[i] = halves_added(quads[2 * i], quads[2 * i + 1]);
-    return {halves_added(octets[0], octets[1])};
-  }
-  // 128-bit lanes: (x0 + x1, x2 + x3, y0 + y1, y2 + y3)
-  static __m512 halves_added(__m512 x, __m512 y) {
-    return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+    // lane 4k + m: vector 4m + k; then each vector's sum to its own lane
+    const __m512 mixed = _mm512_add_ps(
+        _mm512_shuffle_ps(eighths[0], eighths[1], _MM_SHUFFLE(2, 0, 2, 0)),
+        _mm512_shuffle_ps(eighths[0], eighths[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7,
+                                            11, 15);
+    return {_mm512_permutexvar_ps(order, mixed)};
   }
   float max_lane() const { return _mm512_reduce_max_ps(v); }
   static __mmask16 first(int64_t count) {
@@ -195,19 +202,23 @@ struct Vec {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  // lane i = the sum of d[i]'s lanes, for 8 vectors at once (as the AVX-512 version)
+  // lane i = d[i].sum(), for 8 vectors at once and in sum()'s order (lanes i + i+4, then
+  // + i+2, then + i+1), so a result is the same bits either way
   static Vec sums(const Vec* d) {
-    __m256 pairs[4], quads[2];
-    for (int i = 0; i < 4; ++i)
-      pairs[i] = _mm256_add_ps(_mm256_unpacklo_ps(d[2 * i].v, d[2 * i + 1].v),
-                               _mm256_unpackhi_ps(d[2 * i].v, d[2 * i + 1].v));
-    for (int i = 0; i < 2; ++i) {
-      const __m256d x = _mm256_castps_pd(pairs[2 * i]), y = _mm256_castps_pd(pairs[2 * i + 1]);
-      quads[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)),
-                               _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+    __m256 halves[4], quarters[2];
+    for (int i = 0; i < 4; ++i)  // [d[2i] 4 partials | d[2i+1] 4 partials]
+      halves[i] = _mm256_add_ps(_mm256_permute2f128_ps(d[2 * i].v, d[2 * i + 1].v, 0x31),
+                                _mm256_permute2f128_ps(d[2 * i].v, d[2 * i + 1].v, 0x20));
+    for (int i = 0; i < 2; ++i) {  // low: [4i: 2 partials, 4i+2: 2], high: 4i+1, 4i+3
+      const __m256d x = _mm256_castps_pd(halves[2 * i]), y = _mm256_castps_pd(halves[2 * i + 1]);
+      quarters[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpackhi_pd(x, y)),
+                                  _mm256_castpd_ps(_mm256_unpacklo_pd(x, y)));
     }
-    return {_mm256_add_ps(_mm256_permute2f128_ps(quads[0], quads[1], 0x20),
-                          _mm256_permute2f128_ps(quads[0], quads[1], 0x31))};
+    // low lanes: vectors 0, 2, 4, 6; high lanes: 1, 3, 5, 7
+    const __m256 mixed = _mm256_add_ps(
+        _mm256_shuffle_ps(quarters[0], quarters[1], _MM_SHUFFLE(2, 0, 2, 0)),
+        _mm256_shuffle_ps(quarters[0], quarters[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return {_mm256_permutevar8x32_ps(mixed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))};
   }
   float max_lane() const {
     __m128 s = _mm_max_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
