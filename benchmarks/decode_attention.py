@@ -20,7 +20,6 @@ work on the machine inflates both alike. The table goes to stdout.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import dataclass
@@ -33,9 +32,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without an
 import torch  # noqa: E402
 
 from benchmarks.cpu_matrix import memory_bandwidth  # noqa: E402
-from benchmarks.prefill_attention import fastest  # noqa: E402
+from benchmarks.prefill_attention import fastest, kernel_bench_setup  # noqa: E402
 from kvscope.attention import cpu_backend  # noqa: E402
-from kvscope.kernels.build import cpu_kernels  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 9, 3, 64, 16
 
@@ -79,15 +77,7 @@ def kv_bytes(shape: Shape, dtype: torch.dtype) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=30, help="timed calls per path")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtypes", default="bfloat16,float32")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    kernel = cpu_kernels()
-    if kernel is None:
-        sys.exit("the C++ kernels are not available (no compiler, or KVSCOPE_NO_KERNELS=1)")
+    args, kernel = kernel_bench_setup(__doc__.split("\n\n")[0], reps=30)
     bandwidth = memory_bandwidth()
     print(f"decode attention, one layer ({HEADS} heads, {KV_HEADS} KV heads, head dim "
           f"{HEAD_DIM}, blocks of {BLOCK}), {args.threads} threads, min of {args.reps}; "

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without an install
@@ -120,15 +121,23 @@ def fastest(calls: dict[str, Callable[[], torch.Tensor]], reps: int) -> dict[str
     return {name: seconds * 1e3 for name, seconds in best.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=15, help="timed calls per path")
+def kernel_bench_setup(description: str, reps: int) -> tuple[argparse.Namespace, Any]:
+    """The attention benchmarks' arguments (--reps, --threads, --dtypes), torch's thread
+    count set from them, and the kernel module (exits where there is none)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--reps", type=int, default=reps, help="timed calls per path")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", default="bfloat16,float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if cpu_kernels() is None:
+    kernels = cpu_kernels()
+    if kernels is None:
         sys.exit("the C++ kernels are not available (no compiler, or KVSCOPE_NO_KERNELS=1)")
+    return args, kernels
+
+
+def main() -> None:
+    args, _ = kernel_bench_setup(__doc__.split("\n\n")[0], reps=15)
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         print("note: OMP_WAIT_POLICY=PASSIVE is recommended", file=sys.stderr)
 
