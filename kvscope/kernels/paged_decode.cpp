@@ -32,11 +32,6 @@ struct DecodeArgs {
   scalar_t* out;            // [S, H, d]
   int64_t num_heads, kv_heads, head_dim, block_size, max_blocks, group;
   float scale;
-
-  const scalar_t* row(const scalar_t* cache, int64_t seq, int64_t kv_head, int64_t t) const {
-    const int64_t block = tables[seq * max_blocks + t / block_size];
-    return cache + ((block * block_size + t % block_size) * kv_heads + kv_head) * head_dim;
-  }
 };
 
 struct Scratch {
@@ -223,8 +218,7 @@ void decode_attention_impl(const DecodeArgs<scalar_t>& a, int64_t num_seqs) {
       s.scores.resize(G * s.stride);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
       if (!attend_fast(a, seq, kv_head, s)) attend_scalar(a, seq, kv_head, s);
-      for (int64_t i = 0; i < G * d; ++i)
-        a.out[first_head * d + i] = scalar_t(s.acc[i]);
+      for (int64_t i = 0; i < G * d; ++i) a.out[first_head * d + i] = scalar_t(s.acc[i]);
     }
   });
 }
