@@ -302,6 +302,8 @@ class Scheduler:
             n = self._chunk_size(request, budget)
             copies = self.kv.swap_in(request, n)
             if copies is None:
+                if self._give_way(out):
+                    continue
                 break
             self.swapped.pop(0)
             out.swap_in.extend(copies)
@@ -323,14 +325,21 @@ class Scheduler:
                     self._admit(self.waiting[0], out, budget):
                 budget -= out.scheduled[-1].num_tokens
                 continue
-            # Requests with nothing to compute (beams waiting for the rest of their group
-            # to get logits) would hold their blocks forever while the one they wait for
-            # cannot get in: give way to it (their next-token logits are kept).
-            idle = [r for r in self._victims() if r.num_computed_tokens >= r.num_tokens]
-            if not idle:
+            if not self._give_way(out):
                 break
-            self._preempt(idle[-1], out)
         return budget
+
+    def _give_way(self, out: Schedule) -> bool:
+        """Requests with nothing to compute (beams waiting for the rest of their group
+        to get logits) would hold their blocks forever while the one they wait for
+        cannot get in: drop the K/V of the last of them to make room (its next-token
+        logits are kept). Always by recompute: a swapped-out one would come back first
+        and take the room again. False if no running request is idle."""
+        idle = [r for r in self._victims() if r.num_computed_tokens >= r.num_tokens]
+        if not idle:
+            return False
+        self._preempt(idle[-1], out, by_swap=False)
+        return True
 
     def admit_remote(self, request: Request,
                      load: Callable[[Request, list[int], int], bool]) -> str:
@@ -422,15 +431,15 @@ class Scheduler:
         return ScheduledRequest(request, request.num_computed_tokens, n,
                                 self.kv.block_ids(request.request_id))
 
-    def _preempt(self, victim: Request, out: Schedule) -> None:
+    def _preempt(self, victim: Request, out: Schedule, by_swap: bool = True) -> None:
         """Take the victim out of the running batch: swap its K/V out when the mode and
-        the swap space allow, else drop them to be recomputed."""
+        the swap space allow (and `by_swap`), else drop them to be recomputed."""
         self.running.remove(victim)
         victim.spec_token_ids = []
         victim.num_preemptions += 1
         self.num_preemptions += 1
         out.preempted.append(victim.request_id)
-        if self.config.preemption_mode == "swap":
+        if by_swap and self.config.preemption_mode == "swap":
             copies = self.kv.swap_out(victim)
             if copies is not None:
                 victim.status = RequestStatus.SWAPPED
@@ -448,7 +457,7 @@ class Scheduler:
         self._insert(self.waiting, victim)
         if self.events.enabled:
             self.events.emit(Preempted(request_id=victim.request_id, mode="recompute",
-                                       fallback=self.config.preemption_mode == "swap"))
+                                       fallback=by_swap and self.config.preemption_mode == "swap"))
 
     def update_from_output(self, out: Schedule, new_tokens: Sequence[NewTokens],
                            on_token: Callable[[NewTokens, int], RequestStatus | None]
