@@ -62,8 +62,9 @@ def test_silu_and_mul(kernels, dtype: torch.dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_rotates_q_and_k_heads_only(kernels, dtype: torch.dtype):
-    heads, kv_heads, dim, tokens = 9, 3, 64, 20
+@pytest.mark.parametrize("dim", [64, 48])  # 48: half a head is not whole vectors on AVX-512
+def test_rope_rotates_q_and_k_heads_only(kernels, dtype: torch.dtype, dim: int):
+    heads, kv_heads, tokens = 9, 3, 20
     cos, sin = rope_tables(dim, 64, 100000.0)
     positions = torch.randint(0, 64, (tokens,), generator=torch.Generator().manual_seed(2))
     cos, sin = cos[positions].to(dtype), sin[positions].to(dtype)
@@ -73,7 +74,10 @@ def test_rope_rotates_q_and_k_heads_only(kernels, dtype: torch.dtype):
     qk = expected[:, :rotated * dim].view(tokens, rotated, dim)
     qk.copy_(apply_rope(qk, cos.unsqueeze(1), sin.unsqueeze(1)))
     kernels.rope_inplace(qkv, cos, sin, rotated, dim)
-    torch.testing.assert_close(qkv, expected, **tolerance(dtype))
+    if dtype == torch.bfloat16:  # the reference's bits: each product rounded to bf16
+        assert torch.equal(qkv, expected)
+    else:  # the compiler may fuse a multiply into the add
+        torch.testing.assert_close(qkv, expected, **tolerance(dtype))
     assert torch.equal(qkv[:, rotated * dim:], expected[:, rotated * dim:])  # v untouched
 
 
