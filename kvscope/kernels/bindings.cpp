@@ -1,5 +1,5 @@
 // Python bindings for the CPU kernels of kvscope.
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include "vec.h"
 

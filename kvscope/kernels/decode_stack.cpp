@@ -8,7 +8,8 @@
 // The stack holds each layer's weights as the Python modules hold them (registered
 // once at load) and picks each linear's kernel exactly as they do for decode rows, so
 // every output bit equals the loop's (tests/test_decode_stack.py).
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>
+#include <ATen/ops/linear.h>
 
 #include <optional>
 #include <vector>

@@ -2,7 +2,9 @@
 // where the torch versions take three to six passes over memory. Arithmetic is
 // float32; results are rounded to the tensor's dtype at the same points the
 // reference (HF transformers) rounds, so bf16 outputs match it closely.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

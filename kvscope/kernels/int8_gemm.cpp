@@ -19,7 +19,8 @@
 // sees exactly these operations in this order on every instruction set and for any
 // number of rows, so a row gets the same bits alone or in a batch (decode rows =
 // verification rows), and the AVX-512, AVX2 and plain builds agree bit for bit.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

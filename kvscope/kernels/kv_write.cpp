@@ -2,7 +2,7 @@
 // slot_mapping[t] (block_id * block_size + offset) of each cache. One copy per token
 // and cache; torch's index_copy_ does the same through TensorIterator, whose setup
 // costs more than the copy for the handful of tokens of a decode step.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstring>
 

@@ -7,7 +7,8 @@
 // 128 the inner loops run a vector (vec.h: 16 lanes with AVX-512, 8 with AVX2) at a
 // time, with each head's query and output in registers. A sequence's result depends on
 // its own query and cache only, never on the rest of the batch.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

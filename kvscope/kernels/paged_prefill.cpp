@@ -24,7 +24,8 @@
 //     the build's vectors (vec.h: 16 lanes with AVX-512, 8 with AVX2), key tiles
 //     transposed to [d][32 keys], value tiles [32 keys][d].
 //   * for a head dim other than 64 or 128: a scalar loop, one query row at a time.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -14,7 +14,9 @@
 // The weights feed the float32 tiles of float_gemm.h as they are widened: rows are
 // row-invariant as there, and calls of many rows first widen each block of 8 weight
 // rows into float32 with the same code, then run the dense tiles on it.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <cstdint>
 

@@ -19,7 +19,8 @@
 // and the hardware prefetcher alone reach half of this machine's bandwidth on 1 KiB
 // rows), and run every input row over the block in register tiles while it sits in
 // L1/L2. With many rows the tiles keep the vector units busy.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
