@@ -202,11 +202,13 @@ def test_quantize_at_load_rounds_each_weight_to_its_group_grid(fmt: str):
 
 @pytest.mark.parametrize("type_name", GGUF_FORMATS)
 @pytest.mark.parametrize("int8_activations", [True, False])
-def test_big_steps_take_the_library_gemm_on_the_same_weights_and_keep_decode_rows(
-        kernels, monkeypatch, type_name: str, int8_activations: bool):
-    """Past 64 rows the prompt rows go to F.linear on a float32 copy that equals the
-    format's dequantisation bit for bit; the decode rows in front still get the
-    kernel's bits (what a decode computed alone gets)."""
+def test_big_steps_keep_the_decode_rows_bits(kernels, monkeypatch, type_name: str,
+                                             int8_activations: bool):
+    """Past 64 rows a 4-bit layer on int8 activations keeps its kernel for every row
+    (faster than the float32 GEMM), so each row gets the bits it gets alone; the other
+    layers send the prompt rows to F.linear on a float32 copy that equals the format's
+    dequantisation bit for bit, and their decode rows in front still get the kernel's
+    bits (what a decode computed alone gets)."""
     from kvscope.model.layers import quantized_linear
 
     monkeypatch.setattr(quantized_linear, "cpu_kernels", lambda: kernels)
@@ -215,15 +217,34 @@ def test_big_steps_take_the_library_gemm_on_the_same_weights_and_keep_decode_row
     layer = QuantizedLinear(weight, torch.randn(192, generator=torch.Generator().manual_seed(4)),
                             int8_activations=int8_activations)
     assert torch.equal(layer._dequantized(kernels), reference)
+    every_row = layer.kernel_takes_every_row(torch.float32)
+    assert every_row == (int8_activations and weight.fmt == "q4")
     x = torch.randn(100, k_in, generator=torch.Generator().manual_seed(5))
     out = layer(x, num_decode_rows=3)
-    for i in range(3):
+    for i in range(100 if every_row else 3):
         assert torch.equal(out[i:i + 1], layer(x[i:i + 1]))
     expected = x @ reference.T + layer.bias
-    torch.testing.assert_close(out[3:], expected[3:], atol=1e-4, rtol=1e-4)
-    if int8_activations and weight.fmt == "q4":  # the decode rows' x rounded to 8 bits
+    if every_row:  # x rounded to 8 bits, every row
+        expected = int8_activations_of(x) @ reference.T + layer.bias
+    elif int8_activations and weight.fmt == "q4":  # the decode rows' x only
         expected[:3] = int8_activations_of(x[:3]) @ reference.T + layer.bias
-    torch.testing.assert_close(out[:3], expected[:3], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_only_native_bf16_sends_prompt_rows_of_the_int8_kernel_to_the_library(
+        monkeypatch, native_bf16: bool):
+    """The int8 kernel takes every row of a float32 step (it outruns the float32 GEMM on
+    every CPU); a bf16 step's prompt rows go to the library only where bf16 is native."""
+    from kvscope.model.layers import linear
+
+    monkeypatch.setattr(linear, "small_gemm_takes_all", lambda: not native_bf16)
+    weight, _ = gguf_weight("Q4_1", 64, 576, seed=3)
+    layer = QuantizedLinear(weight)
+    assert layer.kernel_takes_every_row(torch.float32)
+    assert layer.kernel_takes_every_row(torch.bfloat16) == (not native_bf16)
+    assert not QuantizedLinear(weight, int8_activations=False).kernel_takes_every_row(
+        torch.float32)
 
 
 def test_quantized_linear_without_kernels_dequantizes(monkeypatch):
@@ -300,8 +321,8 @@ def perplexity(llm: LLM, token_ids: list[int]) -> float:
 
 def test_perplexity_within_two_percent_of_float32(bundled_by_quantization):
     """Prompts are read in chunks of 64 tokens so that every row goes through the
-    quantized kernels (a step of more than 64 rows sends its prompt rows to the library
-    GEMM on float activations)."""
+    quantized kernels (a step of more than 64 rows sends the prompt rows of a layer on
+    float activations, such as the q8 ones, to the library GEMM)."""
     from pydoc_data.topics import topics
 
     text = topics["assignment"][:1500]  # a fixed text: the Python reference's assignment topic

@@ -45,16 +45,26 @@ struct Activations {
   std::vector<float> d, s;  // [rows, groups]: scale, scale · Σ q
 };
 
+// Each group: d = max|v| / 127, q = round-to-nearest-even(v · (1 / d)), in vectors (a
+// maximum is exact in any order, so this is the scalar loop's every bit).
 template <typename TX>
 void quantize_row(const TX* v, int64_t r, Activations& a) {
+  using kvscope_vec::Vec;
   int8_t* ints = a.q.data() + r * a.k_in;
+  constexpr int kVecs = kGroup / Vec::kLanes;
   for (int64_t g = 0; g < a.groups; ++g, v += kGroup, ints += kGroup) {
-    float amax = 0.f;
-    for (int i = 0; i < kGroup; ++i) amax = std::max(amax, std::fabs(float(v[i])));
-    const float d = amax / 127.f, inverse = d == 0.f ? 0.f : 1.f / d;
+    Vec x[kVecs], peak = Vec::zero();
+    for (int i = 0; i < kVecs; ++i) {
+      x[i] = Vec::load(v + i * Vec::kLanes);
+      peak = Vec::max(peak, Vec::max(x[i], Vec::zero() - x[i]));  // |x|, never -0
+    }
+    const float d = peak.max_lane() / 127.f, inverse = d == 0.f ? 0.f : 1.f / d;
+    alignas(64) float rounded[kGroup];
+    for (int i = 0; i < kVecs; ++i)
+      Vec::round(x[i] * Vec::set1(inverse)).store(rounded + i * Vec::kLanes);
     int sum = 0;
     for (int i = 0; i < kGroup; ++i) {
-      ints[i] = static_cast<int8_t>(std::nearbyint(float(v[i]) * inverse));
+      ints[i] = static_cast<int8_t>(rounded[i]);
       sum += ints[i];
     }
     a.d[r * a.groups + g] = d;
@@ -180,6 +190,11 @@ void dot_tile(const Weights& w, int64_t col0, const ActivationRow* x, float* out
 
 #elif defined(__AVX2__)
 
+// An empty asm that claims to change v: GCC may no longer reassociate the integer sums
+// around it. Without it, it rebuilt each group's 32 products into a tree, computed them
+// all first and spilled most to the stack (16 vector registers only).
+inline void keep_in_register(__m256i& v) { asm("" : "+x"(v)); }
+
 constexpr int kLanes = 8;  // outputs per vector: half a block
 constexpr int kMaxRows = 4;
 constexpr int kVecsPerBlock = 2;
@@ -214,6 +229,7 @@ void dot_tile(const Weights& w, int64_t col0, const ActivationRow* x, float* out
           dot16[r][c] = _mm256_add_epi16(
               dot16[r][c], _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo),
                                             _mm256_maddubs_epi16(hi, x_hi)));
+          keep_in_register(dot16[r][c]);
         }
       }
     }
@@ -285,11 +301,13 @@ void tile(const Weights& w, const Activations& a, int64_t r0, int64_t col0, cons
                   y + (r0 + r) * n_out + j0, C * kLanes);
 }
 
-// All rows against output vectors [col0, col0 + C): kMaxRows at a time, then 4, 2, 1.
+// Rows [first, first + rows) against output vectors [col0, col0 + C): kMaxRows at a
+// time, then 4, 2, 1.
 template <int C, typename TX>
-void rows_against(const Weights& w, const Activations& a, int64_t rows, int64_t col0,
-                  const float* bias, TX* y, int64_t n_out) {
-  int64_t r0 = 0;
+void rows_against(const Weights& w, const Activations& a, int64_t first, int64_t rows,
+                  int64_t col0, const float* bias, TX* y, int64_t n_out) {
+  int64_t r0 = first;
+  rows += first;
   for (; r0 + kMaxRows <= rows; r0 += kMaxRows) tile<kMaxRows, C>(w, a, r0, col0, bias, y, n_out);
   if constexpr (kMaxRows > 4)
     if (r0 + 4 <= rows) tile<4, C>(w, a, r0, col0, bias, y, n_out), r0 += 4;
@@ -308,6 +326,7 @@ int vectors_per_tile(int64_t rows, int64_t vectors) {
 }
 
 constexpr int64_t kPrefetchVectors = 8;  // weights this many output vectors ahead
+constexpr int64_t kChunkRows = 256;      // 144 KB of int8 rows at K = 576
 
 template <typename TX>
 void int8_gemm(const TX* x, const Weights& w, const float* bias, TX* y, int64_t rows,
@@ -320,19 +339,25 @@ void int8_gemm(const TX* x, const Weights& w, const float* bias, TX* y, int64_t 
   const int64_t tiles = vectors / c;
   const int64_t vector_bytes = w.groups * kGroupBytes / kVecsPerBlock;
   const uint8_t* weight_end = w.q + n_out / kBlockRows * w.groups * kGroupBytes;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t col0 = t * c;
-      // at one row a step streams the weights: ask for the next ones while this computes
-      const uint8_t* ahead = w.q + (col0 + kPrefetchVectors) / kVecsPerBlock * w.groups *
-                                       kGroupBytes;
-      for (int64_t line = 0; line < c * vector_bytes && ahead + line < weight_end; line += 64)
-        __builtin_prefetch(ahead + line, 0, 2);
-      if (c == 4) rows_against<4>(w, a, rows, col0, bias, y, n_out);
-      else if (c == 2) rows_against<2>(w, a, rows, col0, bias, y, n_out);
-      else rows_against<1>(w, a, rows, col0, bias, y, n_out);
-    }
-  });
+  // a prompt's rows a chunk at a time, so that a chunk's int8 rows stay in cache while
+  // every output column reads them
+  for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
+    const int64_t chunk = std::min(kChunkRows, rows - r0);
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t col0 = t * c;
+        // at one row a step streams the weights: ask for the next ones while this computes
+        const uint8_t* ahead = w.q + (col0 + kPrefetchVectors) / kVecsPerBlock * w.groups *
+                                         kGroupBytes;
+        for (int64_t line = 0; line < c * vector_bytes && ahead + line < weight_end;
+             line += 64)
+          __builtin_prefetch(ahead + line, 0, 2);
+        if (c == 4) rows_against<4>(w, a, r0, chunk, col0, bias, y, n_out);
+        else if (c == 2) rows_against<2>(w, a, r0, chunk, col0, bias, y, n_out);
+        else rows_against<1>(w, a, r0, chunk, col0, bias, y, n_out);
+      }
+    });
+  }
 }
 
 void check_interleaved(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& offsets,

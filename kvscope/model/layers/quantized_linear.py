@@ -7,12 +7,17 @@ multiply float activations. The int8 kernel reads its weights interleaved 16 row
 time (`quant.interleave`, done here at load); a 4-bit layer whose rows are not a multiple
 of 16 multiplies float activations instead.
 
-Steps of more than `linear.ROW_INVARIANT_MAX_ROWS` rows (prefill) are compute-bound,
-where the library's GEMM is faster than the quantized kernels: their prompt rows go to
-it, on a copy of the weight in the activations' dtype made for the call (GGUF's own
-formula, so the same weights), and only their decode rows to the kernels. As with
-the bf16 linears, a decode (and a speculative verification) row thus gets the same bits
-whatever else is in the step.
+Steps of more than `linear.ROW_INVARIANT_MAX_ROWS` rows (prefill) are compute-bound.
+The int8 kernel does 32 integer multiply-adds an instruction (`maddubs`; 64 with VNNI)
+where a float32 FMA does 8 (16 on AVX-512), so it outruns the library's float32 GEMM
+there too (on a 2-core Zen 3 with AVX2, 170-210 against 120-140 GOP/s at 64-2048 rows):
+it takes every row of such a layer, and every row gets the same bits alone or in any
+batch. Only where the CPU multiplies bf16 natively (AVX512-BF16) is the library's bf16
+GEMM on dense weights faster with many rows; there, and for the float-activation
+kernels, a big step's prompt rows go to the library, on a copy of the weight in the
+activations' dtype made for the call (GGUF's own formula, so the same weights), and
+only its decode rows to the kernels. As with the bf16 linears, a decode (and a
+speculative verification) row thus gets the same bits whatever else is in the step.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class QuantizedLinear(nn.Module):
         rows = x2.shape[0]
         if kernels is None:
             out = self._library(x2, self.weight.dequantize())
-        elif rows <= linear.ROW_INVARIANT_MAX_ROWS or num_decode_rows >= rows:
+        elif (rows <= linear.ROW_INVARIANT_MAX_ROWS or num_decode_rows >= rows
+              or self.kernel_takes_every_row(x.dtype)):
             out = self._kernel(kernels, x2)
         else:
             out = torch.empty(rows, self.out_features, dtype=x.dtype)
@@ -56,6 +62,12 @@ class QuantizedLinear(nn.Module):
             out[num_decode_rows:] = self._library(x2[num_decode_rows:],
                                                   self._dequantized(kernels, x.dtype))
         return out.view(*shape[:-1], self.out_features)
+
+    def kernel_takes_every_row(self, dtype: torch.dtype) -> bool:
+        """True where the int8 kernel also takes a big step's prompt rows: it does, but
+        for bf16 activations on a CPU that multiplies bf16 natively."""
+        return self.weight.interleaved and (dtype != torch.bfloat16
+                                            or linear.small_gemm_takes_all())
 
     def _kernel(self, kernels: Any, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
