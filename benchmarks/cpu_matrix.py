@@ -54,17 +54,16 @@ KVSCOPE_ROWS = {"fp32": ("kvscope fp32", torch.float32, "none", "int8"),
                 "q4": ("kvscope Q4_1 GGUF", torch.float32, "auto", "int8"),
                 "q4f": ("kvscope Q4_1 GGUF, float activations", torch.float32, "auto",
                         "float"),
-                # what `kvscope serve` runs where the CPU has bf16 arithmetic (its default
-                # dtype there): the Q4_1 weights with bf16 activations
+                # the Q4_1 weights with bf16 activations (and a bf16 KV cache): what
+                # `kvscope serve` runs where the CPU has bf16 arithmetic (its default dtype
+                # there)
                 "q4b": ("kvscope Q4_1 GGUF, bf16 model", torch.bfloat16, "auto", "int8")}
-# rows run unless --formats names others: q4b only where bf16 math is native (elsewhere
-# bf16 prompt rows go through an emulated GEMM and the row only costs time)
-NATIVE_BF16_ONLY = {"q4b"}
 
 
+# every row runs unless --formats names others (q4b too where bf16 math is not native:
+# its quantized kernels then take the prompt rows as well)
 def default_formats() -> str:
-    native = "avx512_bf16" in cpu_flags()
-    return ",".join(f for f in KVSCOPE_ROWS if native or f not in NATIVE_BF16_ONLY)
+    return ",".join(KVSCOPE_ROWS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -232,19 +232,21 @@ def test_big_steps_keep_the_decode_rows_bits(kernels, monkeypatch, type_name: st
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
-def test_only_native_bf16_sends_prompt_rows_of_the_int8_kernel_to_the_library(
+def test_which_big_steps_send_their_prompt_rows_to_the_library(
         monkeypatch, native_bf16: bool):
     """The int8 kernel takes every row of a float32 step (it outruns the float32 GEMM on
-    every CPU); a bf16 step's prompt rows go to the library only where bf16 is native."""
+    every CPU), the float-activation kernels only the decode rows. In a bf16 step every
+    kernel takes every row where the CPU has no bf16 arithmetic (the library would
+    emulate it), and none where it has."""
     from kvscope.model.layers import linear
 
     monkeypatch.setattr(linear, "small_gemm_takes_all", lambda: not native_bf16)
     weight, _ = gguf_weight("Q4_1", 64, 576, seed=3)
-    layer = QuantizedLinear(weight)
-    assert layer.kernel_takes_every_row(torch.float32)
-    assert layer.kernel_takes_every_row(torch.bfloat16) == (not native_bf16)
-    assert not QuantizedLinear(weight, int8_activations=False).kernel_takes_every_row(
-        torch.float32)
+    int8_kernel, float_kernel = QuantizedLinear(weight), QuantizedLinear(weight, None, False)
+    assert int8_kernel.kernel_takes_every_row(torch.float32)
+    assert not float_kernel.kernel_takes_every_row(torch.float32)
+    for layer in (int8_kernel, float_kernel):
+        assert layer.kernel_takes_every_row(torch.bfloat16) == (not native_bf16)
 
 
 def test_quantized_linear_without_kernels_dequantizes(monkeypatch):

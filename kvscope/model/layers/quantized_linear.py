@@ -12,11 +12,13 @@ The int8 kernel does 32 integer multiply-adds an instruction (`maddubs`; 64 with
 where a float32 FMA does 8 (16 on AVX-512), so it outruns the library's float32 GEMM
 there too (on a 2-core Zen 3 with AVX2, 170-210 against 120-140 GOP/s at 64-2048 rows):
 it takes every row of such a layer, and every row gets the same bits alone or in any
-batch. Only where the CPU multiplies bf16 natively (AVX512-BF16) is the library's bf16
-GEMM on dense weights faster with many rows; there, and for the float-activation
-kernels, a big step's prompt rows go to the library, on a copy of the weight in the
-activations' dtype made for the call (GGUF's own formula, so the same weights), and
-only its decode rows to the kernels. As with the bf16 linears, a decode (and a
+batch. Where the CPU has no bf16 arithmetic, every kernel takes every row of a bf16
+step (the library would emulate bf16: under 1 GFLOP/s on AVX2). Only where the CPU
+multiplies bf16 natively (AVX512-BF16) is the library's bf16 GEMM on dense weights
+faster with many rows; there, and for the float-activation kernels on float32, a big
+step's prompt rows go to the library, on a copy of the weight in the activations'
+dtype made for the call (GGUF's own formula, so the same weights), and only its decode
+rows to the kernels. As with the bf16 linears, a decode (and a
 speculative verification) row thus gets the same bits whatever else is in the step.
 """
 
@@ -64,10 +66,11 @@ class QuantizedLinear(nn.Module):
         return out.view(*shape[:-1], self.out_features)
 
     def kernel_takes_every_row(self, dtype: torch.dtype) -> bool:
-        """True where the int8 kernel also takes a big step's prompt rows: it does, but
-        for bf16 activations on a CPU that multiplies bf16 natively."""
-        return self.weight.interleaved and (dtype != torch.bfloat16
-                                            or linear.small_gemm_takes_all())
+        """True where this layer's kernel also takes a big step's prompt rows (see the
+        module docstring)."""
+        if dtype == torch.bfloat16:  # without bf16 arithmetic the library emulates it
+            return linear.small_gemm_takes_all()
+        return self.weight.interleaved
 
     def _kernel(self, kernels: Any, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
