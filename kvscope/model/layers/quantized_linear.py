@@ -18,8 +18,8 @@ multiplies bf16 natively (AVX512-BF16) is the library's bf16 GEMM on dense weigh
 faster with many rows; there, and for the float-activation kernels on float32, a big
 step's prompt rows go to the library, on a copy of the weight in the activations'
 dtype made for the call (GGUF's own formula, so the same weights), and only its decode
-rows to the kernels. As with the bf16 linears, a decode (and a
-speculative verification) row thus gets the same bits whatever else is in the step.
+rows to the kernels. As with the bf16 linears, a decode (and a speculative
+verification) row thus gets the same bits whatever else is in the step.
 """
 
 from __future__ import annotations
