@@ -234,8 +234,8 @@ def test_big_steps_keep_the_decode_rows_bits(kernels, monkeypatch, type_name: st
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_which_big_steps_send_their_prompt_rows_to_the_library(
         monkeypatch, native_bf16: bool):
-    """The int8 kernel takes every row of a float32 step (it outruns the float32 GEMM on
-    every CPU), the float-activation kernels only the decode rows. In a bf16 step every
+    """The int8 kernel takes every row of a float32 step (4x the products an instruction
+    of a float32 FMA), the float-activation kernels only the decode rows. In a bf16 step every
     kernel takes every row where the CPU has no bf16 arithmetic (the library would
     emulate it), and none where it has."""
     from kvscope.model.layers import linear
