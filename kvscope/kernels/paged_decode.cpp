@@ -37,6 +37,7 @@ struct DecodeArgs {
 
 struct Scratch {
   std::vector<float> queries, acc, scores;
+  std::vector<const void*> rows;  // a kv head's cached rows, in position order
   int64_t stride = 0;  // floats from one head's scores to the next: whole vectors
 };
 
@@ -69,6 +70,38 @@ class Rows {
   int64_t block_size_, row_stride_, block_stride_;
   const scalar_t* row_ = nullptr;
   int64_t left_ = 0, block_ = 0;
+};
+
+// Rows, with each row's cache lines requested kAhead rows before it is handed out:
+// blocks lie anywhere in the pool, so the hardware prefetchers lose the stream at every
+// block's end.
+template <typename scalar_t>
+class PrefetchedRows {
+ public:
+  static constexpr int64_t kAhead = 8;
+
+  PrefetchedRows(const DecodeArgs<scalar_t>& a, const scalar_t* cache, int64_t seq,
+                 int64_t kv_head)
+      : rows_(a, cache, seq, kv_head), ahead_(a, cache, seq, kv_head),
+        left_ahead_(a.lens[seq]), row_bytes_(a.head_dim * int64_t(sizeof(scalar_t))) {
+    for (int64_t i = 0; i < kAhead; ++i) fetch_ahead();
+  }
+
+  const scalar_t* next() {
+    fetch_ahead();
+    return rows_.next();
+  }
+
+ private:
+  void fetch_ahead() {
+    if (left_ahead_ == 0) return;
+    --left_ahead_;
+    const char* row = reinterpret_cast<const char*>(ahead_.next());
+    for (int64_t line = 0; line < row_bytes_; line += 64) __builtin_prefetch(row + line, 0, 3);
+  }
+
+  Rows<scalar_t> rows_, ahead_;
+  int64_t left_ahead_, row_bytes_;
 };
 
 // scores[g, t] → softmax over t < len, in place
@@ -121,20 +154,25 @@ void attend_scalar(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, 
 }
 
 // D, the head dim, and G, the query heads per kv head, are compile-time constants so
-// each head's query and output accumulators live in registers. Each key and value row
-// is loaded once for all G query heads of its kv head. Keys are scored kLanes at a
-// time: each head's kLanes dot-product vectors are summed across lanes together
-// (Vec::sums), one vector of scores, instead of one horizontal sum per key and head,
-// in the same order, so the scores are the bits a sum per key gives.
+// the queries and output accumulators live in registers. Keys are scored kLanes at a
+// time: a head's kLanes dot-product vectors are summed across lanes together
+// (Vec::sums), one vector of scores, instead of one horizontal sum per key, in the same
+// order, so the scores are the bits a sum per key gives. Where all G heads' queries fit
+// in half the vector registers (AVX-512: 32 of them) each key and value row is loaded
+// once for all G heads (attend_heads_together); where they do not (AVX2's 16 hold 8 of
+// D = 64's 24 for G = 3, and the spills cost more than reading the rows again) the
+// heads take turns (attend_heads_in_turn): the first walks the block table and notes
+// each row's address, the others reread the rows from cache. Both give the same bits.
 template <int D, int G, typename scalar_t>
-void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
+void attend_heads_together(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head,
+                           Scratch& s) {
   constexpr int L = Vec::kLanes, CHUNKS = D / L;
   const int64_t context = a.lens[seq];
   Vec query[G][CHUNKS];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < CHUNKS; ++c) query[g][c] = Vec::load(s.queries.data() + g * D + c * L);
   float* scores = s.scores.data();
-  Rows<scalar_t> keys(a, a.k_cache, seq, kv_head);
+  PrefetchedRows<scalar_t> keys(a, a.k_cache, seq, kv_head);
   for (int64_t t0 = 0; t0 < context; t0 += L) {
     const int64_t n = std::min<int64_t>(L, context - t0);
     Vec dots[G][L];
@@ -158,7 +196,7 @@ void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Sc
   Vec acc[G][CHUNKS];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < CHUNKS; ++c) acc[g][c] = Vec::zero();
-  Rows<scalar_t> values(a, a.v_cache, seq, kv_head);
+  PrefetchedRows<scalar_t> values(a, a.v_cache, seq, kv_head);
   for (int64_t t = 0; t < context; ++t) {
     const scalar_t* value = values.next();
     Vec v[CHUNKS];
@@ -170,6 +208,59 @@ void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Sc
   }
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < CHUNKS; ++c) acc[g][c].store(s.acc.data() + g * D + c * L);
+}
+
+template <int D, int G, typename scalar_t>
+void attend_heads_in_turn(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head,
+                          Scratch& s) {
+  constexpr int L = Vec::kLanes, CHUNKS = D / L;
+  const int64_t context = a.lens[seq];
+  float* scores = s.scores.data();
+  s.rows.resize(context);
+  const scalar_t** rows = reinterpret_cast<const scalar_t**>(s.rows.data());
+  PrefetchedRows<scalar_t> keys(a, a.k_cache, seq, kv_head);
+  for (int g = 0; g < G; ++g) {
+    Vec query[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) query[c] = Vec::load(s.queries.data() + g * D + c * L);
+    for (int64_t t0 = 0; t0 < context; t0 += L) {
+      const int64_t n = std::min<int64_t>(L, context - t0);
+      if (g == 0)
+        for (int64_t t = t0; t < t0 + n; ++t) rows[t] = keys.next();
+      Vec dots[L];
+      for (int t = 0; t < L; ++t) {
+        if (t >= n) {
+          dots[t] = Vec::zero();
+          continue;
+        }
+        const scalar_t* key = rows[t0 + t];
+        Vec dot = query[0] * Vec::load(key);
+        for (int c = 1; c < CHUNKS; ++c) dot = Vec::fmadd(query[c], Vec::load(key + c * L), dot);
+        dots[t] = dot;
+      }
+      Vec::sums(dots).store(scores + g * s.stride + t0);
+    }
+  }
+  softmax_rows(scores, G, context, s.stride);
+  PrefetchedRows<scalar_t> values(a, a.v_cache, seq, kv_head);
+  for (int g = 0; g < G; ++g) {
+    Vec acc[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) acc[c] = Vec::zero();
+    const float* weights = scores + g * s.stride;
+    for (int64_t t = 0; t < context; ++t) {
+      const scalar_t* value = g == 0 ? (rows[t] = values.next()) : rows[t];
+      const Vec p = Vec::set1(weights[t]);
+      for (int c = 0; c < CHUNKS; ++c) acc[c] = Vec::fmadd(p, Vec::load(value + c * L), acc[c]);
+    }
+    for (int c = 0; c < CHUNKS; ++c) acc[c].store(s.acc.data() + g * D + c * L);
+  }
+}
+
+template <int D, int G, typename scalar_t>
+void attend_simd(const DecodeArgs<scalar_t>& a, int64_t seq, int64_t kv_head, Scratch& s) {
+  if constexpr (2 * G * (D / Vec::kLanes) <= Vec::kRegisters)
+    attend_heads_together<D, G>(a, seq, kv_head, s);
+  else
+    attend_heads_in_turn<D, G>(a, seq, kv_head, s);
 }
 
 template <int D, typename scalar_t>

@@ -58,6 +58,7 @@ inline constexpr float kLog2e = 1.4426950408889634f;
 
 struct Vec {
   static constexpr int kLanes = 16;
+  static constexpr int kRegisters = 32;  // vector registers the ISA has
   __m512 v;
 
   static Vec zero() { return {_mm512_setzero_ps()}; }
@@ -148,6 +149,7 @@ struct Vec {
 
 struct Vec {
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 16;
   __m256 v;
 
   static Vec zero() { return {_mm256_setzero_ps()}; }
@@ -238,6 +240,7 @@ struct Vec {
 
 struct Vec {
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 32;  // NEON's; the compiler decides
   float v[kLanes];
 
   template <class F>
