@@ -1,7 +1,7 @@
 """small_gemm is row-invariant: a row's output has the same bits whatever the number of
 rows in the call (speculative verification relies on it), at the bundled model's shapes,
 in every build (bf16 dot products with AVX512-BF16, float32 FMAs elsewhere) and for
-bf16 or float32 activations and weights."""
+bf16 or float32 activations and weights; and so is a float32 Linear on its packed weight."""
 
 from __future__ import annotations
 
@@ -65,3 +65,27 @@ def test_row_invariant_bound_routes_calls_to_small_gemm(monkeypatch: pytest.Monk
                                atol=2e-2, rtol=1e-2)
     with pytest.raises(ValueError):
         linear_mod.set_row_invariant(-1)
+
+
+@pytest.mark.parametrize(("n_out", "k_in"), SHAPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_float32_linear_rows_do_not_depend_on_the_batch(n_out: int, k_in: int,
+                                                        with_bias: bool):
+    """A float32 Linear multiplies on oneDNN's packed copy of its weight, which gives a
+    row the same bits in a call of any size (F.linear does not: MKL's GEMM changes its
+    blocking with the row count), so float32 decode rows are batch invariant too."""
+    assert torch.backends.mkldnn.is_available(), "torch's CPU wheel ships oneDNN"
+    gen = torch.Generator().manual_seed(n_out + k_in)
+    module = linear_mod.Linear.from_weight(torch.randn(n_out, k_in, generator=gen) * k_in ** -0.5)
+    if with_bias:
+        module.bias = torch.nn.Parameter(torch.randn(n_out, generator=gen), requires_grad=False)
+    module.pack()
+    assert module.packed is not None
+    x = torch.randn(300, k_in, generator=gen)
+    alone = torch.cat([module(x[i:i + 1]) for i in range(max(ROWS))])
+    for m in ROWS:
+        assert torch.equal(module(x[:m]), alone[:m]), m
+    assert torch.equal(module(x[3:40].contiguous()), alone[3:40])
+    assert torch.equal(module(x)[:max(ROWS)], alone)  # a prefill-sized call
+    expected = F.linear(x[:max(ROWS)], module.weight, module.bias)
+    torch.testing.assert_close(alone, expected, atol=1e-4, rtol=1e-4)

@@ -9,6 +9,7 @@
 // once at load) and picks each linear's kernel exactly as they do for decode rows, so
 // every output bit equals the loop's (tests/test_decode_stack.py).
 #include <torch/csrc/utils/pybind.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/linear.h>
 
 #include <optional>
@@ -34,14 +35,30 @@ void write_kv(at::Tensor k_cache, at::Tensor v_cache, at::Tensor k, at::Tensor v
 
 namespace {
 
+// oneDNN's linear on a weight packed by torch.ops.mkldnn._reorder_linear_weight: the op
+// Python calls (model/layers/linear.py), found once through the dispatcher
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed,
+                         const c10::optional<at::Tensor>& bias) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                            const std::optional<at::Tensor>&, c10::string_view,
+                            c10::List<std::optional<at::Scalar>>,
+                            std::optional<c10::string_view>)>();
+  return op.call(x, packed, bias, "none", c10::List<std::optional<at::Scalar>>(),
+                 c10::string_view(""));
+}
+
 // How a linear multiplies, as model/layers/linear.py and quantized_linear.py choose
 // for decode rows.
 enum class LinearKind : int64_t {
   kSmallGemm = 0,  // bf16 weight that small_gemm takes
-  kLibrary = 1,    // at::linear (float32 weights, or shapes small_gemm does not take)
+  kLibrary = 1,    // at::linear (weights neither small_gemm nor a packed copy takes)
   kQ4Int8 = 2,     // 4-bit weight, int8 activations
   kQ4Float = 3,    // 4-bit weight, float activations
   kQ8 = 4,         // 8-bit weight
+  kPacked = 5,     // oneDNN on the weight pre-packed in its blocked layout
 };
 
 struct LinearSpec {
@@ -58,6 +75,7 @@ struct LinearSpec {
       case LinearKind::kQ4Int8: return q4_linear_i8(x, weight, scales, offsets, zero, bias);
       case LinearKind::kQ4Float: return q4_linear(x, weight, scales, offsets, zero, bias);
       case LinearKind::kQ8: return q8_linear(x, weight, scales, bias);
+      case LinearKind::kPacked: return packed_linear(x, weight, bias);
     }
     TORCH_CHECK(false, "decode stack: unknown linear kind");
   }
@@ -85,9 +103,9 @@ class DecodeStack {
                 "decode stack: a layer has 4 linears");
     std::vector<LinearSpec> specs;
     for (size_t i = 0; i < 4; ++i) {
-      TORCH_CHECK(kinds[i] >= 0 && kinds[i] <= 4 && tensors[i].size() == 4 &&
+      TORCH_CHECK(kinds[i] >= 0 && kinds[i] <= 5 && tensors[i].size() == 4 &&
                       tensors[i][0].has_value(),
-                  "decode stack: a linear needs a kind in 0-4 and [weight, scales, "
+                  "decode stack: a linear needs a kind in 0-5 and [weight, scales, "
                   "offsets, bias]");
       const auto& t = tensors[i];
       specs.push_back({static_cast<LinearKind>(kinds[i]), *t[0],

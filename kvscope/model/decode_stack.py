@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from kvscope.model.llama import DecoderLayer, LlamaModel
 
 # the kinds of decode_stack.cpp's LinearKind
-SMALL_GEMM, LIBRARY, Q4_INT8, Q4_FLOAT, Q8 = range(5)
+SMALL_GEMM, LIBRARY, Q4_INT8, Q4_FLOAT, Q8, PACKED = range(6)
 _KERNEL_USERS = (cpu_backend, activation, linear, norm, quantized_linear, rotary)
 
 
@@ -105,6 +105,6 @@ def _linear_spec(module: Any) -> tuple[int, list[torch.Tensor | None], float] | 
     probe = torch.empty(1, weight.shape[1], dtype=weight.dtype)
     if linear._small_gemm_fits(probe, weight):
         return SMALL_GEMM, [weight, None, None, bias], 0.0
-    if module.packed is not None:  # the library path would run oneDNN's packed weight
-        return None
+    if module.packed is not None:  # the library path runs oneDNN's packed weight
+        return PACKED, [module.packed, None, None, bias], 0.0
     return LIBRARY, [weight, None, None, bias], 0.0
