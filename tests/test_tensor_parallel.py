@@ -99,8 +99,10 @@ def test_greedy_output_and_logits_equal_one_process(main_pair):
     expected = token_ids(one.generate(PROMPTS, GREEDY))
     assert token_ids(two.generate(PROMPTS, GREEDY)) == expected
     assert len(logits_one) == len(logits_two) > 48
+    # the ranks add each row-parallel product in two halves, so the float32 sums differ
+    # in order from one process's: logits of magnitude ~15 agree to ~1e-5 relative
     for a, b in zip(logits_one, logits_two, strict=True):
-        assert (a - b).abs().max().item() < 1e-4
+        assert (a - b).abs().max().item() < 5e-4
     # the prefix cache: the same prompts again hit it, and change nothing
     hits = two.engine.kv.num_hit_tokens
     assert token_ids(two.generate(PROMPTS, GREEDY)) == expected
