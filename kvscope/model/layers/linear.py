@@ -3,7 +3,7 @@
 A float32 linear runs oneDNN on a copy of its weight pre-packed once into oneDNN's
 blocked layout. Measured on a 2-core AVX2 Zen 3 at the bundled model's shapes, that is
 faster than `F.linear` (the MKL GEMM, which re-lays the weight out on every call) from
-4 rows up, 1.3-1.6x at 64 rows and 2x for the 49152-row output head, and at 1 row about
+4 rows up, 1.1-1.6x at 64 rows and 2x for the 49152-row output head, and at 1 row about
 even (the head 1.6x); and unlike `F.linear` it gives a row the same bits whatever the
 number of rows in the call (tests/test_row_invariant_linear.py), so a float32 decode
 row is batch invariant too. The packed copy costs the weight's size again.
